@@ -1,0 +1,103 @@
+// CPU row pass of the fused linear log-prob op: one OpenMP sweep per chunk of logits.
+//
+// The logits of a chunk of tokens come from a BLAS GEMM done by the Python launcher; these kernels
+// turn each fp32 row into (logp, lse, entropy) and, in backward, overwrite the row with its
+// gradient, so a chunk of logits is the only [rows, V] buffer that ever exists.
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "ia/logprob_row.h"
+
+namespace py = pybind11;
+
+namespace {
+
+float* as_f32(std::uintptr_t p) { return reinterpret_cast<float*>(p); }
+const int64_t* as_i64(std::uintptr_t p) { return reinterpret_cast<const int64_t*>(p); }
+
+// Statistics of one row: max, then sum exp and sum exp * (x - m) in a second sweep over the row,
+// which is still in L2 (V=152k fp32 is 600 kB).
+ia::RowStats row_stats(const float* z, int64_t V, int64_t target, float inv_temp) {
+  float m = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < V; ++j) m = std::max(m, z[j] * inv_temp);
+  float s = 0.f, w = 0.f;
+#pragma omp simd reduction(+ : s, w)
+  for (int64_t j = 0; j < V; ++j) {
+    float d = z[j] * inv_temp - m;
+    float e = ia::exp_approx(d);
+    s += e;
+    w += e * d;
+  }
+  return ia::finish_row_stats(m, s, w, z[target] * inv_temp);
+}
+
+void logprob_rows_forward(std::uintptr_t logits, int64_t row_stride, int64_t n_rows, int64_t V,
+                          std::uintptr_t targets, double temperature, int64_t ignore_index,
+                          std::uintptr_t logp_out, std::uintptr_t lse_out,
+                          std::uintptr_t entropy_out) {
+  const float* z = as_f32(logits);
+  const int64_t* t = as_i64(targets);
+  float* logp = as_f32(logp_out);
+  float* lse = as_f32(lse_out);
+  float* ent = as_f32(entropy_out);
+  const float inv_temp = static_cast<float>(1.0 / temperature);
+  py::gil_scoped_release no_gil;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n_rows; ++i) {
+    const bool ignored = t[i] == ignore_index;
+    // Ignored rows still get their lse and entropy (cheap, and useful for metrics); logp is 0.
+    ia::RowStats r = row_stats(z + i * row_stride, V, ignored ? 0 : t[i], inv_temp);
+    logp[i] = ignored ? 0.f : r.logp;
+    lse[i] = r.lse;
+    ent[i] = r.entropy;
+  }
+}
+
+// Overwrites each row of logits with d(loss)/d(logits): g_logp[i] * dlogp_i + g_entropy[i] *
+// dentropy_i. g_entropy may be 0 (null) when the entropy was not used. Ignored rows get zeros.
+void logprob_rows_backward(std::uintptr_t logits, int64_t row_stride, int64_t n_rows, int64_t V,
+                           std::uintptr_t targets, double temperature, int64_t ignore_index,
+                           std::uintptr_t lse_in, std::uintptr_t entropy_in,
+                           std::uintptr_t g_logp, std::uintptr_t g_entropy) {
+  float* z = as_f32(logits);
+  const int64_t* t = as_i64(targets);
+  const float* lse = as_f32(lse_in);
+  const float* ent = as_f32(entropy_in);
+  const float* g = as_f32(g_logp);
+  const float* ge = g_entropy ? as_f32(g_entropy) : nullptr;
+  const float inv_temp = static_cast<float>(1.0 / temperature);
+  py::gil_scoped_release no_gil;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n_rows; ++i) {
+    float* row = z + i * row_stride;
+    const bool ignored = t[i] == ignore_index;
+    const float gi = ignored ? 0.f : g[i];
+    // The entropy of an ignored row still has a gradient if the caller used it.
+    const float gei = ge ? ge[i] : 0.f;
+    if (gi == 0.f && gei == 0.f) {
+      std::fill(row, row + V, 0.f);
+      continue;
+    }
+    const float lse_i = lse[i], ent_i = ent[i];
+    const int64_t target = ignored ? -1 : t[i];
+#pragma omp simd
+    for (int64_t j = 0; j < V; ++j) {
+      row[j] = ia::logit_grad(row[j] * inv_temp, false, lse_i, ent_i, gi, gei, inv_temp);
+    }
+    if (target >= 0) row[target] += gi * inv_temp;  // the [j == t] term, kept out of the SIMD loop
+  }
+}
+
+}  // namespace
+
+void bind_logprobs(py::module_& m) {
+  m.def("logprob_rows_forward", &logprob_rows_forward,
+        "Per-row logp, log-sum-exp and entropy of fp32 logits (raw pointers)");
+  m.def("logprob_rows_backward", &logprob_rows_backward,
+        "Overwrite fp32 logits with the gradient of g_logp*logp + g_entropy*entropy");
+}

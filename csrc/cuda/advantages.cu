@@ -1,0 +1,1 @@
+// CUDA kernels of the group-advantage op family (to be filled in).

@@ -1,0 +1,44 @@
+// Per-row maths of the log-prob row pass, shared by the CPU and CUDA kernels.
+//
+// For one row of logits z[0..V) and temperature T, with x = z / T:
+//   lse      = log sum_j exp(x_j)
+//   logp     = x_t - lse                         (t: the row's target)
+//   entropy  = lse - sum_j p_j x_j = log(s) - sum_j p_j (x_j - m) ,  p_j = exp(x_j - lse)
+// computed around the row maximum m so that large logits lose nothing to cancellation.
+//
+// Gradient with respect to z for upstream gradients g (of logp) and ge (of entropy):
+//   dlogp/dx_j    = [j == t] - p_j
+//   dentropy/dx_j = -p_j (log p_j + entropy)
+//   dz_j = (g ([j == t] - p_j) - ge p_j (x_j - lse + entropy)) / T
+#pragma once
+
+#include "ia/common.h"
+
+namespace ia {
+
+struct RowStats {
+  float logp;
+  float lse;
+  float entropy;
+};
+
+// Combines the row maximum m (of x), s = sum exp(x - m) and w = sum exp(x - m) (x - m).
+IA_HOST_DEVICE RowStats finish_row_stats(float m, float s, float w, float x_target) {
+  RowStats out;
+  float log_s = logf(s);
+  out.lse = m + log_s;
+  out.logp = x_target - out.lse;
+  out.entropy = log_s - w / s;
+  return out;
+}
+
+// The logits gradient of one element (see the header comment).
+IA_HOST_DEVICE float logit_grad(float x, bool is_target, float lse, float entropy, float g,
+                                float ge, float inv_temp) {
+  float log_p = x - lse;
+  float p = exp_approx(log_p);
+  float d = g * ((is_target ? 1.0f : 0.0f) - p) - ge * p * (log_p + entropy);
+  return d * inv_temp;
+}
+
+}  // namespace ia

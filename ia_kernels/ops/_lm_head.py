@@ -1,0 +1,104 @@
+"""Chunked LM-head GEMMs shared by the fused linear ops (log-probs, PPO loss).
+
+The fused ops never hold more than one chunk of logits: for each chunk of tokens they compute the
+fp32 logits with one GEMM, hand them to a row-pass kernel that overwrites them with their gradient,
+and turn that gradient into hidden/weight/bias gradients with two more GEMMs. This module owns the
+GEMM side so that every row pass (PyTorch, native CPU, Triton, CUDA) shares it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+# Bytes of fp32 logits per chunk. CPU: small enough to stay ~10% of an eager pass over the same
+# tokens and large enough for BLAS to run near peak. GPU: a chunk of ~1-2k rows at 152k vocab.
+_DEFAULT_CHUNK_BYTES = {"cpu": 64 << 20, "cuda": 1 << 30}
+
+
+def chunk_rows(n_rows: int, vocab: int, device: torch.device, chunk_size: int | None) -> int:
+    """Rows per chunk: the caller's chunk_size, else IA_KERNELS_CHUNK_BYTES / (4 V), else the default."""
+    if chunk_size is not None:
+        if int(chunk_size) < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        return max(1, min(int(chunk_size), max(n_rows, 1)))
+    budget = int(os.environ.get("IA_KERNELS_CHUNK_BYTES", _DEFAULT_CHUNK_BYTES.get(device.type, 64 << 20)))
+    rows = max(16, budget // (4 * max(vocab, 1)))
+    return max(1, min(rows, max(n_rows, 1)))
+
+
+def _has_out_dtype_mm() -> bool:
+    # torch.mm(..., out_dtype=torch.float32) keeps bf16/fp16 GEMMs' fp32 accumulator on CUDA.
+    try:
+        a = torch.empty(0, 0, dtype=torch.bfloat16, device="meta")
+        torch.mm(a, a, out_dtype=torch.float32)
+        return True
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False
+
+
+@dataclass
+class LMHead:
+    """The LM head's operands in the dtype the chunk GEMMs use.
+
+    Logits are always fp32. On CUDA a bf16/fp16 GEMM writes its fp32 accumulator directly when torch
+    supports `out_dtype`; elsewhere (CPU, older torch) a low-precision weight is upcast once per call:
+    O(V x H) extra memory, independent of the number of tokens.
+    """
+
+    weight: torch.Tensor  # [V, H], in `gemm_dtype`
+    bias: torch.Tensor | None  # [V] fp32
+    gemm_dtype: torch.dtype
+    out_dtype_mm: bool
+
+    @classmethod
+    def prepare(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> "LMHead":
+        low_precision = weight.dtype in (torch.bfloat16, torch.float16)
+        out_dtype_mm = low_precision and weight.is_cuda and _has_out_dtype_mm()
+        if weight.dtype == torch.float64:
+            gemm_dtype = torch.float64
+        elif out_dtype_mm:
+            gemm_dtype = weight.dtype
+        else:
+            gemm_dtype = torch.float32
+        w = weight.detach().to(gemm_dtype)
+        b = None if bias is None else bias.detach().to(torch.float32 if gemm_dtype != torch.float64 else gemm_dtype)
+        return cls(w, b, gemm_dtype, out_dtype_mm)
+
+    @property
+    def logits_dtype(self) -> torch.dtype:
+        return torch.float64 if self.gemm_dtype == torch.float64 else torch.float32
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """fp32 (or fp64) logits [rows, V] of a chunk of hidden states [rows, H], contiguous."""
+        h = h.to(self.gemm_dtype)
+        if self.out_dtype_mm:
+            z = torch.mm(h, self.weight.T, out_dtype=torch.float32)
+        else:
+            z = torch.mm(h, self.weight.T)
+        if self.bias is not None:
+            z += self.bias
+        return z
+
+    def backprop_chunk(self, grad_logits: torch.Tensor, h: torch.Tensor, grad_hidden: torch.Tensor | None,
+                       grad_weight: torch.Tensor | None, grad_bias: torch.Tensor | None) -> None:
+        """Adds a chunk's contribution: grad_hidden = dZ W (written), grad_weight += dZ^T h, grad_bias += sum dZ."""
+        dz = grad_logits if not self.out_dtype_mm else grad_logits.to(self.gemm_dtype)
+        if grad_hidden is not None:
+            if grad_hidden.dtype == dz.dtype:
+                torch.mm(dz, self.weight, out=grad_hidden)
+            else:
+                grad_hidden.copy_(torch.mm(dz, self.weight))
+        if grad_weight is not None:
+            hc = h.to(dz.dtype)
+            if self.out_dtype_mm:
+                try:  # accumulate in place in fp32 where torch has the out= form
+                    torch.addmm(grad_weight, dz.T, hc, out_dtype=torch.float32, out=grad_weight)
+                except (TypeError, RuntimeError, NotImplementedError):
+                    grad_weight += torch.mm(dz.T, hc, out_dtype=torch.float32)
+            else:
+                grad_weight.addmm_(dz.T, hc)
+        if grad_bias is not None:
+            grad_bias += grad_logits.sum(0, dtype=grad_bias.dtype)

@@ -1,0 +1,114 @@
+"""Triton row pass of the fused linear log-prob op: one program per row of fp32 logits.
+
+Same maths as csrc/include/ia/logprob_row.h: forward is one online sweep over the row (running
+max, sum of exp, sum of exp * (x - max)); backward overwrites the row with its gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _logprob_rows_forward_kernel(
+    z_ptr,  # [rows, V] fp32 logits, read
+    row_stride,  # elements between rows of z
+    V,  # vocabulary size
+    targets_ptr,  # [rows] int64 target ids
+    inv_temp,  # 1 / temperature
+    ignore_index,  # targets equal to this give logp 0
+    logp_ptr,  # [rows] fp32 out: x_t - lse
+    lse_ptr,  # [rows] fp32 out: log-sum-exp of x = z / T
+    entropy_ptr,  # [rows] fp32 out: entropy of softmax(x)
+    BLOCK_V: tl.constexpr,  # columns per step of the sweep
+):
+    row = tl.program_id(0).to(tl.int64)
+    z_row = z_ptr + row * row_stride
+    m = tl.full((), float("-inf"), tl.float32)
+    s = tl.zeros((), tl.float32)
+    w = tl.zeros((), tl.float32)
+    for start in range(0, V, BLOCK_V):
+        cols = start + tl.arange(0, BLOCK_V)
+        x = tl.load(z_row + cols, mask=cols < V, other=float("-inf")) * inv_temp
+        m_new = tl.maximum(m, tl.max(x, 0))
+        # Rescale the running sums to the new maximum: w holds sum e (x - m), so shifting m by d
+        # turns each term into e' (x - m_new) = e' (x - m) - e' d.
+        scale = tl.exp(m - m_new)
+        d = m_new - m
+        e = tl.exp(x - m_new)
+        xm = tl.where(cols < V, x - m_new, 0.0)
+        w = tl.where(m == float("-inf"), 0.0, (w - s * d) * scale) + tl.sum(e * xm, 0)
+        s = s * scale + tl.sum(e, 0)
+        m = m_new
+    t = tl.load(targets_ptr + row)
+    ignored = t == ignore_index
+    t_safe = tl.where(ignored, 0, t)
+    x_t = tl.load(z_row + t_safe) * inv_temp
+    log_s = tl.log(s)
+    lse = m + log_s
+    tl.store(logp_ptr + row, tl.where(ignored, 0.0, x_t - lse))
+    tl.store(lse_ptr + row, lse)
+    tl.store(entropy_ptr + row, log_s - w / s)
+
+
+@triton.jit
+def _logprob_rows_backward_kernel(
+    z_ptr,  # [rows, V] fp32 logits, overwritten with dLoss/dz
+    row_stride,  # elements between rows of z
+    V,  # vocabulary size
+    targets_ptr,  # [rows] int64 target ids
+    inv_temp,  # 1 / temperature
+    ignore_index,  # ignored rows get no gradient through logp
+    lse_ptr,  # [rows] fp32 from forward
+    entropy_ptr,  # [rows] fp32 from forward
+    g_logp_ptr,  # [rows] fp32 upstream gradient of logp
+    g_entropy_ptr,  # [rows] fp32 upstream gradient of entropy (unused unless HAS_G_ENTROPY)
+    HAS_G_ENTROPY: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    z_row = z_ptr + row * row_stride
+    t = tl.load(targets_ptr + row)
+    ignored = t == ignore_index
+    g = tl.where(ignored, 0.0, tl.load(g_logp_ptr + row))
+    if HAS_G_ENTROPY:
+        ge = tl.load(g_entropy_ptr + row)
+    else:
+        ge = 0.0
+    lse = tl.load(lse_ptr + row)
+    ent = tl.load(entropy_ptr + row)
+    for start in range(0, V, BLOCK_V):
+        cols = start + tl.arange(0, BLOCK_V)
+        mask = cols < V
+        log_p = tl.load(z_row + cols, mask=mask, other=0.0) * inv_temp - lse
+        p = tl.exp(log_p)
+        onehot = tl.where((cols == t) & (~ignored), 1.0, 0.0)
+        dz = (g * (onehot - p) - ge * p * (log_p + ent)) * inv_temp
+        tl.store(z_row + cols, dz, mask=mask)
+
+
+def _block_v(V: int, device: torch.device) -> int:
+    # The interpreter runs a block as one NumPy op: one big block is fastest there.
+    cap = 4096 if device.type == "cuda" else 1 << 16
+    return min(cap, triton.next_power_of_2(V))
+
+
+def rows_forward(z, targets, temperature, ignore_index, logp, lse, entropy):
+    rows, V = z.shape
+    if rows == 0:
+        return
+    _logprob_rows_forward_kernel[(rows,)](
+        z, z.stride(0), V, targets, 1.0 / temperature, ignore_index, logp, lse, entropy,
+        BLOCK_V=_block_v(V, z.device), num_warps=8 if z.is_cuda else 1)
+
+
+def rows_backward(z, targets, temperature, ignore_index, lse, entropy, g_logp, g_entropy):
+    rows, V = z.shape
+    if rows == 0:
+        return
+    _logprob_rows_backward_kernel[(rows,)](
+        z, z.stride(0), V, targets, 1.0 / temperature, ignore_index, lse, entropy, g_logp,
+        g_logp if g_entropy is None else g_entropy, HAS_G_ENTROPY=g_entropy is not None,
+        BLOCK_V=_block_v(V, z.device), num_warps=8 if z.is_cuda else 1)
