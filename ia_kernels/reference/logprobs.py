@@ -1,4 +1,4 @@
-"""Plain PyTorch references, run in float64 by tests and benchmarks.
+"""Reference of the fused linear log-prob op, run in float64 by tests and benchmarks.
 
 They materialise everything and favour clarity over speed: they define what the kernels compute.
 """

@@ -1,0 +1,6 @@
+"""Plain PyTorch references, run in float64 by tests and benchmarks: they define what the kernels
+compute. One module per op family; everything is re-exported here."""
+
+from .logprobs import linear_logprobs
+
+__all__ = ["linear_logprobs"]
