@@ -35,11 +35,12 @@ def _logprob_rows_forward_kernel(
         m_new = tl.maximum(m, tl.max(x, 0))
         # Rescale the running sums to the new maximum: w holds sum e (x - m), so shifting m by d
         # turns each term into e' (x - m_new) = e' (x - m) - e' d.
-        scale = tl.exp(m - m_new)
-        d = m_new - m
+        first = m == float("-inf")
+        scale = tl.where(first, 0.0, tl.exp(m - m_new))
+        d = tl.where(first, 0.0, m_new - m)
         e = tl.exp(x - m_new)
         xm = tl.where(cols < V, x - m_new, 0.0)
-        w = tl.where(m == float("-inf"), 0.0, (w - s * d) * scale) + tl.sum(e * xm, 0)
+        w = (w - s * d) * scale + tl.sum(e * xm, 0)
         s = s * scale + tl.sum(e, 0)
         m = m_new
     t = tl.load(targets_ptr + row)

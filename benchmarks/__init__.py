@@ -1,0 +1,1 @@
+"""The ia_kernels benchmark suite: `python -m benchmarks NAME [--quick]` (see harness.py)."""
