@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <limits>
 
-#include "ia/logprob_row.h"
+#include "row_sweeps.h"
 
 namespace py = pybind11;
 
@@ -18,23 +18,6 @@ namespace {
 
 float* as_f32(std::uintptr_t p) { return reinterpret_cast<float*>(p); }
 const int64_t* as_i64(std::uintptr_t p) { return reinterpret_cast<const int64_t*>(p); }
-
-// Statistics of one row: max, then sum exp and sum exp * (x - m) in a second sweep over the row,
-// which is still in L2 (V=152k fp32 is 600 kB).
-ia::RowStats row_stats(const float* z, int64_t V, int64_t target, float inv_temp) {
-  float m = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < V; ++j) m = std::max(m, z[j] * inv_temp);
-  float s = 0.f, w = 0.f;
-#pragma omp simd reduction(+ : s, w)
-  for (int64_t j = 0; j < V; ++j) {
-    float d = z[j] * inv_temp - m;
-    float e = ia::exp_approx(d);
-    s += e;
-    w += e * d;
-  }
-  return ia::finish_row_stats(m, s, w, z[target] * inv_temp);
-}
 
 void logprob_rows_forward(std::uintptr_t logits, int64_t row_stride, int64_t n_rows, int64_t V,
                           std::uintptr_t targets, double temperature, int64_t ignore_index,
@@ -51,7 +34,7 @@ void logprob_rows_forward(std::uintptr_t logits, int64_t row_stride, int64_t n_r
   for (int64_t i = 0; i < n_rows; ++i) {
     const bool ignored = t[i] == ignore_index;
     // Ignored rows still get their lse and entropy (cheap, and useful for metrics); logp is 0.
-    ia::RowStats r = row_stats(z + i * row_stride, V, ignored ? 0 : t[i], inv_temp);
+    ia::RowStats r = ia::cpu::row_stats(z + i * row_stride, V, ignored ? 0 : t[i], inv_temp);
     logp[i] = ignored ? 0.f : r.logp;
     lse[i] = r.lse;
     ent[i] = r.entropy;
@@ -79,17 +62,7 @@ void logprob_rows_backward(std::uintptr_t logits, int64_t row_stride, int64_t n_
     const float gi = ignored ? 0.f : g[i];
     // The entropy of an ignored row still has a gradient if the caller used it.
     const float gei = ge ? ge[i] : 0.f;
-    if (gi == 0.f && gei == 0.f) {
-      std::fill(row, row + V, 0.f);
-      continue;
-    }
-    const float lse_i = lse[i], ent_i = ent[i];
-    const int64_t target = ignored ? -1 : t[i];
-#pragma omp simd
-    for (int64_t j = 0; j < V; ++j) {
-      row[j] = ia::logit_grad(row[j] * inv_temp, false, lse_i, ent_i, gi, gei, inv_temp);
-    }
-    if (target >= 0) row[target] += gi * inv_temp;  // the [j == t] term, kept out of the SIMD loop
+    ia::cpu::write_row_grad(row, V, ignored ? -1 : t[i], lse[i], ent[i], gi, gei, inv_temp);
   }
 }
 

@@ -12,20 +12,13 @@ import triton.language as tl
 
 
 @triton.jit
-def _logprob_rows_forward_kernel(
-    z_ptr,  # [rows, V] fp32 logits, read
-    row_stride,  # elements between rows of z
+def row_stats(
+    z_row,  # pointer to one row of fp32 logits
     V,  # vocabulary size
-    targets_ptr,  # [rows] int64 target ids
     inv_temp,  # 1 / temperature
-    ignore_index,  # targets equal to this give logp 0
-    logp_ptr,  # [rows] fp32 out: x_t - lse
-    lse_ptr,  # [rows] fp32 out: log-sum-exp of x = z / T
-    entropy_ptr,  # [rows] fp32 out: entropy of softmax(x)
     BLOCK_V: tl.constexpr,  # columns per step of the sweep
 ):
-    row = tl.program_id(0).to(tl.int64)
-    z_row = z_ptr + row * row_stride
+    """One online sweep over a row of x = z / T: (max m, sum exp(x - m), sum exp(x - m) (x - m))."""
     m = tl.full((), float("-inf"), tl.float32)
     s = tl.zeros((), tl.float32)
     w = tl.zeros((), tl.float32)
@@ -43,6 +36,49 @@ def _logprob_rows_forward_kernel(
         w = (w - s * d) * scale + tl.sum(e * xm, 0)
         s = s * scale + tl.sum(e, 0)
         m = m_new
+    return m, s, w
+
+
+@triton.jit
+def write_row_grad(
+    z_row,  # pointer to one row of fp32 logits, overwritten with dLoss/dz
+    V,  # vocabulary size
+    t,  # the row's target id
+    ignored,  # true: no logp term (the caller also zeroes g)
+    lse,  # log-sum-exp of the row of x = z / T
+    ent,  # entropy of softmax(x)
+    g,  # upstream gradient of logp
+    ge,  # upstream gradient of the entropy
+    inv_temp,  # 1 / temperature
+    BLOCK_V: tl.constexpr,
+):
+    """dz_j = (g ([j == t] - p_j) - ge p_j (log p_j + H)) / T, as ia::logit_grad."""
+    for start in range(0, V, BLOCK_V):
+        cols = start + tl.arange(0, BLOCK_V)
+        mask = cols < V
+        log_p = tl.load(z_row + cols, mask=mask, other=0.0) * inv_temp - lse
+        p = tl.exp(log_p)
+        onehot = tl.where((cols == t) & (~ignored), 1.0, 0.0)
+        dz = (g * (onehot - p) - ge * p * (log_p + ent)) * inv_temp
+        tl.store(z_row + cols, dz, mask=mask)
+
+
+@triton.jit
+def _logprob_rows_forward_kernel(
+    z_ptr,  # [rows, V] fp32 logits, read
+    row_stride,  # elements between rows of z
+    V,  # vocabulary size
+    targets_ptr,  # [rows] int64 target ids
+    inv_temp,  # 1 / temperature
+    ignore_index,  # targets equal to this give logp 0
+    logp_ptr,  # [rows] fp32 out: x_t - lse
+    lse_ptr,  # [rows] fp32 out: log-sum-exp of x = z / T
+    entropy_ptr,  # [rows] fp32 out: entropy of softmax(x)
+    BLOCK_V: tl.constexpr,  # columns per step of the sweep
+):
+    row = tl.program_id(0).to(tl.int64)
+    z_row = z_ptr + row * row_stride
+    m, s, w = row_stats(z_row, V, inv_temp, BLOCK_V)
     t = tl.load(targets_ptr + row)
     ignored = t == ignore_index
     t_safe = tl.where(ignored, 0, t)
@@ -80,14 +116,7 @@ def _logprob_rows_backward_kernel(
         ge = 0.0
     lse = tl.load(lse_ptr + row)
     ent = tl.load(entropy_ptr + row)
-    for start in range(0, V, BLOCK_V):
-        cols = start + tl.arange(0, BLOCK_V)
-        mask = cols < V
-        log_p = tl.load(z_row + cols, mask=mask, other=0.0) * inv_temp - lse
-        p = tl.exp(log_p)
-        onehot = tl.where((cols == t) & (~ignored), 1.0, 0.0)
-        dz = (g * (onehot - p) - ge * p * (log_p + ent)) * inv_temp
-        tl.store(z_row + cols, dz, mask=mask)
+    write_row_grad(z_row, V, t, ignored, lse, ent, g, ge, inv_temp, BLOCK_V)
 
 
 def _block_v(V: int, device: torch.device) -> int:

@@ -1,0 +1,376 @@
+"""ppo_loss: the clipped PPO / GRPO / DAPO / GSPO / Dr. GRPO policy loss, with its gradient computed in forward.
+
+Definitions: ia_kernels/reference/ppo.py (float64, autograd) and csrc/include/ia/ppo.h (per token).
+
+Layers: per-token kernels (`ppo_terms` in csrc/cpu/ppo.cpp and triton/ppo.py, `_torch_terms` here)
+-> `loss_and_grads` (aggregation weights, kernel call, loss sum) -> autograd Function
+(`PpoLossFunction`, whose backward only scales the stored gradients) -> public `ppo_loss`.
+
+The aggregation folds into one weight per sequence, `seq_scale[b]`, so the loss is
+sum over valid tokens of seq_scale[b] * L_bt; every token's gradient is then final when the kernel
+writes it. Nothing here synchronises with the host except the optional finiteness check of the
+advantages (`check_finite=True`, one sync on a [B] or [B, T] tensor, at validation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import _native, backends
+from . import _checks
+
+AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+KL_ESTIMATORS = {"k1": 1, "k2": 2, "k3": 3}  # codes of ia::KlEstimator
+IMPORTANCE_LEVELS = ("token", "sequence")
+MAX_LOG_RATIO = 20.0  # ia::kPpoMaxLogRatio
+
+
+@dataclass(frozen=True)
+class PpoOptions:
+    """The loss's hyperparameters, validated (see `ppo_loss` for their meaning)."""
+
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float | None = None
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
+    aggregation: str = "token-mean"
+    importance: str = "token"
+    norm_length: int | None = None
+
+    @classmethod
+    def from_kwargs(cls, *, clip_low=0.2, clip_high=None, dual_clip=None, kl_coef=0.0, kl_estimator="k3",
+                    entropy_coef=0.0, aggregation="token-mean", importance="token", norm_length=None) -> "PpoOptions":
+        clip_low = _checks.require_positive_finite("clip_low", clip_low)
+        clip_high = clip_low if clip_high is None else _checks.require_positive_finite("clip_high", clip_high)
+        if dual_clip is not None:
+            dual_clip = _checks.require_positive_finite("dual_clip", dual_clip)
+            if dual_clip <= 1.0:
+                raise ValueError(f"dual_clip must be > 1 (it bounds the loss of negative advantages at "
+                                 f"-advantage * dual_clip), got {dual_clip}")
+        kl_coef = _finite("kl_coef", kl_coef)
+        if kl_coef < 0:
+            raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
+        entropy_coef = _finite("entropy_coef", entropy_coef)
+        if kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}, got {kl_estimator!r}")
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
+        if importance not in IMPORTANCE_LEVELS:
+            raise ValueError(f"importance must be one of {', '.join(IMPORTANCE_LEVELS)}, got {importance!r}")
+        if norm_length is not None:
+            if aggregation != "seq-mean-token-sum-norm":
+                raise ValueError(f"norm_length applies to aggregation='seq-mean-token-sum-norm' only, "
+                                 f"not {aggregation!r}")
+            if isinstance(norm_length, bool) or not isinstance(norm_length, int) or norm_length < 1:
+                raise ValueError(f"norm_length must be an int >= 1, got {norm_length!r}")
+        return cls(clip_low, clip_high, dual_clip, kl_coef, kl_estimator, entropy_coef, aggregation, importance,
+                   norm_length)
+
+    def native_params(self) -> tuple:
+        """(clip_low, clip_high, dual_clip or 0, kl_coef, kl code, entropy_coef): ia::PpoParams's fields."""
+        return (self.clip_low, self.clip_high, self.dual_clip or 0.0, self.kl_coef, KL_ESTIMATORS[self.kl_estimator],
+                self.entropy_coef)
+
+
+def _finite(name, value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation shared with linear_ppo_loss
+
+
+def validate_token_inputs(shape, old_logp, advantages, mask, ref_logp, entropy, opts: PpoOptions) -> None:
+    """Checks the per-token tensors against the [B, T] token grid `shape` (no host sync)."""
+    B, T = shape
+    _checks.require_float("old_logp", old_logp)
+    _checks.require_shape("old_logp", old_logp, (B, T), "[B, T] like logp")
+    _checks.require_float("advantages", advantages)
+    if tuple(advantages.shape) not in ((B,), (B, T)):
+        raise ValueError(f"advantages must have shape ({B},) (one per sequence) or ({B}, {T}) (one per token), "
+                         f"got {tuple(advantages.shape)}")
+    if mask is not None:
+        _checks.require_tensor("mask", mask)
+        _checks.require_shape("mask", mask, (B, T), "[B, T]: true on the tokens that count")
+    if ref_logp is not None:
+        _checks.require_float("ref_logp", ref_logp)
+        _checks.require_shape("ref_logp", ref_logp, (B, T), "[B, T] like logp")
+    elif opts.kl_coef != 0:
+        raise ValueError(f"kl_coef={opts.kl_coef} needs ref_logp (the reference policy's log-probs)")
+    if entropy is not None:
+        _checks.require_float("entropy", entropy)
+        _checks.require_shape("entropy", entropy, (B, T), "[B, T] like logp")
+
+
+def nonfinite_advantages(advantages, valid) -> torch.Tensor:
+    """Boolean tensor: does an advantage that some valid token uses hold NaN or inf (no sync)?"""
+    used = valid.any(1) if advantages.dim() == 1 else valid
+    return (used & ~torch.isfinite(advantages)).any()
+
+
+def raise_nonfinite_advantages(advantages, valid) -> None:
+    used = valid.any(1) if advantages.dim() == 1 else valid
+    where = (used & ~torch.isfinite(advantages)).nonzero()[0].tolist()
+    raise ValueError(f"advantages must be finite on valid tokens: found NaN or inf at index {tuple(where)} "
+                     f"(pass check_finite=False to skip this check and its host sync)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation and metrics
+
+
+def aggregation_scale(valid: torch.Tensor, opts: PpoOptions, dtype: torch.dtype) -> torch.Tensor:
+    """seq_scale [B]: the weight of each valid token of sequence b in the loss (tensor maths, no sync).
+
+    Sequences without a valid token count in no denominator (verl's convention; TRL's "grpo" and
+    "dr_grpo" divide by the batch size B instead).
+    """
+    B, T = valid.shape
+    seq_tokens = valid.sum(1).to(dtype)
+    n_seqs = (seq_tokens > 0).sum().clamp(min=1).to(dtype)
+    if opts.aggregation == "token-mean":
+        return (1.0 / seq_tokens.sum().clamp(min=1)).expand(B).contiguous()
+    if opts.aggregation == "seq-mean-token-sum":
+        return (1.0 / n_seqs).expand(B).contiguous()
+    if opts.aggregation == "seq-mean-token-mean":
+        return 1.0 / (seq_tokens.clamp(min=1) * n_seqs)
+    norm = T if opts.norm_length is None else opts.norm_length
+    return (1.0 / (n_seqs * norm)).expand(B).contiguous()
+
+
+@torch.no_grad()
+def ppo_metrics(ratio, logp, old_logp, advantages, valid, opts: PpoOptions, *, entropy=None, ref_logp=None) -> dict:
+    """0-d tensors, means over valid tokens (no host sync):
+    clip_frac_low / clip_frac_high: fraction of tokens whose ratio was clipped below (a < 0) / above (a > 0);
+    clip_frac_dual: fraction with a < 0 and ratio > dual_clip (0 without dual clip);
+    approx_kl: KL(old || new) by Schulman's k3 on per-token ratios, mean of (r - 1) - log r;
+    ratio_mean / ratio_min / ratio_max: of the ratio the loss used (the sequence ratio under GSPO);
+    entropy_mean (when entropy is known); kl_ref: mean of the chosen estimator against ref_logp (when given).
+    """
+    dtype = ratio.dtype
+    B, T = valid.shape
+    adv = advantages[:, None].expand(B, T) if advantages.dim() == 1 else advantages
+    zero = torch.zeros((), dtype=dtype, device=ratio.device)
+    count = valid.sum()
+    denom = count.clamp(min=1).to(dtype)
+
+    def mean(x):
+        return torch.where(valid, x.to(dtype), zero).sum() / denom
+
+    lo, hi = 1.0 - opts.clip_low, 1.0 + opts.clip_high
+    log_ratio = torch.where(valid, logp - old_logp, zero).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+    one = torch.ones((), dtype=dtype, device=ratio.device)
+    out = {
+        "clip_frac_low": mean((ratio < lo) & (adv < 0)),
+        "clip_frac_high": mean((ratio > hi) & (adv > 0)),
+        "clip_frac_dual": mean((ratio > opts.dual_clip) & (adv < 0)) if opts.dual_clip is not None else zero.clone(),
+        "approx_kl": mean(torch.expm1(log_ratio) - log_ratio),
+        "ratio_mean": mean(ratio),
+        "ratio_min": torch.where(count > 0, torch.where(valid, ratio, float("inf")).amin(), one),
+        "ratio_max": torch.where(count > 0, torch.where(valid, ratio, float("-inf")).amax(), one),
+    }
+    if entropy is not None:
+        out["entropy_mean"] = mean(entropy)
+    if ref_logp is not None:
+        out["kl_ref"] = mean(_kl_terms(torch.where(valid, logp, zero), torch.where(valid, ref_logp, zero),
+                                       opts.kl_estimator)[0])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-token kernels: terms(logp, old_logp, adv, valid, seq_scale, ref_logp, entropy, opts)
+#   -> (loss [B,T] unweighted L, g_logp = w dL/dl, g_entropy = w dL/dh, ratio), 0/0/0/1 off the mask.
+
+
+def _kl_terms(logp, ref_logp, estimator):
+    """(kl, dkl/dlogp) of ia::kl_penalty."""
+    d = ref_logp - logp
+    if estimator == "k1":
+        return -d, torch.ones_like(d)
+    if estimator == "k2":
+        return 0.5 * d * d, -d
+    dc = d.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+    e = torch.exp(dc)
+    return e - dc - 1, torch.where(d.abs() > MAX_LOG_RATIO, 0.0, 1 - e)
+
+
+def clipped_surrogate(ratio, adv, opts: PpoOptions):
+    """(loss, dloss/dratio) of ia::clipped_surrogate, elementwise."""
+    lo, hi = 1.0 - opts.clip_low, 1.0 + opts.clip_high
+    loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(lo, hi))
+    clip_active = ((adv > 0) & (ratio > hi)) | ((adv < 0) & (ratio < lo))
+    grad = torch.where(clip_active, 0.0, -adv)
+    if opts.dual_clip is not None:
+        bound = -adv * opts.dual_clip
+        dual = (adv < 0) & (loss > bound)
+        loss = torch.where(dual, bound, loss)
+        grad = torch.where(dual, 0.0, grad)
+    return loss, grad
+
+
+def _torch_terms(logp, old_logp, adv, valid, seq_scale, ref_logp, entropy, opts: PpoOptions):
+    B, T = logp.shape
+    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    adv = adv[:, None].expand(B, T) if adv.dim() == 1 else adv
+    adv = torch.where(valid, adv, zero)
+    w = torch.where(valid, seq_scale[:, None], zero)
+    logp_v = torch.where(valid, logp, zero)
+    log_ratio = logp_v - torch.where(valid, old_logp, zero)
+    if opts.importance == "sequence":
+        counts = valid.sum(1).clamp(min=1).to(logp.dtype)
+        log_ratio = (log_ratio.sum(1) / counts)[:, None].expand(B, T)
+    ratio = torch.exp(log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO))
+    dratio = torch.where(log_ratio.abs() > MAX_LOG_RATIO, 0.0, ratio)
+    loss, dloss_dratio = clipped_surrogate(ratio, adv, opts)
+    if opts.importance == "sequence":
+        # GSPO: every valid token of b carries (s_b / n_b) * sum_u w_bu dsurrogate_bu / ds_b.
+        g_seq = (w * dloss_dratio).sum(1) * dratio[:, 0] / counts
+        g_logp = torch.where(valid, g_seq[:, None], zero)
+    else:
+        g_logp = w * dloss_dratio * dratio
+    if opts.kl_coef != 0:
+        kl, dkl = _kl_terms(logp_v, torch.where(valid, ref_logp, zero), opts.kl_estimator)
+        loss = loss + opts.kl_coef * kl
+        g_logp = g_logp + w * (opts.kl_coef * dkl)
+    if opts.entropy_coef != 0:
+        loss = loss - opts.entropy_coef * torch.where(valid, entropy, zero)
+        g_entropy = w * -opts.entropy_coef
+    else:
+        g_entropy = torch.zeros_like(w)
+    return torch.where(valid, loss, zero), g_logp, g_entropy, torch.where(valid, ratio, 1.0)
+
+
+def _cpu_terms(logp, old_logp, adv, valid, seq_scale, ref_logp, entropy, opts: PpoOptions):
+    B, T = logp.shape
+    out = torch.empty((4, B, T), dtype=torch.float32, device=logp.device)
+    adv_strides = (adv.stride(0), 0) if adv.dim() == 1 else (adv.stride(0), adv.stride(1))
+    _native.cpu_module().ppo_terms(B, T, logp.data_ptr(), old_logp.data_ptr(), _native.ptr(ref_logp), _native.ptr(entropy),
+                     adv.data_ptr(), *adv_strides, valid.data_ptr(), seq_scale.data_ptr(), *opts.native_params(),
+                     opts.importance == "sequence", *(out[i].data_ptr() for i in range(4)))
+    return out.unbind(0)
+
+
+def _triton_terms(*args):
+    from ..triton import ppo as triton_ppo  # imported late: triton is optional
+
+    return triton_ppo.ppo_terms(*args)
+
+
+TERMS = {"torch": _torch_terms, "cpu": _cpu_terms, "triton": _triton_terms}
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def loss_and_grads(terms, logp, old_logp, advantages, valid, ref_logp, entropy, opts: PpoOptions):
+    """(loss, g_logp, g_entropy, ratio) for prepared inputs: contiguous tensors in one compute dtype,
+    `valid` a contiguous bool [B, T]. The compiled kernels are fp32-only; float64 takes the torch terms."""
+    if logp.dtype == torch.float64:
+        terms = _torch_terms
+    seq_scale = aggregation_scale(valid, opts, logp.dtype)
+    loss_tok, g_logp, g_entropy, ratio = terms(logp, old_logp, advantages, valid, seq_scale, ref_logp, entropy, opts)
+    # Off-mask loss terms are exactly 0, so a per-sequence sum then the scale is the weighted sum.
+    loss = (loss_tok.sum(1) * seq_scale).sum()
+    return loss, g_logp, g_entropy, ratio
+
+
+class PpoLossFunction(torch.autograd.Function):
+    """Differentiable in logp and entropy; the gradients are made in forward, backward scales them."""
+
+    @staticmethod
+    def forward(ctx, logp, entropy, old_logp, advantages, valid, ref_logp, opts, terms):
+        dtype = compute_dtype(logp)
+
+        def prep(x):
+            return None if x is None else x.detach().to(dtype).contiguous()
+
+        loss, g_logp, g_entropy, ratio = loss_and_grads(
+            terms, prep(logp), prep(old_logp), prep(advantages), valid, prep(ref_logp), prep(entropy), opts)
+        ctx.save_for_backward(g_logp, g_entropy)
+        ctx.dtypes = (logp.dtype, None if entropy is None else entropy.dtype)
+        ctx.mark_non_differentiable(ratio)
+        return loss, ratio
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss, _grad_ratio):
+        g_logp, g_entropy = ctx.saved_tensors
+        logp_dtype, entropy_dtype = ctx.dtypes
+        grad_logp = (g_logp * grad_loss).to(logp_dtype) if ctx.needs_input_grad[0] else None
+        grad_entropy = (g_entropy * grad_loss).to(entropy_dtype) if ctx.needs_input_grad[1] else None
+        return grad_logp, grad_entropy, None, None, None, None, None, None
+
+
+_OP = backends.register("ppo_loss", TERMS, cuda_preference=("triton", "torch"))
+
+
+def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor | None = None,
+             *, ref_logp: torch.Tensor | None = None, clip_low: float = 0.2, clip_high: float | None = None,
+             dual_clip: float | None = None, kl_coef: float = 0.0, kl_estimator: str = "k3",
+             entropy: torch.Tensor | None = None, entropy_coef: float = 0.0, aggregation: str = "token-mean",
+             importance: str = "token", norm_length: int | None = None, check_finite: bool = True,
+             backend: str | None = None):
+    """The clipped policy-gradient loss over a batch of B sequences of T tokens, and its metrics.
+
+    Args:
+        logp: [B, T] log-probs of the sampled tokens under the policy being trained (differentiable).
+        old_logp: [B, T] log-probs under the policy that sampled them (constant).
+        advantages: [B] per sequence (broadcast over its tokens) or [B, T] per token (constant).
+        mask: [B, T], nonzero on the tokens that count; None: all of them. Masked tokens may hold
+            anything (NaN included); fully masked sequences contribute nothing and produce no NaN.
+        ref_logp: [B, T] reference-policy log-probs, for the KL penalty and the `kl_ref` metric.
+        clip_low, clip_high: the ratio is clipped to [1 - clip_low, 1 + clip_high]; clip_high
+            defaults to clip_low (DAPO's clip-higher sets it larger). Both > 0.
+        dual_clip: c > 1: for negative advantages the loss is at most -advantage * c (dual-clip PPO).
+        kl_coef, kl_estimator: adds kl_coef * KL estimate to each token: "k1" = l - l_ref,
+            "k2" = (l - l_ref)^2 / 2, "k3" = exp(l_ref - l) - (l_ref - l) - 1 (Schulman; GRPO).
+        entropy, entropy_coef: [B, T] entropies; each token's loss gets -entropy_coef * entropy.
+        aggregation: "token-mean" (mean over valid tokens), "seq-mean-token-sum",
+            "seq-mean-token-mean", or "seq-mean-token-sum-norm" (Dr. GRPO: each sequence's token
+            sum divided by the constant norm_length, default T). Sequence means are over the
+            sequences that have a valid token.
+        importance: "token" (one ratio per token) or "sequence" (GSPO: one ratio per sequence,
+            exp of the mean log-ratio of its valid tokens; each token's gradient is
+            ratio / |y| * grad logp times the sequence's surrogate slope).
+        check_finite: reject NaN/inf advantages on valid tokens with a ValueError (one host sync);
+            False skips the check, leaving the call free of host synchronisation.
+        backend: "torch", "cpu" or "triton"; None picks the fastest for the device.
+
+    Returns:
+        (loss, metrics): loss a 0-d fp32 tensor (float64 for float64 logp); metrics a dict of
+        detached 0-d tensors, described in `ppo_metrics`. Log ratios and the k3 exponent are
+        clamped to +-20 (as verl) so that exp stays finite.
+    """
+    opts = PpoOptions.from_kwargs(clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, kl_coef=kl_coef,
+                                  kl_estimator=kl_estimator, entropy_coef=entropy_coef, aggregation=aggregation,
+                                  importance=importance, norm_length=norm_length)
+    _checks.require_float("logp", logp)
+    if logp.dim() != 2:
+        raise ValueError(f"logp must have shape [B, T], got {tuple(logp.shape)}")
+    validate_token_inputs(logp.shape, old_logp, advantages, mask, ref_logp, entropy, opts)
+    if opts.entropy_coef != 0 and entropy is None:
+        raise ValueError(f"entropy_coef={opts.entropy_coef} needs entropy (the [B, T] per-token entropies)")
+    device = _checks.require_same_device(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask,
+                                         ref_logp=ref_logp, entropy=entropy)
+    valid = (torch.ones(logp.shape, dtype=torch.bool, device=device) if mask is None
+             else (mask != 0).contiguous())
+    if check_finite and bool(nonfinite_advantages(advantages, valid)):
+        raise_nonfinite_advantages(advantages, valid)
+    _, terms = _OP.select(device, backend)
+    loss, ratio = PpoLossFunction.apply(logp, entropy, old_logp, advantages, valid, ref_logp, opts, terms)
+    dtype = compute_dtype(logp)
+    metrics = ppo_metrics(ratio, logp.detach().to(dtype), old_logp.detach().to(dtype), advantages.detach().to(dtype),
+                          valid, opts, entropy=None if entropy is None else entropy.detach().to(dtype),
+                          ref_logp=None if ref_logp is None else ref_logp.detach().to(dtype))
+    return loss, metrics
