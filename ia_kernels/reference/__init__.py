@@ -2,5 +2,6 @@
 compute. One module per op family; everything is re-exported here."""
 
 from .logprobs import linear_logprobs
+from .ppo import linear_ppo_loss, ppo_loss
 
-__all__ = ["linear_logprobs"]
+__all__ = ["linear_logprobs", "ppo_loss", "linear_ppo_loss"]

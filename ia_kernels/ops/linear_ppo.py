@@ -1,0 +1,245 @@
+"""linear_ppo_loss: hidden states in, PPO loss and all its gradients out, logits never stored.
+
+Layers: row passes (`ppo_rows_fused` in csrc/cpu/ppo.cpp and triton/ppo.py, `_torch_fused_rows`
+here; the log-prob row passes of ops/_logprob_rows.py) -> chunked launchers (`_token_level_pass`,
+`_sequence_level_pass`, GEMMs in ops/_lm_head.py) -> autograd Function (`LinearPpoLossFunction`)
+-> public `linear_ppo_loss`.
+
+Token-level importance, one pass over the tokens, 6 N H V FLOPs: per chunk of rows, one GEMM
+makes the fp32 logits, one fused row pass turns each row into (logp, entropy), then into the
+token's loss terms and dloss/dlogp, dloss/dentropy (the aggregation weights are known up front from
+the mask), and overwrites the row with dloss/dlogits; two GEMMs then add the chunk's hidden and
+weight gradients. All of it runs in forward; backward multiplies the stored gradients by
+grad_output. Only one chunk of logits exists at a time.
+
+Sequence-level importance (GSPO) needs every token of a sequence before any token's gradient is
+known (the ratio is a mean over the sequence), so it runs in two phases, 8 N H V FLOPs: a stats
+pass over all chunks (logits GEMM + log-prob row pass: logp, lse, entropy), the per-token terms
+over [B, T] (ops/ppo.py's kernels), then a gradient pass that recomputes each chunk's logits and
+runs the log-prob gradient row pass and the two GEMMs — linear_logprobs's forward and backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .. import _native, backends
+from . import _checks, ppo
+from ._lm_head import LMHead, chunk_rows
+from ._logprob_rows import ROW_PASSES, RowPass
+from .logprobs import _chunked_backward, _chunked_forward, _validate
+
+
+@dataclass(frozen=True)
+class PpoRowBackend:
+    """The kernels one backend contributes to the fused linear PPO loss."""
+
+    name: str
+    fused_rows: Callable  # token-level fused row pass, signature of `_torch_fused_rows`
+    logprob_rows: RowPass  # stats and gradient row passes, for the two-phase sequence level
+    terms: Callable  # per-token PPO terms over [B, T] (ops/ppo.py)
+
+
+def _torch_fused_rows(z, targets, temperature, ignore_index, old_logp, adv, ref_logp, weight, opts,
+                      logp, entropy, loss, ratio):
+    """The fused row pass in PyTorch: log-prob rows, token terms (each row a one-token sequence of
+    weight `weight`), then the gradient rows. Same contract as the native kernels: ignored rows get
+    zero outputs (ratio 1) and a zero gradient row."""
+    rows_pass = ROW_PASSES["torch"]
+    lse = torch.empty_like(logp)
+    rows_pass.forward(z, targets, temperature, ignore_index, logp, lse, entropy)
+    valid = (targets != ignore_index)[:, None]
+    loss_tok, g_logp, g_entropy, ratio_tok = ppo._torch_terms(
+        logp[:, None], old_logp[:, None], adv, valid, weight, None if ref_logp is None else ref_logp[:, None],
+        entropy[:, None], opts)
+    loss.copy_(loss_tok[:, 0])
+    ratio.copy_(ratio_tok[:, 0])
+    entropy.masked_fill_(~valid[:, 0], 0.0)
+    rows_pass.backward(z, targets, temperature, ignore_index, lse, entropy, g_logp[:, 0],
+                       g_entropy[:, 0] if opts.entropy_coef != 0 else None)
+
+
+def _cpu_fused_rows(z, targets, temperature, ignore_index, old_logp, adv, ref_logp, weight, opts,
+                    logp, entropy, loss, ratio):
+    _native.cpu_module().ppo_rows_fused(
+        z.data_ptr(), z.stride(0), z.shape[0], z.shape[1], targets.data_ptr(), float(temperature), int(ignore_index),
+        old_logp.data_ptr(), adv.data_ptr(), _native.ptr(ref_logp), weight.data_ptr(), *opts.native_params(),
+        logp.data_ptr(), entropy.data_ptr(), loss.data_ptr(), ratio.data_ptr())
+
+
+def _triton_fused_rows(*args):
+    from ..triton import ppo as triton_ppo  # imported late: triton is optional
+
+    triton_ppo.ppo_rows_fused(*args)
+
+
+ROW_BACKENDS = {
+    "torch": PpoRowBackend("torch", _torch_fused_rows, ROW_PASSES["torch"], ppo.TERMS["torch"]),
+    "cpu": PpoRowBackend("cpu", _cpu_fused_rows, ROW_PASSES["cpu"], ppo.TERMS["cpu"]),
+    "triton": PpoRowBackend("triton", _triton_fused_rows, ROW_PASSES["triton"], ppo.TERMS["triton"]),
+}
+
+
+def _token_level_pass(be: PpoRowBackend, hidden, weight, bias, head: LMHead, targets, temperature, ignore_index,
+                      old_logp, adv, ref_logp, token_weight, opts, rows, needs):
+    """One pass over the chunks: (logp, entropy, unweighted token loss, ratio) [N] and the gradients."""
+    n = hidden.shape[0]
+    dtype = head.logits_dtype
+    logp, entropy, loss_tok, ratio = torch.empty((4, n), dtype=dtype, device=hidden.device).unbind(0)
+    need_h, need_w, need_b = needs
+    grad_hidden = torch.empty_like(hidden) if need_h else None
+    # Weight/bias gradients accumulate over chunks in fp32 (deterministic: no atomics), cast at the end.
+    grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if need_w else None
+    grad_bias = torch.zeros(bias.shape, dtype=dtype, device=bias.device) if need_b else None
+    for start in range(0, n, rows):
+        sl = slice(start, min(start + rows, n))
+        z = head.logits(hidden[sl])
+        be.fused_rows(z, targets[sl], temperature, ignore_index, old_logp[sl], adv[sl],
+                      None if ref_logp is None else ref_logp[sl], token_weight[sl], opts,
+                      logp[sl], entropy[sl], loss_tok[sl], ratio[sl])
+        if any(needs):
+            head.backprop_chunk(z, hidden[sl], None if grad_hidden is None else grad_hidden[sl], grad_weight, grad_bias)
+    grads = (grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype),
+             None if grad_bias is None else grad_bias.to(bias.dtype))
+    return logp, entropy, loss_tok, ratio, grads
+
+
+def _sequence_level_pass(be: PpoRowBackend, hidden, weight, bias, head: LMHead, targets, temperature, ignore_index,
+                         old_logp, adv, ref_logp, valid, opts, rows, needs):
+    """Two phases (see the module docstring): stats pass, [B, T] terms, gradient pass."""
+    B, T = valid.shape
+    logp, lse, entropy = _chunked_forward(be.logprob_rows, hidden, head, targets, temperature, ignore_index, rows)
+    loss, g_logp, g_entropy, ratio = ppo.loss_and_grads(
+        be.terms, logp.view(B, T), old_logp, adv, valid, ref_logp, entropy.view(B, T), opts)
+    grads = (None, None, None)
+    if any(needs):
+        grads = _chunked_backward(be.logprob_rows, hidden, weight, bias, head, targets, temperature, ignore_index,
+                                  rows, lse, entropy, g_logp.reshape(-1),
+                                  g_entropy.reshape(-1) if opts.entropy_coef != 0 else None, needs)
+    return loss, logp.view(B, T), entropy.view(B, T), ratio, grads
+
+
+class LinearPpoLossFunction(torch.autograd.Function):
+    """Differentiable in hidden [N, H], weight and bias; every gradient is made in forward.
+
+    backward scales the stored gradients in place and releases them: it can run once per forward
+    (backward(retain_graph=True) followed by a second backward through this op raises).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, old_logp, adv, ref_logp, valid, temperature, ignore_index,
+                opts, be, rows, want_grads):
+        needs = (want_grads and ctx.needs_input_grad[0], want_grads and ctx.needs_input_grad[1],
+                 want_grads and bias is not None and ctx.needs_input_grad[2])
+        head = LMHead.prepare(weight, bias)
+        B, T = valid.shape
+        if opts.importance == "sequence":
+            loss, logp, entropy, ratio, grads = _sequence_level_pass(
+                be, hidden, weight, bias, head, targets, temperature, ignore_index, old_logp, adv, ref_logp, valid,
+                opts, rows, needs)
+        else:
+            seq_scale = ppo.aggregation_scale(valid, opts, head.logits_dtype)
+            token_weight = torch.where(valid, seq_scale[:, None], 0.0).reshape(-1)
+            adv_tok = (adv[:, None].expand(B, T) if adv.dim() == 1 else adv).reshape(-1).contiguous()
+            logp, entropy, loss_tok, ratio, grads = _token_level_pass(
+                be, hidden, weight, bias, head, targets, temperature, ignore_index, old_logp.reshape(-1), adv_tok,
+                None if ref_logp is None else ref_logp.reshape(-1), token_weight, opts, rows, needs)
+            loss = (loss_tok.view(B, T).sum(1) * seq_scale).sum()
+            logp, entropy, ratio = logp.view(B, T), entropy.view(B, T), ratio.view(B, T)
+        ctx.grads = grads
+        ctx.mark_non_differentiable(logp, entropy, ratio)
+        return loss, logp, entropy, ratio
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss, _g_logp, _g_entropy, _g_ratio):
+        if ctx.grads is None:
+            raise RuntimeError("linear_ppo_loss's stored gradients were already used by an earlier backward; "
+                               "it supports one backward per forward")
+        grads, ctx.grads = ctx.grads, None
+        scaled = [None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in grads]
+        return (*scaled, None, None, None, None, None, None, None, None, None, None, None)
+
+
+def _check_values(targets, valid, vocab, advantages, check_finite) -> None:
+    """Out-of-range targets would read out of bounds: always rejected. NaN/inf advantages: when
+    check_finite. Both checks share one host sync."""
+    bad_target = (valid & ((targets < 0) | (targets >= vocab))).any()
+    flags = torch.stack([bad_target, ppo.nonfinite_advantages(advantages, valid) if check_finite
+                         else torch.zeros((), dtype=torch.bool, device=valid.device)])
+    bad_target, bad_adv = flags.tolist()
+    if bad_target:
+        found = targets[valid & ((targets < 0) | (targets >= vocab))][0].item()
+        raise ValueError(f"targets must lie in [0, {vocab}) on valid tokens (or equal ignore_index); found {found}")
+    if bad_adv:
+        ppo.raise_nonfinite_advantages(advantages, valid)
+
+
+_OP = backends.register("linear_ppo_loss", ROW_BACKENDS, cuda_preference=("triton", "torch"))
+
+
+def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, old_logp: torch.Tensor,
+                    advantages: torch.Tensor, mask: torch.Tensor | None = None, *, bias: torch.Tensor | None = None,
+                    temperature: float = 1.0, ignore_index: int = -100, ref_logp: torch.Tensor | None = None,
+                    clip_low: float = 0.2, clip_high: float | None = None, dual_clip: float | None = None,
+                    kl_coef: float = 0.0, kl_estimator: str = "k3", entropy_coef: float = 0.0,
+                    aggregation: str = "token-mean", importance: str = "token", norm_length: int | None = None,
+                    check_finite: bool = True, backend: str | None = None, chunk_size: int | None = None):
+    """The PPO loss of `ppo_loss` on the log-probs of `targets` under the LM head, fully fused.
+
+    Equals `ppo_loss(linear_logprobs(hidden, weight, targets, ...), old_logp, advantages, mask,
+    entropy=<the policy's entropy>, ...)` in value and gradients, without the [N, V] logits.
+
+    Args:
+        hidden: [B, T, H] final hidden states (fp32, bf16, fp16 or fp64).
+        weight: [V, H] LM-head weight, same dtype as hidden. bias: optional [V].
+        targets: [B, T] integer token ids in [0, V) on valid tokens; `ignore_index` also masks a token.
+        old_logp, advantages, mask, ref_logp and the loss options: as in `ppo_loss`; the entropy
+            is the policy's own (softmax(logits / temperature)), used by entropy_coef and metrics.
+        temperature: logits are divided by it (> 0), as at sampling time.
+        check_finite: reject NaN/inf advantages (shares the one host sync that always checks the
+            targets' range).
+        backend: "torch", "cpu" or "triton"; None picks the fastest for the device.
+        chunk_size: rows of logits per chunk (None: IA_KERNELS_CHUNK_BYTES, 64 MiB on CPU).
+
+    Returns:
+        (loss, metrics) as `ppo_loss`, with `entropy_mean` always present. Gradients with respect
+        to hidden, weight and bias are computed during this call; backward only scales them.
+    """
+    opts = ppo.PpoOptions.from_kwargs(clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, kl_coef=kl_coef,
+                                      kl_estimator=kl_estimator, entropy_coef=entropy_coef, aggregation=aggregation,
+                                      importance=importance, norm_length=norm_length)
+    temperature = _validate(hidden, weight, targets, bias, temperature)
+    if hidden.dim() != 3:
+        raise ValueError(f"hidden must have shape [B, T, H], got {tuple(hidden.shape)}")
+    B, T, H = hidden.shape
+    ppo.validate_token_inputs((B, T), old_logp, advantages, mask, ref_logp, None, opts)
+    device = _checks.require_same_device(hidden=hidden, old_logp=old_logp, advantages=advantages, mask=mask,
+                                         ref_logp=ref_logp)
+    ignore_index = int(ignore_index)
+    valid = targets != ignore_index
+    if mask is not None:
+        valid = valid & (mask != 0)
+    valid = valid.contiguous()
+    _check_values(targets, valid, weight.shape[0], advantages, check_finite)
+    _, be = _OP.select(device, backend)
+    if hidden.dtype == torch.float64:
+        be = ROW_BACKENDS["torch"]  # the compiled and Triton kernels are fp32-only
+    dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+
+    def prep(x):
+        return None if x is None else x.detach().to(dtype).contiguous()
+
+    h2 = hidden.reshape(B * T, H)
+    h2 = h2 if h2.is_contiguous() else h2.contiguous()
+    w = weight if weight.stride(-1) == 1 else weight.contiguous()
+    t = torch.where(valid, targets, ignore_index).reshape(-1).to(torch.int64).contiguous()
+    old, adv, ref = prep(old_logp), prep(advantages), prep(ref_logp)
+    rows = chunk_rows(B * T, weight.shape[0], device, chunk_size)
+    loss, logp, entropy, ratio = LinearPpoLossFunction.apply(
+        h2, w, bias, t, old, adv, ref, valid, temperature, ignore_index, opts, be, rows, torch.is_grad_enabled())
+    metrics = ppo.ppo_metrics(ratio, logp, old, adv, valid, opts, entropy=entropy, ref_logp=ref)
+    return loss, metrics
