@@ -22,8 +22,14 @@ IA_HOST_DEVICE float exp_approx(float x) {
   const float kLog2e = 1.44269504088896341f;
   const float kLn2Hi = 0.693359375f;
   const float kLn2Lo = -2.12194440e-4f;
-  x = fminf(fmaxf(x, -87.3f), 88.0f);
-  float n = floorf(x * kLog2e + 0.5f);
+  // Plain comparisons, not fminf/fmaxf: those keep NaN semantics that stop GCC from inlining them
+  // into SIMD loops (a NaN input still propagates: both comparisons are false).
+  x = x < -87.3f ? -87.3f : x;
+  x = x > 88.0f ? 88.0f : x;
+  // n = round(x / ln2) by the 1.5 * 2^23 trick: floorf would be a library call in SIMD loops
+  // unless the whole build gave up trapping-math semantics.
+  const float kRound = 12582912.0f;
+  float n = (x * kLog2e + kRound) - kRound;
   float r = x - n * kLn2Hi;
   r = r - n * kLn2Lo;
   float p = 1.9875691500e-4f;
