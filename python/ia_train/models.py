@@ -1,0 +1,87 @@
+"""Where the policy comes from: the bundled tiny model, SmolLM2, or a local Hugging Face directory.
+
+Also the two model-side facts the trainer needs: the prompt format (the tokenizer's chat template
+when it has one, else the raw prompt) and the split of a causal LM into its body (which returns the
+final hidden states) and its LM-head weight, so that the loss never sees logits.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+TINY_DIR = Path(__file__).resolve().parent / "assets" / "tiny"
+
+
+def check_model_source(model: str) -> None:
+    """Raise ConfigError (one line) when `model` cannot name a causal LM; reads config.json only."""
+    from .config import ConfigError
+
+    if model in ("tiny", "smollm2"):
+        if model == "tiny" and not (TINY_DIR / "model.safetensors").is_file():
+            raise ConfigError(f"--model tiny: the bundled model is missing from {TINY_DIR}; "
+                              "reinstall ia_kernels or run scripts/make_tiny_model.py")
+        return
+    path = Path(model)
+    if not path.is_dir():
+        raise ConfigError(f"--model {model}: not 'tiny', 'smollm2' or an existing local model directory; "
+                          "give a directory with config.json and weights (nothing is downloaded)")
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise ConfigError(f"--model {model}: no config.json in that directory; point it at a Hugging Face model folder")
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        causal = type(config) in AutoModelForCausalLM._model_mapping
+    except (ValueError, OSError, KeyError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--model {model}: config.json is not a model transformers knows "
+                          f"({str(e).splitlines()[0][:120]})") from None
+    if not causal:
+        raise ConfigError(f"--model {model}: a {type(config).__name__} is not a causal language model; "
+                          "give a decoder-only model directory (e.g. Llama, Qwen2, SmolLM2)")
+
+
+def load_model(source: str, *, device: torch.device, attention: str):
+    """(model, tokenizer) in float32 on `device`, tokenizer padding on the left (for generate)."""
+    if source == "smollm2":
+        from .smollm2 import load_smollm2  # written alongside the benchmark tasks; heavy, so lazy
+
+        model, tokenizer = load_smollm2()
+        if hasattr(model, "set_attn_implementation") and attention != "auto":
+            model.set_attn_implementation(attention)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = str(TINY_DIR if source == "tiny" else source)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32,
+                                                     attn_implementation=attention)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model.to(device)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def format_prompt(tokenizer, text: str) -> str:
+    """The model-side prompt: the chat template with a generation prompt, when the tokenizer has one."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                             tokenize=False)
+    return text
+
+
+def body_and_head(model):
+    """The transformer body (input ids -> final normed hidden states) and the LM head (weight, bias).
+
+    The PPO loss takes hidden states and the head weight, so full logits are never built in training.
+    """
+    body = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    head = model.get_output_embeddings()
+    if head is None or not hasattr(head, "weight"):
+        raise ValueError(f"{type(model).__name__} has no linear LM head; ia-train needs one")
+    return body, head.weight, getattr(head, "bias", None)

@@ -1,0 +1,80 @@
+"""Rollouts: n sampled responses per prompt with Hugging Face `generate`, laid out for the loss.
+
+Layout of a batch of B = prompts * n sequences (samples of one prompt contiguous, as the group
+estimators expect):
+    input_ids [B, P + T]: the prompt left-padded to width P, then the response right-padded to T
+    response_mask [B, T]: true on response tokens up to and including the first EOS
+Hidden state t predicts token t + 1, so the response's log-probs come from hidden[:, P-1 : P+T-1].
+Position ids count only real tokens, as `generate` does with left padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Rollout:
+    input_ids: torch.Tensor  # [B, P + T]
+    attention_mask: torch.Tensor  # [B, P + T]
+    prompt_width: int  # P
+    response_mask: torch.Tensor  # [B, T] bool
+    texts: list[str]  # decoded responses (special tokens dropped)
+    lengths: torch.Tensor  # [B] response tokens (EOS included)
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        return (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.input_ids[:, self.prompt_width:]
+
+    def select(self, rows: torch.Tensor | slice) -> "Rollout":
+        texts = self.texts[rows] if isinstance(rows, slice) else [self.texts[i] for i in rows.tolist()]
+        return Rollout(self.input_ids[rows], self.attention_mask[rows], self.prompt_width,
+                       self.response_mask[rows], texts, self.lengths[rows])
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[str], n: int, *, temperature: float, max_new_tokens: int,
+           batch_size: int = 512) -> Rollout:
+    """n samples for each prompt (pure temperature sampling: no top-k/top-p, so the policy the loss
+    sees is exactly the one that sampled). Prompts are processed in chunks of batch_size // n."""
+    device = next(model.parameters()).device
+    eos = tokenizer.eos_token_id
+    per_chunk = max(1, batch_size // n)
+    chunks = []
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(prompts), per_chunk):
+        enc = tokenizer(prompts[start:start + per_chunk], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(device)
+        out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                             max_new_tokens=max_new_tokens, num_return_sequences=n, eos_token_id=eos,
+                             pad_token_id=tokenizer.pad_token_id, use_cache=True)
+        P = enc["input_ids"].shape[1]
+        prompt_mask = enc["attention_mask"].repeat_interleave(n, dim=0)
+        chunks.append((out[:, :P], prompt_mask, out[:, P:]))
+    model.train(was_training)
+    P = max(c[0].shape[1] for c in chunks)
+    T = max(c[2].shape[1] for c in chunks)
+    pad = tokenizer.pad_token_id
+    ids, amask, resp = [], [], []
+    for p_ids, p_mask, r_ids in chunks:
+        lp, lr = P - p_ids.shape[1], T - r_ids.shape[1]
+        ids.append(torch.nn.functional.pad(p_ids, (lp, 0), value=pad))
+        amask.append(torch.nn.functional.pad(p_mask, (lp, 0), value=0))
+        resp.append(torch.nn.functional.pad(r_ids, (0, lr), value=pad))
+    prompt_ids, prompt_mask, response = torch.cat(ids), torch.cat(amask), torch.cat(resp)
+    # Keep tokens up to and including the first EOS; what generate wrote after it is padding.
+    is_eos = response == eos
+    after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
+    response_mask = ~after_eos
+    response = torch.where(response_mask, response, pad)
+    lengths = response_mask.sum(1)
+    texts = tokenizer.batch_decode(response, skip_special_tokens=True)
+    return Rollout(torch.cat([prompt_ids, response], 1), torch.cat([prompt_mask, response_mask.long()], 1),
+                   P, response_mask, texts, lengths)

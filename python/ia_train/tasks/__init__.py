@@ -1,0 +1,58 @@
+"""Task registry: a name -> a `Task` (see base.py).
+
+reasoning-gym datasets are known by their own names. The benchmark tasks live in their own modules,
+imported only when named (they pull in heavier dependencies); each module provides
+`load_task(name, options) -> Task`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import Problem, Task
+
+# name -> module that provides load_task(name, options)
+BENCHMARK_TASKS = {
+    "math500": "ia_train.tasks.math",
+    "aime": "ia_train.tasks.math",
+    "aime24": "ia_train.tasks.math",
+    "aime25": "ia_train.tasks.math",
+    "humaneval": "ia_train.tasks.humaneval",
+}
+
+
+def check_task(name: str, options: dict | None = None) -> None:
+    """Raise ConfigError (one line) when `name` is not a known task; cheap, loads no data."""
+    from ..config import ConfigError
+
+    if name in BENCHMARK_TASKS:
+        return
+    try:
+        from .reasoning_gym import dataset_names
+
+        names = dataset_names()
+    except ImportError:
+        raise ConfigError(f"--task {name}: reasoning-gym is not installed; pip install reasoning-gym, "
+                          f"or use one of {', '.join(BENCHMARK_TASKS)}") from None
+    if name not in names:
+        close = [n for n in names if name.lower() in n or n in name.lower()][:5]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(f"--task {name!r} is unknown{hint}; use a reasoning-gym task name "
+                          f"(e.g. chain_sum, basic_arithmetic) or one of {', '.join(BENCHMARK_TASKS)}")
+    if options:
+        try:
+            load_task(name, options).problems("train", 1, 0)
+        except Exception as e:  # the dataset's own config validation
+            raise ConfigError(f"--task-options {options} rejected by {name}: {e}".replace("\n", " ")) from None
+
+
+def load_task(name: str, options: dict | None = None) -> Task:
+    if name in BENCHMARK_TASKS:
+        module = importlib.import_module(BENCHMARK_TASKS[name])
+        return module.load_task(name, dict(options or {}))
+    from .reasoning_gym import ReasoningGymTask
+
+    return ReasoningGymTask(name, options)
+
+
+__all__ = ["Problem", "Task", "check_task", "load_task", "BENCHMARK_TASKS"]

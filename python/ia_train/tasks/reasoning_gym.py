@@ -1,0 +1,81 @@
+"""reasoning-gym tasks: procedurally generated problems with exact verifiers.
+
+A response states its final answer as `<answer>...</answer>` (reasoning-gym's own convention); the
+last such tag counts. Scoring is the dataset's own `score_answer`, so partial credit (if a dataset
+gives any) passes through unchanged.
+
+Splits: reasoning-gym seeds item i of a dataset with `seed + i`, so two nearby seeds share most of
+their items. The eval split therefore adds a large offset to the seed, which keeps its items out of
+any train stream shorter than the offset.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Hashable, Sequence
+
+from .base import Problem
+
+EVAL_SEED_OFFSET = 1_000_000_000
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+def dataset_names() -> list[str]:
+    from reasoning_gym.factory import DATASETS
+
+    return sorted(DATASETS)
+
+
+def canonical(text: str | None) -> Hashable | None:
+    """Numbers compare by value ("07", "7.0" and "7" are one answer); other text by its stripped form."""
+    if text is None:
+        return None
+    s = text.strip()
+    if not s:
+        return None
+    try:
+        v = float(s.replace(",", ""))
+        return int(v) if v.is_integer() and abs(v) < 2**53 else v
+    except ValueError:
+        return s
+
+
+class ReasoningGymTask:
+    def __init__(self, name: str, options: dict | None = None):
+        self.name = name
+        self.options = dict(options or {})
+        self._datasets: dict = {}
+
+    def _dataset(self, seed: int, size: int):
+        import reasoning_gym
+
+        key = (seed, size)
+        if key not in self._datasets:
+            self._datasets[key] = reasoning_gym.create_dataset(self.name, seed=seed, size=size, **self.options)
+        return self._datasets[key]
+
+    def problems(self, split: str, count: int, seed: int, start: int = 0) -> Sequence[Problem]:
+        if split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        base = seed + (EVAL_SEED_OFFSET if split == "eval" else 0)
+        data = self._dataset(base, start + count)
+        out = []
+        for i in range(start, start + count):
+            entry = data[i]
+            out.append(Problem(uid=f"{self.name}/{split}/{seed}/{i}", prompt=entry["question"],
+                               answer=entry["answer"], meta={"entry": entry, "dataset": data}))
+        return out
+
+    def extract_answer(self, problem: Problem, response: str) -> Hashable | None:
+        found = _ANSWER.findall(response)
+        return canonical(found[-1]) if found else None
+
+    def score(self, problem: Problem, response: str) -> float:
+        found = _ANSWER.findall(response)
+        if not found:
+            return 0.0
+        reward = problem.meta["dataset"].score_answer(found[-1].strip(), problem.meta["entry"])
+        return float(min(max(reward, 0.0), 1.0))
+
+    def score_batch(self, problems: Sequence[Problem], responses: Sequence[str]) -> list[float]:
+        return [self.score(p, r) for p, r in zip(problems, responses)]

@@ -1,0 +1,154 @@
+"""Build the bundled tiny model (python/ia_train/assets/tiny/) from scratch, reproducibly.
+
+A character-level tokenizer (printable ASCII + newline, built with `tokenizers`) and a small Llama,
+warm-started by supervised training on worked solutions of reasoning-gym's chain_sum problems:
+    15 - 43 - 75 =   ->   "15 - 43 = -28\n-28 - 75 = -103\n<answer>-103</answer>"
+The warm start is deliberately short, so the model is right often but not reliably when sampled at
+temperature 1: the room that RL fine-tuning (`ia-train`) then closes on held-out problems.
+
+The SFT problems come from the task's train split with seed SFT_SEED (far from the seeds ia-train
+uses for training and evaluation). Runs in a few minutes on 2 CPU cores:
+    python scripts/make_tiny_model.py            # writes python/ia_train/assets/tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+SFT_SEED = 500_000_000
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "python" / "ia_train" / "assets" / "tiny"
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['content'] }}{% endfor %}"
+                 "{% if add_generation_prompt %}{{ '\\n' }}{% endif %}")
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
+    for ch in [chr(i) for i in range(32, 127)] + ["\n"]:
+        vocab[ch] = len(vocab)
+    # A BPE model without merges is a character-level tokenizer that still saves as tokenizer.json.
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"  # generation pads prompts on the left
+    return fast
+
+
+def worked_solution(expression: str) -> str:
+    """Left-to-right partial sums, one line per operation, then the answer tag."""
+    parts = expression.split()
+    acc = int(parts[0])
+    lines = []
+    for op, num in zip(parts[1::2], parts[2::2]):
+        new = acc + int(num) if op == "+" else acc - int(num)
+        lines.append(f"{acc} {op} {num} = {new}")
+        acc = new
+    return "\n".join(lines) + f"\n<answer>{acc}</answer>"
+
+
+def build_model(vocab_size: int, args):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=args.hidden, intermediate_size=args.hidden * 3,
+                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                         num_key_value_heads=args.heads, max_position_embeddings=256, rope_theta=10000.0,
+                         tie_word_embeddings=False, bos_token_id=None, eos_token_id=1, pad_token_id=0)
+    return LlamaForCausalLM(config)
+
+
+def sft_batches(tokenizer, task, args):
+    from ia_train.models import format_prompt
+
+    problems = task.problems("train", args.steps * args.batch, SFT_SEED)
+    for step in range(args.steps):
+        rows = problems[step * args.batch:(step + 1) * args.batch]
+        ids, labels = [], []
+        for p in rows:
+            prompt = tokenizer(format_prompt(tokenizer, p.prompt), add_special_tokens=False)["input_ids"]
+            answer = tokenizer(worked_solution(p.meta["entry"]["metadata"]["expression"]),
+                               add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            ids.append(prompt + answer)
+            labels.append([-100] * len(prompt) + answer)
+        width = max(map(len, ids))
+        input_ids = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x in ids])
+        label_ids = torch.tensor([x + [-100] * (width - len(x)) for x in labels])
+        yield input_ids, label_ids, (input_ids != tokenizer.pad_token_id).long()
+
+
+def evaluate(model, tokenizer, task, count: int, n: int, seed: int) -> dict:
+    from ia_train.evaluation import summarize
+    from ia_train.models import format_prompt
+    from ia_train.rollout import sample
+
+    problems = task.problems("eval", count, seed)
+    torch.manual_seed(seed)
+    ro = sample(model, tokenizer, [format_prompt(tokenizer, p.prompt) for p in problems], n,
+                temperature=1.0, max_new_tokens=64)
+    rows = [problems[i // n] for i in range(len(ro.texts))]
+    correct = [task.score(p, t) > 0.5 for p, t in zip(rows, ro.texts)]
+    answers = [task.extract_answer(p, t) for p, t in zip(rows, ro.texts)]
+    group = lambda xs: [xs[i:i + n] for i in range(0, len(xs), n)]  # noqa: E731
+    return summarize(group(correct), group(answers), group(ro.lengths.tolist()), k=min(4, n))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eval-problems", type=int, default=200)
+    ap.add_argument("--task-options", type=json.loads,
+                    default={"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2})
+    args = ap.parse_args()
+
+    from ia_train.tasks import load_task
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    task = load_task("chain_sum", args.task_options)
+    tokenizer = build_tokenizer()
+    model = build_model(len(tokenizer), args)
+    print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    warmup = max(1, args.steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
+    model.train()
+    t0 = time.time()
+    for step, (ids, labels, mask) in enumerate(sft_batches(tokenizer, task, args)):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 25 == 0 or step == args.steps - 1:
+            print(f"step {step:4d}  loss {loss.item():.4f}  {time.time() - t0:6.1f}s", flush=True)
+    model.eval()
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.out, safe_serialization=True)
+    tokenizer.save_pretrained(args.out)
+    if args.eval_problems:
+        summary = evaluate(model, tokenizer, task, args.eval_problems, 8, seed=7)
+        print(json.dumps({k: (v["mean"] if isinstance(v, dict) else v) for k, v in summary.items()}))
+    size = (args.out / "model.safetensors").stat().st_size
+    print(f"wrote {args.out} (model.safetensors {size / 1e6:.2f} MB) in {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
