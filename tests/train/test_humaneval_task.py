@@ -1,0 +1,88 @@
+"""HumanEval through the sandbox: canonical solutions pass, wrong ones fail, responses become programs."""
+
+import sys
+
+import pytest
+
+from ia_train.sandbox import SandboxLimits
+from ia_train.tasks.humaneval import TASK_NAMES, HumanEvalTask, build_program, extract_code, make_task
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux")
+
+
+@pytest.fixture(scope="module")
+def task():
+    t = HumanEvalTask(limits=SandboxLimits(wall_seconds=10.0, cpu_seconds=3), workers=4)
+    yield t
+    t.close()
+
+
+@pytest.fixture(scope="module")
+def sample(task):
+    # 10 problems spread over the set; HumanEval/32 has a helper function in its prompt.
+    by_uid = {p.uid: p for p in task.problems("train", 100, 0) + task.problems("eval", 0, 0)}
+    return [by_uid[f"HumanEval/{i}"] for i in (0, 2, 11, 32, 53, 78, 101, 120, 145, 163)]
+
+
+def test_names_and_splits():
+    assert TASK_NAMES == ("humaneval",)
+    t = make_task("humaneval")
+    train = {p.uid for p in t.problems("train", 250, 1)}
+    held_out = {p.uid for p in t.problems("eval", 0, 1)}
+    assert len(train) == 100 and len(held_out) == 64 and not train & held_out
+    with pytest.raises(ValueError, match="unknown code task"):
+        make_task("mbpp")
+
+
+def test_canonical_solutions_pass(task, sample):
+    completions = [p.meta["canonical_solution"] for p in sample]
+    assert task.score_batch(sample, completions) == [1.0] * len(sample)
+
+
+def test_full_functions_in_fences_pass(task, sample):
+    responses = [
+        f"Sure! Here is the function:\n\n```python\n{p.meta['code_prompt']}{p.meta['canonical_solution']}```\n"
+        "It works by iterating."
+        for p in sample[:4]
+    ]
+    assert task.score_batch(sample[:4], responses) == [1.0] * 4
+
+
+def test_wrong_solutions_fail(task, sample):
+    p = sample[0]  # has_close_elements -> bool
+    responses = [
+        "    return True\n",  # wrong for some inputs
+        "    return not (\n",  # syntax error
+        "    while True:\n        pass\n",  # never returns
+        "```python\ndef has_close_elements(numbers, threshold):\n    return False\n```",  # full, wrong
+        "    import os\n    os.kill(os.getpid(), 9)\n",  # dies
+        "",  # nothing
+    ]
+    results = task.run([p] * len(responses), responses)
+    assert [r.status for r in results] == ["failed", "failed", "timeout", "failed", "failed", "failed"]
+    assert "AssertionError" in results[0].reason
+    assert "SyntaxError" in results[1].reason or "IndentationError" in results[1].reason
+    assert task.score_batch([p] * len(responses), responses) == [0.0] * len(responses)
+
+
+def test_program_building():
+    p = next(q for q in make_task("humaneval").problems("eval", 0, 0) + make_task("humaneval").problems("train", 100, 0)
+             if q.uid == "HumanEval/32")
+    body = build_program(p, "    return 0.0\n")
+    assert body.startswith(p.meta["code_prompt"] + "    return 0.0\n")
+    assert body.rstrip().endswith("check(find_zero)")
+    full = build_program(p, "```python\ndef find_zero(xs):\n    return 0.0\n```")
+    assert "def poly(" in full  # the prompt's helper stays available
+    assert full.count("def find_zero(") == 2  # stub, then the response's definition overriding it
+    assert extract_code("```py\nx = 1\n```\n```python\ndef f(a):\n    return a\n```", "f").startswith("def f(a)")
+    assert extract_code("plain text", "f") == "plain text"
+    assert extract_code("```python\ndef f():\n    return 1\n", "f") == "def f():\n    return 1\n"  # unterminated
+
+
+def test_majority_keys_ignore_formatting(task, sample):
+    p = sample[0]
+    a = task.extract_answer(p, "```python\ndef f(x):\n    return x+1  # add one\n```")
+    b = task.extract_answer(p, "```python\ndef f(x):\n\n    return x + 1\n```")
+    c = task.extract_answer(p, "```python\ndef f(x):\n    return x + 2\n```")
+    assert a == b and a != c
+    assert task.extract_answer(p, "```python\ndef f(:\n```") is None
