@@ -1,6 +1,140 @@
-// CPU kernels of the advantages op family (to be filled in).
+// CPU kernels of the group-advantage op family: OpenMP over groups, the maths in
+// csrc/include/ia/advantages.h.
+//
+// Groups come either as a fixed size (sample i belongs to group i / group_size) or as CSR offsets
+// over a permutation: group g holds samples order[offsets[g] .. offsets[g+1]). The Python launcher
+// builds both with one stable sort of the group ids, so groups may come in any order and size.
+// Each thread gathers a group into double scratch, checks it, computes, and scatters the result;
+// every sample is written exactly once, so results do not depend on the thread count.
 #include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "ia/advantages.h"
 
 namespace py = pybind11;
 
-void bind_advantages(py::module_& m) { (void)m; }
+namespace {
+
+struct GroupLayout {
+  int64_t n_groups;
+  int64_t group_size;     // used when offsets is null
+  const int64_t* offsets;  // [n_groups + 1] or null
+  const int64_t* order;    // [n] or null (identity)
+
+  int64_t begin(int64_t g) const { return offsets ? offsets[g] : g * group_size; }
+  int64_t size(int64_t g) const { return offsets ? offsets[g + 1] - offsets[g] : group_size; }
+  int64_t sample(int64_t pos) const { return order ? order[pos] : pos; }
+};
+
+GroupLayout layout_of(int64_t n_groups, int64_t group_size, std::uintptr_t offsets, std::uintptr_t order) {
+  return {n_groups, group_size, reinterpret_cast<const int64_t*>(offsets), reinterpret_cast<const int64_t*>(order)};
+}
+
+// Packs (sample index, error code) so that the smallest index wins a min-reduction.
+int64_t pack_error(int64_t index, int code) { return index * 4 + code; }
+
+template <typename T>
+std::pair<int, int64_t> group_advantages_impl(int estimator, int variant, const T* rewards, const int64_t* answers,
+                                              T* out, GroupLayout lay, int64_t max_n, int k, double eps) {
+  int64_t first_error = std::numeric_limits<int64_t>::max();
+  {
+    py::gil_scoped_release no_gil;
+#pragma omp parallel reduction(min : first_error)
+    {
+      std::vector<double> buf(4 * static_cast<size_t>(max_n));
+      std::vector<int> idx(static_cast<size_t>(max_n));
+      std::vector<int64_t> ans(answers ? static_cast<size_t>(max_n) : 0);
+      ia::adv::GroupScratch s{buf.data(), buf.data() + max_n, buf.data() + 2 * max_n, buf.data() + 3 * max_n,
+                              idx.data(), answers ? ans.data() : nullptr};
+#pragma omp for schedule(static)
+      for (int64_t g = 0; g < lay.n_groups; ++g) {
+        const int64_t begin = lay.begin(g);
+        const int n = static_cast<int>(lay.size(g));
+        bool ok = true;
+        for (int j = 0; j < n; ++j) {
+          const int64_t src = lay.sample(begin + j);
+          const double r = static_cast<double>(rewards[src]);
+          const int code = ia::adv::check_reward(estimator, r);
+          if (code != ia::adv::kOk) {
+            first_error = std::min(first_error, pack_error(src, code));
+            ok = false;
+          }
+          s.r[j] = r;
+          if (answers) ans[j] = answers[src];
+        }
+        if (!ok) continue;
+        ia::adv::group_advantages(s, estimator, variant, n, k, eps);
+        for (int j = 0; j < n; ++j) out[lay.sample(begin + j)] = static_cast<T>(s.a[j]);
+      }
+    }
+  }
+  if (first_error == std::numeric_limits<int64_t>::max()) return {0, -1};
+  return {static_cast<int>(first_error % 4), first_error / 4};
+}
+
+// Returns (error code, sample index): (0, -1) when every reward passed the estimator's checks,
+// else the first offending sample (out is then incomplete). Error codes: ia::adv::InputError.
+std::pair<int, int64_t> group_advantages(int estimator, int variant, bool is_double, std::uintptr_t rewards,
+                                         std::uintptr_t answers, std::uintptr_t out, int64_t n_groups,
+                                         int64_t group_size, std::uintptr_t offsets, std::uintptr_t order,
+                                         int64_t max_group_size, int64_t k, double eps) {
+  const GroupLayout lay = layout_of(n_groups, group_size, offsets, order);
+  const int64_t* ans = reinterpret_cast<const int64_t*>(answers);
+  if (is_double) {
+    return group_advantages_impl(estimator, variant, reinterpret_cast<const double*>(rewards), ans,
+                                 reinterpret_cast<double*>(out), lay, max_group_size, static_cast<int>(k), eps);
+  }
+  return group_advantages_impl(estimator, variant, reinterpret_cast<const float*>(rewards), ans,
+                               reinterpret_cast<float*>(out), lay, max_group_size, static_cast<int>(k), eps);
+}
+
+template <typename T>
+void length_penalized_impl(const unsigned char* correct, const double* lengths, T* out, GroupLayout lay,
+                           int64_t max_n, double alpha) {
+  py::gil_scoped_release no_gil;
+#pragma omp parallel
+  {
+    std::vector<double> len(static_cast<size_t>(max_n)), res(static_cast<size_t>(max_n));
+    std::vector<unsigned char> ok(static_cast<size_t>(max_n));
+#pragma omp for schedule(static)
+    for (int64_t g = 0; g < lay.n_groups; ++g) {
+      const int64_t begin = lay.begin(g);
+      const int n = static_cast<int>(lay.size(g));
+      for (int j = 0; j < n; ++j) {
+        const int64_t src = lay.sample(begin + j);
+        ok[j] = correct[src] != 0;
+        len[j] = lengths[src];
+      }
+      ia::adv::length_penalized(ok.data(), len.data(), res.data(), n, alpha);
+      for (int j = 0; j < n; ++j) out[lay.sample(begin + j)] = static_cast<T>(res[j]);
+    }
+  }
+}
+
+// correct: uint8/bool [n]; lengths: float64 [n]; out: float32 or float64 [n].
+void length_penalized_rewards(std::uintptr_t correct, std::uintptr_t lengths, std::uintptr_t out, bool is_double,
+                              int64_t n_groups, int64_t group_size, std::uintptr_t offsets, std::uintptr_t order,
+                              int64_t max_group_size, double alpha) {
+  const GroupLayout lay = layout_of(n_groups, group_size, offsets, order);
+  const auto* c = reinterpret_cast<const unsigned char*>(correct);
+  const auto* len = reinterpret_cast<const double*>(lengths);
+  if (is_double) {
+    length_penalized_impl(c, len, reinterpret_cast<double*>(out), lay, max_group_size, alpha);
+  } else {
+    length_penalized_impl(c, len, reinterpret_cast<float*>(out), lay, max_group_size, alpha);
+  }
+}
+
+}  // namespace
+
+void bind_advantages(py::module_& m) {
+  m.def("group_advantages", &group_advantages,
+        "Per-group advantages (raw pointers); returns (error code, first offending sample index)");
+  m.def("length_penalized_rewards", &length_penalized_rewards,
+        "Arora & Zanette length-penalised rewards per group (raw pointers)");
+}

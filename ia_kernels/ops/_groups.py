@@ -1,0 +1,110 @@
+"""Groups of samples (one group per prompt) as the kernels see them.
+
+`groups` is either an int (a fixed group size; the samples of a group are contiguous) or an integer
+tensor of group ids, one per sample, in any order and with any group sizes. Ids become a CSR layout:
+one stable sort puts each group's samples together (`order`, skipped when the ids are already
+non-decreasing), and `offsets[g] .. offsets[g+1]` delimits group g in that order. Groups are
+numbered by ascending id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import _checks
+
+
+@dataclass(frozen=True)
+class GroupLayout:
+    n_samples: int
+    n_groups: int
+    group_size: int  # the fixed size, or 0 when the groups come as ids
+    offsets: torch.Tensor | None  # int64 [n_groups + 1] when the groups come as ids
+    order: torch.Tensor | None  # int64 [n_samples]: the sorted position -> sample; None = identity
+    min_size: int
+    max_size: int
+
+    @property
+    def fixed(self) -> bool:
+        return self.offsets is None
+
+    def sizes(self) -> torch.Tensor:
+        """int64 [n_groups] on the layout's device (for the vectorised PyTorch paths)."""
+        if self.fixed:
+            return torch.full((self.n_groups,), self.group_size, dtype=torch.int64)
+        return self.offsets[1:] - self.offsets[:-1]
+
+
+def group_layout(groups, n: int, device: torch.device, name: str = "groups", what: str = "rewards") -> GroupLayout:
+    """Validates `groups` against n samples and builds the layout (one host sync for ids)."""
+    if isinstance(groups, bool) or not isinstance(groups, (int, torch.Tensor)):
+        raise ValueError(f"{name} must be an int (the group size) or an integer tensor of group ids, "
+                         f"got {type(groups).__name__}")
+    if isinstance(groups, int):
+        if groups < 1:
+            raise ValueError(f"{name} (the group size) must be >= 1, got {groups}")
+        if n % groups:
+            raise ValueError(f"{name}={groups} does not divide the {n} {what} into whole groups "
+                             f"({n} % {groups} = {n % groups})")
+        return GroupLayout(n, n // groups, groups, None, None, groups if n else 0, groups if n else 0)
+    _checks.require_int(name, groups)
+    _checks.require_shape(name, groups, (n,), f"one group id per element of {what}")
+    if groups.device != device:
+        raise ValueError(f"{name} is on {groups.device} but {what} is on {device}: move them to one device")
+    if n == 0:
+        return GroupLayout(0, 0, 0, torch.zeros(1, dtype=torch.int64, device=device), None, 0, 0)
+    ids = groups.to(torch.int64)
+    order = None
+    if n > 1 and not bool((ids[1:] >= ids[:-1]).all()):
+        order = torch.argsort(ids, stable=True)
+        ids = ids[order]
+    counts = torch.unique_consecutive(ids, return_counts=True)[1]
+    offsets = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=device)
+    torch.cumsum(counts, 0, out=offsets[1:])
+    lo_hi = torch.stack([counts.min(), counts.max()]).tolist()
+    return GroupLayout(n, counts.numel(), 0, offsets, order, int(lo_hi[0]), int(lo_hi[1]))
+
+
+def padded_index(layout: GroupLayout, device: torch.device):
+    """(group, position) of each sample in the sorted order, and the padded width, for [G, L] views."""
+    sizes = layout.sizes().to(device)
+    gid = torch.repeat_interleave(torch.arange(layout.n_groups, device=device), sizes)
+    pos = torch.arange(layout.n_samples, device=device) - layout.offsets[:-1].to(device)[gid]
+    return gid, pos, layout.max_size
+
+
+def to_padded(x: torch.Tensor, layout: GroupLayout, fill=0, index=None):
+    """[n] per-sample values -> [G, L] padded per group (pad value `fill`).
+
+    `index` is padded_index(layout, device), computed once by a caller that pads several tensors.
+    """
+    if layout.fixed:
+        return x.view(layout.n_groups, layout.group_size)
+    gid, pos, width = index if index is not None else padded_index(layout, x.device)
+    xs = x if layout.order is None else x[layout.order]
+    out = torch.full((layout.n_groups, width), fill, dtype=x.dtype, device=x.device)
+    out[gid, pos] = xs
+    return out
+
+
+def padded_mask(layout: GroupLayout, device: torch.device, index=None) -> torch.Tensor:
+    """[G, L] bool: True where a padded slot holds a real sample."""
+    if layout.fixed:
+        return torch.ones((layout.n_groups, layout.group_size), dtype=torch.bool, device=device)
+    width = layout.max_size
+    return torch.arange(width, device=device)[None, :] < layout.sizes().to(device)[:, None]
+
+
+def from_padded(v: torch.Tensor, layout: GroupLayout, index=None) -> torch.Tensor:
+    """[G, L] padded per-group values -> [n] per-sample values (the inverse of to_padded)."""
+    if layout.fixed:
+        return v.reshape(-1)
+    gid, pos, _ = index if index is not None else padded_index(layout, v.device)
+    vs = v[gid, pos]
+    if layout.order is None:
+        return vs
+    out = torch.empty_like(vs)
+    out[layout.order] = vs
+    return out
