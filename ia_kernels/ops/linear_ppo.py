@@ -122,11 +122,19 @@ def _sequence_level_pass(be: PpoRowBackend, hidden, weight, bias, head: LMHead, 
     return loss, logp.view(B, T), entropy.view(B, T), ratio, grads
 
 
+def _graph_is_kept() -> bool:
+    """Will this backward's graph be used again? Unknown (older torch) counts as yes."""
+    try:
+        return bool(torch._C._autograd._get_current_graph_task_keep_graph())
+    except (AttributeError, RuntimeError):
+        return True
+
+
 class LinearPpoLossFunction(torch.autograd.Function):
     """Differentiable in hidden [N, H], weight and bias; every gradient is made in forward.
 
-    backward scales the stored gradients in place and releases them: it can run once per forward
-    (backward(retain_graph=True) followed by a second backward through this op raises).
+    backward scales the stored gradients in place and hands them over (no second [V, H] buffer),
+    unless the graph is being retained (retain_graph=True, gradcheck): then it scales a copy.
     """
 
     @staticmethod
@@ -156,11 +164,11 @@ class LinearPpoLossFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, _g_logp, _g_entropy, _g_ratio):
-        if ctx.grads is None:
-            raise RuntimeError("linear_ppo_loss's stored gradients were already used by an earlier backward; "
-                               "it supports one backward per forward")
-        grads, ctx.grads = ctx.grads, None
-        scaled = [None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in grads]
+        if _graph_is_kept():
+            scaled = [None if g is None else g * grad_loss.to(g.dtype) for g in ctx.grads]
+        else:
+            grads, ctx.grads = ctx.grads, None
+            scaled = [None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in grads]
         return (*scaled, None, None, None, None, None, None, None, None, None, None, None)
 
 

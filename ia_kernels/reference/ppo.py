@@ -54,6 +54,7 @@ def ppo_loss(logp, old_logp, advantages, mask=None, *, ref_logp=None, clip_low=0
     zero = torch.zeros((), dtype=dtype)
     logp_v = torch.where(valid, logp, zero)
     old_v = torch.where(valid, old_logp, zero)
+    adv = torch.where(valid, adv, zero)
 
     log_ratio = logp_v - old_v
     if importance == "sequence":
