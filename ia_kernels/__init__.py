@@ -4,13 +4,19 @@ Public API (see README.md and DESIGN notes in the docstrings):
     linear_logprobs           per-token log-probs (and entropy) at the LM head, logits never stored
     ppo_loss                  clipped PPO / GRPO / DAPO / GSPO / Dr. GRPO loss and metrics, gradient made in forward
     linear_ppo_loss           the same loss from hidden states at the LM head, fully fused, logits never stored
+    group_advantages          per-group advantages: reinforce, rloo, grpo, dr_grpo, pass@k (PKPO, Tang), Chen's pass@k, majority
+    length_penalized_rewards  Arora & Zanette's length-penalised correctness rewards
+    pass_at_k, group_pass_at_k, maj_at_k   evaluation estimators from n samples per problem
     available_backends        which backends each op has and whether they run on a device
 """
 
 from .backends import available_backends
+from .ops.advantages import group_advantages, length_penalized_rewards
+from .ops.eval_metrics import group_pass_at_k, maj_at_k, pass_at_k
 from .ops.logprobs import linear_logprobs
 from .ops.linear_ppo import linear_ppo_loss
 from .ops.ppo import ppo_loss
 
-__all__ = ["linear_logprobs", "ppo_loss", "linear_ppo_loss", "available_backends"]
+__all__ = ["linear_logprobs", "ppo_loss", "linear_ppo_loss", "group_advantages",
+           "length_penalized_rewards", "pass_at_k", "group_pass_at_k", "maj_at_k", "available_backends"]
 __version__ = "0.1.0"
