@@ -1,0 +1,38 @@
+"""The task interface of ia_train: where prompts come from and how responses are scored.
+
+Every task (reasoning-gym generators, MATH-500/AIME, HumanEval) implements `Task`. The trainer and
+the evaluator see only this interface, so a new task is one new module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One prompt with what is needed to score a response to it."""
+
+    uid: str  # stable id, unique within the task (used for data positions and reports)
+    prompt: str  # the user message (the chat template, if any, is applied by the model wrapper)
+    answer: Any  # the reference answer (or tests, for code)
+    meta: dict = field(default_factory=dict)
+
+
+class Task(Protocol):
+    name: str
+
+    def problems(self, split: str, count: int, seed: int) -> Sequence[Problem]:
+        """`count` problems of `split` ("train" or "eval"), reproducible from `seed`.
+        Eval problems must not overlap train problems (a separate seed or a held-out slice)."""
+
+    def score(self, problem: Problem, response: str) -> float:
+        """Reward in [0, 1] for a response (1 = correct)."""
+
+    def extract_answer(self, problem: Problem, response: str) -> Hashable | None:
+        """The response's final answer in a canonical, hashable form (for majority voting),
+        or None when it gives none. Two responses with equal answers must get equal values."""
+
+    def score_batch(self, problems: Sequence[Problem], responses: Sequence[str]) -> list[float]:
+        """Scores many responses; tasks with expensive checks (code execution) parallelise here."""
