@@ -175,15 +175,16 @@ class LinearPpoLossFunction(torch.autograd.Function):
 def _check_values(targets, valid, vocab, advantages, check_finite) -> None:
     """Out-of-range targets would read out of bounds: always rejected. NaN/inf advantages: when
     check_finite. Both checks share one host sync."""
-    bad_target = (valid & ((targets < 0) | (targets >= vocab))).any()
-    flags = torch.stack([bad_target, ppo.nonfinite_advantages(advantages, valid) if check_finite
-                         else torch.zeros((), dtype=torch.bool, device=valid.device)])
-    bad_target, bad_adv = flags.tolist()
-    if bad_target:
-        found = targets[valid & ((targets < 0) | (targets >= vocab))][0].item()
+    out_of_range = valid & ((targets < 0) | (targets >= vocab))
+    bad = out_of_range.any()
+    if check_finite:
+        bad = bad | ppo.nonfinite_advantages(advantages, valid)
+    if not bool(bad):
+        return
+    if bool(out_of_range.any()):  # the error path may sync again to say what is wrong
+        found = targets[out_of_range][0].item()
         raise ValueError(f"targets must lie in [0, {vocab}) on valid tokens (or equal ignore_index); found {found}")
-    if bad_adv:
-        ppo.raise_nonfinite_advantages(advantages, valid)
+    ppo.raise_nonfinite_advantages(advantages, valid)
 
 
 _OP = backends.register("linear_ppo_loss", ROW_BACKENDS, cuda_preference=("triton", "torch"))
@@ -220,9 +221,10 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     opts = ppo.PpoOptions.from_kwargs(clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, kl_coef=kl_coef,
                                       kl_estimator=kl_estimator, entropy_coef=entropy_coef, aggregation=aggregation,
                                       importance=importance, norm_length=norm_length)
-    temperature = _validate(hidden, weight, targets, bias, temperature)
+    _checks.require_float("hidden", hidden)
     if hidden.dim() != 3:
         raise ValueError(f"hidden must have shape [B, T, H], got {tuple(hidden.shape)}")
+    temperature = _validate(hidden, weight, targets, bias, temperature)
     B, T, H = hidden.shape
     ppo.validate_token_inputs((B, T), old_logp, advantages, mask, ref_logp, None, opts)
     device = _checks.require_same_device(hidden=hidden, old_logp=old_logp, advantages=advantages, mask=mask,
