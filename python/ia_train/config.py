@@ -24,8 +24,8 @@ class ConfigError(ValueError):
 class Config:
     # what to train
     model: str = field(default="tiny", metadata={"help": "'tiny' (the bundled model), 'smollm2', or a local Hugging Face model directory"})
-    task: str = field(default="chain_sum", metadata={"help": "a reasoning-gym task name (e.g. chain_sum, basic_arithmetic), or math500 / aime / humaneval"})
-    task_options: dict = field(default_factory=dict, metadata={"help": "task generator settings as YAML, e.g. '{min_terms: 2, max_terms: 3}'"})
+    task: str = field(default="chain_sum", metadata={"help": "a reasoning-gym task name (e.g. chain_sum, basic_arithmetic), or math500 / aime24 / aime25 / humaneval"})
+    task_options: dict = field(default_factory=dict, metadata={"help": "task generator settings as YAML, e.g. '{min_terms: 2, max_terms: 3}' (empty: chain_sum uses 2-3 terms of 1-2 digits, the bundled model's range; other tasks reasoning-gym's defaults)"})
     # the objective
     objective: str = field(default="rloo", metadata={"help": "one of " + ", ".join(OBJECTIVES)})
     k: int = field(default=4, metadata={"help": "k of the inference-time objective (passk, majority) and of the pass@k / maj@k report"})

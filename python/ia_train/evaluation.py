@@ -1,68 +1,22 @@
-"""Evaluation maths: unbiased pass@k and maj@k from n samples per problem, with confidence intervals.
+"""The before/after report: pass@1, pass@k, maj@k and mean response tokens over held-out problems,
+each with a confidence interval.
 
-pass@k (Chen et al. 2021, the Codex estimator): with c correct among n samples,
-    pass@k = 1 - C(n - c, k) / C(n, k),
-the probability that a uniformly random k-subset of the n samples holds a correct one.
-
-maj@k: the probability that the majority answer of a uniformly random k-subset is correct, ties
-between the most frequent answers broken uniformly at random (so a tie counts the fraction of the
-tied answers that are correct). Responses without an answer never win a vote unless no response
-has one, in which case the vote is wrong. Averaged exactly over all C(n, k) subsets when there are
-at most `max_subsets` of them, else over that many random subsets (seeded).
-
-Both are unbiased estimates of the model's pass@k / maj@k on the problem; the table reports the mean
-over problems with a percentile-bootstrap interval over problems.
+Per problem, from its n samples: pass@k is the unbiased Codex estimator (ia_kernels.pass_at_k) and
+maj@k the exact expected correctness of a majority vote over k of the n samples, ties broken
+uniformly (ia_kernels.maj_at_k). Responses without a final answer form one "no answer" candidate
+that is always wrong. The report gives the mean over problems and a 95% percentile-bootstrap
+interval over problems (the problems are the sampling unit that varies between evaluations).
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-import random
-from collections import Counter
 from typing import Hashable, Sequence
 
+import ia_kernels
 import numpy as np
+import torch
 
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples with c correct (the numerically stable product form)."""
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    # C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i)
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
-
-
-def _vote(answers: Sequence[Hashable | None], correct: Sequence[bool]) -> float:
-    """Expected correctness of the majority answer, ties broken uniformly at random."""
-    counts = Counter(a for a in answers if a is not None)
-    if not counts:
-        return 0.0
-    top = max(counts.values())
-    winners = [a for a, m in counts.items() if m == top]
-    right = {a for a, ok in zip(answers, correct) if ok and a is not None}
-    return sum(1.0 for a in winners if a in right) / len(winners)
-
-
-def maj_at_k(answers: Sequence[Hashable | None], correct: Sequence[bool], k: int, *,
-             max_subsets: int = 20000, seed: int = 0) -> float:
-    """maj@k of one problem from its n sampled answers and their correctness (see module doc)."""
-    n = len(answers)
-    if len(correct) != n or not 1 <= k <= n:
-        raise ValueError(f"maj_at_k needs len(correct) == len(answers) and 1 <= k <= n, got n={n}, k={k}")
-    if math.comb(n, k) <= max_subsets:
-        subsets = itertools.combinations(range(n), k)
-        total = math.comb(n, k)
-    else:
-        rng = random.Random(seed)
-        subsets = (rng.sample(range(n), k) for _ in range(max_subsets))
-        total = max_subsets
-    acc = 0.0
-    for idx in subsets:
-        acc += _vote([answers[i] for i in idx], [correct[i] for i in idx])
-    return acc / total
+METRICS = ("pass@1", "pass@k", "maj@k", "mean_tokens")
 
 
 def bootstrap_ci(values: Sequence[float], *, level: float = 0.95, resamples: int = 2000,
@@ -77,21 +31,35 @@ def bootstrap_ci(values: Sequence[float], *, level: float = 0.95, resamples: int
     return (float(lo), float(hi))
 
 
-def summarize(correct: Sequence[Sequence[bool]], answers: Sequence[Sequence[Hashable | None]],
-              lengths: Sequence[Sequence[int]], k: int, *, seed: int = 0) -> dict:
-    """Per-problem estimates -> the means over problems under "pass@1", "pass@k", "maj@k",
-    "mean_tokens", their 95% bootstrap intervals under "<name>_ci" ([lo, hi]), and "k", "n", "problems"."""
+def answer_ids(answers: Sequence[Hashable | None]) -> torch.Tensor:
+    """Int ids for voting: equal answers share an id; every missing answer gets id -1."""
+    table: dict = {}
+    return torch.tensor([-1 if a is None else table.setdefault(a, len(table)) for a in answers], dtype=torch.long)
+
+
+def per_problem(correct: Sequence[Sequence[bool]], answers: Sequence[Sequence[Hashable | None]],
+                lengths: Sequence[Sequence[int]], k: int) -> dict[str, np.ndarray]:
+    """Per-problem pass@1, pass@k, maj@k and mean tokens ([problems] arrays); n samples per problem."""
     n = len(correct[0])
-    p1, pk, mk, toks = [], [], [], []
-    for i, (ok, ans, ln) in enumerate(zip(correct, answers, lengths)):
-        c = int(sum(bool(v) for v in ok))
-        p1.append(pass_at_k(n, c, 1))
-        pk.append(pass_at_k(n, c, k))
-        mk.append(maj_at_k(list(ans), [bool(v) for v in ok], k, seed=seed + i))
-        toks.append(float(np.mean(ln)))
-    out = {}
-    for name, vals in (("pass@1", p1), ("pass@k", pk), ("maj@k", mk), ("mean_tokens", toks)):
-        out[name] = float(np.mean(vals))
-        out[name + "_ci"] = list(bootstrap_ci(vals, seed=seed))
-    out.update(k=k, n=n, problems=len(correct))
+    if any(len(c) != n for c in correct):
+        raise ValueError("every problem needs the same number of samples")
+    flat_correct = torch.tensor([bool(v) for row in correct for v in row])
+    flat_answers = answer_ids([a for row in answers for a in row])
+    return {
+        "pass@1": ia_kernels.group_pass_at_k(flat_correct, n, 1).numpy(),
+        "pass@k": ia_kernels.group_pass_at_k(flat_correct, n, k).numpy(),
+        "maj@k": ia_kernels.maj_at_k(flat_answers, flat_correct, n, k).numpy(),
+        "mean_tokens": np.array([float(np.mean(row)) for row in lengths]),
+    }
+
+
+def summarize(correct, answers, lengths, k: int, *, seed: int = 0) -> dict:
+    """Means over problems under "pass@1", "pass@k", "maj@k", "mean_tokens", their 95% bootstrap
+    intervals under "<name>_ci" ([lo, hi]), and "k", "n", "problems"."""
+    values = per_problem(correct, answers, lengths, k)
+    out: dict = {}
+    for name in METRICS:
+        out[name] = float(values[name].mean())
+        out[name + "_ci"] = list(bootstrap_ci(values[name], seed=seed))
+    out.update(k=k, n=len(correct[0]), problems=len(correct))
     return out

@@ -16,19 +16,23 @@ import random
 import time
 from pathlib import Path
 
+import ia_kernels
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint, kernels, plots
+from . import checkpoint, plots
 from .attention import CALLS as ATTENTION_CALLS
 from .attention import choose_attention
 from .config import Config
-from .evaluation import summarize
+from .evaluation import answer_ids, summarize
 from .logger import MetricsLog
 from .models import body_and_head, format_prompt, load_model
 from .rollout import Rollout, sample
 from .tasks import load_task
+
+
+USES_K = ("passk", "passk_chen", "majority")  # the estimators whose objective involves k samples
 
 
 def seed_everything(seed: int) -> None:
@@ -79,18 +83,6 @@ def evaluate(model, tokenizer, task, problems, cfg: Config, label: str) -> tuple
 # the training step
 
 
-def answer_ids(answers: list, n: int) -> torch.Tensor:
-    """Per-sample int ids for majority voting: equal answers within a group share an id; a response
-    with no answer gets an id of its own (it never joins a vote)."""
-    ids, table = [], {}
-    for i, a in enumerate(answers):
-        if a is None:
-            ids.append(-1 - i)
-        else:
-            ids.append(table.setdefault((i // n, a), len(table)))
-    return torch.tensor(ids, dtype=torch.long)
-
-
 def trim(ro: Rollout) -> tuple[Rollout, torch.Tensor]:
     """Drop columns that are padding in every row (left of the prompts, right of the responses)."""
     used = ro.attention_mask.any(0)
@@ -121,14 +113,14 @@ def sequence_logprobs(model, ro: Rollout, cfg: Config, device, micro: int) -> to
         h, targets, mask = response_hidden(body, ro.select(rows), device)
         w = weight.to(h.dtype)
         t = torch.where(mask, targets, -100)
-        lp = kernels.linear_logprobs(h, w, t, bias=bias, temperature=cfg.temperature, backend=cfg.backend)
+        lp = ia_kernels.linear_logprobs(h, w, t, bias=bias, temperature=cfg.temperature, backend=cfg.backend)
         out[rows, :lp.shape[1]] = lp.float().cpu()
     return out
 
 
 def loss_options(cfg: Config) -> dict:
     opts = {"clip_low": cfg.clip, "clip_high": cfg.clip_high, "kl_coef": cfg.kl_coef}
-    if cfg.objective == "dr_grpo" and kernels.SOURCES["linear_ppo_loss"] == "ia_kernels":
+    if cfg.objective == "dr_grpo":
         # Dr. GRPO: sum over each response's tokens divided by a constant, not by its own length.
         opts.update(aggregation="seq-mean-token-sum-norm", norm_length=cfg.max_new_tokens)
     return opts
@@ -151,7 +143,7 @@ def ppo_update(model, optimizer, scheduler, ro: Rollout, old_logp, ref_logp, adv
                 rows = order[m * mb + a * micro: m * mb + (a + 1) * micro]
                 h, targets, mask = response_hidden(body, ro.select(rows), device)
                 T = h.shape[1]
-                loss, metrics = kernels.linear_ppo_loss(
+                loss, metrics = ia_kernels.linear_ppo_loss(
                     h, weight.to(h.dtype), targets, old_logp[rows, :T].to(device), advantages[rows].to(device),
                     mask, bias=bias, temperature=cfg.temperature, backend=cfg.backend,
                     ref_logp=None if ref_logp is None else ref_logp[rows, :T].to(device), **loss_options(cfg))
@@ -219,11 +211,11 @@ def run(cfg: Config) -> dict:
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     log = MetricsLog(out, resume_step=start_step if cfg.resume else None, tensorboard=cfg.tensorboard)
     info = {"device": str(device), "attention": attention, "torch": torch.__version__, "python": platform.python_version(),
-            "threads": torch.get_num_threads(), "kernels": dict(kernels.SOURCES),
+            "threads": torch.get_num_threads(),
             "parameters": sum(p.numel() for p in model.parameters())}
     print(f"ia-train: model {cfg.model} ({info['parameters'] / 1e6:.2f} M parameters), task {cfg.task}, "
           f"objective {cfg.objective} (k={cfg.k}, n={cfg.n}, alpha={cfg.alpha}), device {device}, "
-          f"attention {attention}, loss from {kernels.SOURCES['linear_ppo_loss']}", flush=True)
+          f"attention {attention}", flush=True)
 
     before_file = out / "eval_before.json"
     before = None
@@ -259,11 +251,12 @@ def run(cfg: Config) -> dict:
         correct = scores >= 0.5
         rewards = scores
         if cfg.alpha > 0:
-            rewards = kernels.length_penalized_rewards(correct, ro.lengths, cfg.n, alpha=cfg.alpha)
-        answers = answer_ids([task.extract_answer(p, t) for p, t in zip(rows, ro.texts)], cfg.n) \
+            rewards = ia_kernels.length_penalized_rewards(correct, ro.lengths, cfg.n, alpha=cfg.alpha)
+        answers = answer_ids([task.extract_answer(p, t) for p, t in zip(rows, ro.texts)]) \
             if cfg.objective == "majority" else None
-        advantages = kernels.group_advantages(rewards.to(device), cfg.n, estimator=cfg.objective, k=cfg.k,
-                                              answers=None if answers is None else answers.to(device)).float().cpu()
+        advantages = ia_kernels.group_advantages(
+            rewards.to(device), cfg.n, estimator=cfg.objective, k=cfg.k if cfg.objective in USES_K else None,
+            answers=None if answers is None else answers.to(device)).float().cpu()
         # --- PPO
         t0 = time.time()
         old_logp = sequence_logprobs(model, ro, cfg, device, micro)

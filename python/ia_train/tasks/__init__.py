@@ -2,7 +2,7 @@
 
 reasoning-gym datasets are known by their own names. The benchmark tasks live in their own modules,
 imported only when named (they pull in heavier dependencies); each module provides
-`load_task(name, options) -> Task`.
+`make_task(name) -> Task`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ import importlib
 
 from .base import Problem, Task
 
-# name -> module that provides load_task(name, options)
+# name -> module that provides make_task(name)
 BENCHMARK_TASKS = {
     "math500": "ia_train.tasks.math",
-    "aime": "ia_train.tasks.math",
     "aime24": "ia_train.tasks.math",
     "aime25": "ia_train.tasks.math",
     "humaneval": "ia_train.tasks.humaneval",
@@ -26,6 +25,8 @@ def check_task(name: str, options: dict | None = None) -> None:
     from ..config import ConfigError
 
     if name in BENCHMARK_TASKS:
+        if options:
+            raise ConfigError(f"--task-options: {name} takes no options; drop --task-options")
         return
     try:
         from .reasoning_gym import dataset_names
@@ -49,7 +50,7 @@ def check_task(name: str, options: dict | None = None) -> None:
 def load_task(name: str, options: dict | None = None) -> Task:
     if name in BENCHMARK_TASKS:
         module = importlib.import_module(BENCHMARK_TASKS[name])
-        return module.load_task(name, dict(options or {}))
+        return module.make_task(name)
     from .reasoning_gym import ReasoningGymTask
 
     return ReasoningGymTask(name, options)

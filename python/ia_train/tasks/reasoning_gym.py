@@ -17,6 +17,9 @@ from typing import Hashable, Sequence
 from .base import Problem
 
 EVAL_SEED_OFFSET = 1_000_000_000
+# Generator settings used when none are given: chain_sum's are those the bundled tiny model was
+# warm-started on (reasoning-gym's own defaults, up to 6 terms of up to 4 digits, are far harder).
+DEFAULT_OPTIONS = {"chain_sum": {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}}
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
@@ -43,7 +46,7 @@ def canonical(text: str | None) -> Hashable | None:
 class ReasoningGymTask:
     def __init__(self, name: str, options: dict | None = None):
         self.name = name
-        self.options = dict(options or {})
+        self.options = dict(options or DEFAULT_OPTIONS.get(name, {}))
         self._datasets: dict = {}
 
     def _dataset(self, seed: int, size: int):

@@ -1,0 +1,91 @@
+"""ia-train's configuration: YAML + flags, and bad settings stopped before any work with one line."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ia_train.cli import main
+from ia_train.config import Config, ConfigError, load_config
+
+
+def run_cli(argv, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--task", "no_such_task"], "--task 'no_such_task' is unknown"),
+    (["--objective", "ppo"], "--objective 'ppo' is unknown; use one of: rloo, grpo"),
+    (["--k", "8", "--n", "4"], "--k 8 is larger than --n 4"),
+    (["--objective", "majority", "--k", "2", "--n", "4"], "majority needs k == n"),
+    (["--eval-n", "2"], "--k 4 is larger than --eval-n 2"),
+    (["--n", "0"], "--n must be at least 1"),
+    (["--prompts-per-step", "3", "--n", "5", "--minibatches", "2"], "do not split into"),
+    (["--model", "/no/such/dir"], "not 'tiny', 'smollm2' or an existing local model directory"),
+])
+def test_bad_settings_give_one_line_and_exit_2(argv, needle, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, err = run_cli(argv + ["--out", str(out)], capsys)
+    assert code == 2
+    assert len(err) == 1 and needle in err[0], err
+    assert not out.exists()  # stopped before any work
+
+
+def test_output_dir_that_is_a_file(tmp_path, capsys):
+    f = tmp_path / "taken"
+    f.write_text("x")
+    code, err = run_cli(["--out", str(f)], capsys)
+    assert code == 2 and len(err) == 1 and "is a file, not a directory" in err[0]
+
+
+def test_model_dir_that_is_not_a_causal_lm(tmp_path, capsys):
+    d = tmp_path / "vision"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    code, err = run_cli(["--model", str(d), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and len(err) == 1 and "ViTConfig is not a causal language model" in err[0], err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, err = run_cli(["--model", str(empty), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and len(err) == 1 and "no config.json" in err[0]
+
+
+def test_resume_without_checkpoint(tmp_path, capsys):
+    code, err = run_cli(["--resume", "--out", str(tmp_path)], capsys)
+    assert code == 2 and len(err) == 1 and "no checkpoint" in err[0]
+
+
+def test_yaml_then_flags(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("objective: passk\nk: 2\nn: 6\nlr: 0.0005\ntask_options: {min_terms: 2, max_terms: 2}\n")
+    cfg = load_config(["--config", str(y), "--n", "4", "--out", str(tmp_path / "o")])
+    assert (cfg.objective, cfg.k, cfg.n, cfg.lr) == ("passk", 2, 4, 0.0005)
+    assert cfg.task_options == {"min_terms": 2, "max_terms": 2}
+    assert load_config(["--resume", "false", "--out", str(tmp_path / "o")]).resume is False
+    y.write_text("objectiv: passk\n")
+    with pytest.raises(ConfigError, match="unknown setting 'objectiv'"):
+        load_config(["--config", str(y)])
+    y.write_text("k: two\n")
+    with pytest.raises(ConfigError, match="setting 'k' must be int"):
+        load_config(["--config", str(y)])
+
+
+def test_default_yaml_is_the_default_experiment():
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
+    data = yaml.safe_load(path.read_text())
+    defaults = Config().to_dict()
+    assert {k: defaults[k] for k in data} == data
+
+
+def test_help_lists_every_setting():
+    text = subprocess.run([sys.executable, "-m", "ia_train", "--help"], capture_output=True, text=True,
+                          check=True).stdout
+    for name in Config().to_dict():
+        assert "--" + name.replace("_", "-") in text

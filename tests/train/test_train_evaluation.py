@@ -1,0 +1,71 @@
+"""The before/after report of ia_train: per-problem pass@1, pass@k, maj@k against brute-force
+enumeration of k-subsets (written independently here), and the bootstrap intervals."""
+
+import itertools
+import random
+from collections import Counter
+
+import pytest
+
+from ia_train.evaluation import bootstrap_ci, summarize
+
+
+def brute_pass_at_k(correct, k):
+    subsets = list(itertools.combinations(range(len(correct)), k))
+    return sum(any(correct[i] for i in s) for s in subsets) / len(subsets)
+
+
+def brute_maj_at_k(answers, correct, k):
+    """Vote over each k-subset; None is one shared candidate ("no answer") that is never right."""
+    total = 0.0
+    subsets = list(itertools.combinations(range(len(answers)), k))
+    for s in subsets:
+        votes = Counter(answers[i] for i in s)
+        best = max(votes.values())
+        tied = [a for a, c in votes.items() if c == best]
+        good = {answers[i] for i in range(len(answers)) if correct[i] and answers[i] is not None}
+        total += sum(a in good for a in tied) / len(tied)
+    return total / len(subsets)
+
+
+@pytest.mark.parametrize("n,k", [(4, 1), (4, 2), (5, 3), (6, 6), (7, 3)])
+def test_summary_matches_enumeration(n, k):
+    rng = random.Random(100 * n + k)
+    correct, answers, lengths = [], [], []
+    for _ in range(6):
+        truth = rng.choice([1, 2, 3])
+        row = [rng.choice([1, 2, 3, None]) for _ in range(n)]
+        answers.append(row)
+        correct.append([a == truth for a in row])
+        lengths.append([rng.randint(3, 40) for _ in range(n)])
+    s = summarize(correct, answers, lengths, k)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    assert s["pass@1"] == pytest.approx(mean([sum(c) / n for c in correct]), abs=1e-12)
+    assert s["pass@k"] == pytest.approx(mean([brute_pass_at_k(c, k) for c in correct]), abs=1e-12)
+    assert s["maj@k"] == pytest.approx(mean([brute_maj_at_k(a, c, k) for a, c in zip(answers, correct)]), abs=1e-12)
+    assert s["mean_tokens"] == pytest.approx(mean([mean(x) for x in lengths]))
+    assert (s["k"], s["n"], s["problems"]) == (k, n, 6)
+    for name in ("pass@1", "pass@k", "maj@k", "mean_tokens"):
+        lo, hi = s[name + "_ci"]
+        assert lo <= s[name] <= hi
+
+
+def test_worked_example():
+    correct = [[True, False, False, False], [True, True, True, True], [False, False, False, False]]
+    answers = [[1, 2, 3, 4], [7, 7, 7, 7], [None, None, None, 5]]
+    lengths = [[10, 20, 30, 40], [5, 5, 5, 5], [1, 1, 1, 1]]
+    s = summarize(correct, answers, lengths, k=2)
+    assert s["pass@1"] == pytest.approx((0.25 + 1 + 0) / 3)
+    assert s["pass@k"] == pytest.approx((0.5 + 1 + 0) / 3)
+    # problem 1: all answers differ, every pair ties, the right one is in half the pairs -> 1/4
+    assert s["maj@k"] == pytest.approx((0.25 + 1 + 0) / 3)
+    assert s["mean_tokens"] == pytest.approx((25 + 5 + 1) / 3)
+
+
+def test_bootstrap_ci():
+    lo, hi = bootstrap_ci([0.0] * 50 + [1.0] * 50)
+    assert lo < 0.5 < hi and 0.1 < hi - lo < 0.3  # ~ +-1.96 * 0.05
+    assert bootstrap_ci([0.25] * 10) == (0.25, 0.25)
+    wide = bootstrap_ci([0.0, 1.0] * 5)
+    narrow = bootstrap_ci([0.0, 1.0] * 500)
+    assert narrow[1] - narrow[0] < (wide[1] - wide[0]) / 4
