@@ -157,6 +157,15 @@ def load_config(argv: list[str] | None = None) -> Config:
     if config_path is not None:
         values.update(read_yaml(config_path))
     values.update(args)
+    if values.get("resume"):
+        # A resumed run continues with the settings it was started with; flags given now still win.
+        saved = Path(values.get("out", Config.out)) / "config.json"
+        if saved.is_file():
+            import json
+
+            base = {k: v for k, v in json.loads(saved.read_text()).items()
+                    if k in FIELDS and k not in ("resume", "stop_after")}
+            values = {**base, **values}
     cfg = Config(**{name: _coerce(name, v) for name, v in values.items()})
     validate(cfg)
     return cfg

@@ -89,3 +89,12 @@ def test_help_lists_every_setting():
                           check=True).stdout
     for name in Config().to_dict():
         assert "--" + name.replace("_", "-") in text
+
+
+def test_resume_takes_the_saved_settings(tmp_path):
+    (tmp_path / "checkpoints" / "latest").mkdir(parents=True)
+    saved = {**Config().to_dict(), "objective": "passk", "k": 2, "n": 4, "steps": 7, "stop_after": 3,
+             "out": str(tmp_path)}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    cfg = load_config(["--resume", "--out", str(tmp_path), "--steps", "9"])
+    assert (cfg.objective, cfg.k, cfg.n, cfg.steps, cfg.stop_after, cfg.resume) == ("passk", 2, 4, 9, None, True)
