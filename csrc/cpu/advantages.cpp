@@ -38,7 +38,7 @@ GroupLayout layout_of(int64_t n_groups, int64_t group_size, std::uintptr_t offse
 // Packs (sample index, error code) so that the smallest index wins a min-reduction.
 int64_t pack_error(int64_t index, int code) { return index * 4 + code; }
 
-template <typename T>
+template <typename T, bool kOrdered>
 std::pair<int, int64_t> group_advantages_impl(int estimator, int variant, const T* rewards, const int64_t* answers,
                                               T* out, GroupLayout lay, int64_t max_n, int k, double eps) {
   int64_t first_error = std::numeric_limits<int64_t>::max();
@@ -46,18 +46,23 @@ std::pair<int, int64_t> group_advantages_impl(int estimator, int variant, const 
     py::gil_scoped_release no_gil;
 #pragma omp parallel reduction(min : first_error)
     {
-      std::vector<double> buf(4 * static_cast<size_t>(max_n));
-      std::vector<int> idx(static_cast<size_t>(max_n));
-      std::vector<int64_t> ans(answers ? static_cast<size_t>(max_n) : 0);
-      ia::adv::GroupScratch s{buf.data(), buf.data() + max_n, buf.data() + 2 * max_n, buf.data() + 3 * max_n,
+      const size_t cap = static_cast<size_t>(max_n);
+      std::vector<double> buf(4 * cap), tab(3 * cap);
+      std::vector<int> idx(cap);
+      std::vector<int64_t> ans(answers ? cap : 0);
+      ia::adv::GroupScratch s{buf.data(), buf.data() + cap, buf.data() + 2 * cap, buf.data() + 3 * cap,
                               idx.data(), answers ? ans.data() : nullptr};
+      // passk's weights depend on the group size only: refilled when it changes (never, for a
+      // fixed size; rarely, since groups come sorted by id, not by size, but sizes repeat).
+      ia::adv::PassKTables tables{tab.data(), tab.data() + cap, tab.data() + 2 * cap};
+      int tables_n = -1;
 #pragma omp for schedule(static)
       for (int64_t g = 0; g < lay.n_groups; ++g) {
         const int64_t begin = lay.begin(g);
         const int n = static_cast<int>(lay.size(g));
         bool ok = true;
         for (int j = 0; j < n; ++j) {
-          const int64_t src = lay.sample(begin + j);
+          const int64_t src = kOrdered ? lay.order[begin + j] : begin + j;
           const double r = static_cast<double>(rewards[src]);
           const int code = ia::adv::check_reward(estimator, r);
           if (code != ia::adv::kOk) {
@@ -68,13 +73,88 @@ std::pair<int, int64_t> group_advantages_impl(int estimator, int variant, const 
           if (answers) ans[j] = answers[src];
         }
         if (!ok) continue;
-        ia::adv::group_advantages(s, estimator, variant, n, k, eps);
-        for (int j = 0; j < n; ++j) out[lay.sample(begin + j)] = static_cast<T>(s.a[j]);
+        if (estimator == ia::adv::kPassK && n != tables_n) {
+          ia::adv::fill_passk_tables(tables, n, k, variant);
+          tables_n = n;
+        }
+        ia::adv::group_advantages(s, tables, estimator, variant, n, k, eps);
+        for (int j = 0; j < n; ++j) out[kOrdered ? lay.order[begin + j] : begin + j] = static_cast<T>(s.a[j]);
       }
     }
   }
   if (first_error == std::numeric_limits<int64_t>::max()) return {0, -1};
   return {static_cast<int>(first_error % 4), first_error / 4};
+}
+
+// The affine estimators (reinforce, rloo, grpo, dr_grpo, passk_chen) read each group straight
+// from the input: one sweep for the checks and the sum (a second for grpo's squares), one for the
+// outputs. No scratch: this is the path that matters for throughput on small groups.
+template <typename T, bool kOrdered, int estimator>
+int64_t affine_groups(const T* rewards, T* out, GroupLayout lay, int k, double eps) {
+  int64_t first_error = std::numeric_limits<int64_t>::max();
+  py::gil_scoped_release no_gil;
+#pragma omp parallel for schedule(static) reduction(min : first_error)
+  for (int64_t g = 0; g < lay.n_groups; ++g) {
+    const int64_t begin = lay.begin(g);
+    const int n = static_cast<int>(lay.size(g));
+    const int64_t* order = kOrdered ? lay.order + begin : nullptr;
+    const T* src = kOrdered ? rewards : rewards + begin;
+    T* dst = kOrdered ? out : out + begin;
+    double sum = 0.0;
+    bool ok = true;
+    for (int j = 0; j < n; ++j) {
+      const double r = static_cast<double>(src[kOrdered ? order[j] : j]);
+      ok &= ia::adv::check_reward(estimator, r) == ia::adv::kOk;
+      sum += r;
+    }
+    if (!ok) {  // rare: find the offending sample for the message
+      for (int j = 0; j < n; ++j) {
+        const int64_t i = kOrdered ? order[j] : begin + j;
+        const int code = ia::adv::check_reward(estimator, static_cast<double>(rewards[i]));
+        if (code != ia::adv::kOk) first_error = std::min(first_error, pack_error(i, code));
+      }
+      continue;
+    }
+    double ss = 0.0;
+    if (ia::adv::needs_squares(estimator)) {
+      const double mean = sum / n;
+      for (int j = 0; j < n; ++j) {
+        const double d = static_cast<double>(src[kOrdered ? order[j] : j]) - mean;
+        ss += d * d;
+      }
+    }
+    const ia::adv::Affine f = ia::adv::affine_estimator(estimator, n, sum, ss, k, eps);
+    for (int j = 0; j < n; ++j) {
+      const int64_t at = kOrdered ? order[j] : j;
+      dst[at] = static_cast<T>(f.scale * static_cast<double>(src[at]) + f.offset);
+    }
+  }
+  return first_error;
+}
+
+// The estimator as a template argument: the checks and formulas fold to straight-line code.
+template <typename T, bool kOrdered>
+int64_t affine_groups_for(int estimator, const T* rewards, T* out, GroupLayout lay, int k, double eps) {
+  switch (estimator) {
+    case ia::adv::kReinforce: return affine_groups<T, kOrdered, ia::adv::kReinforce>(rewards, out, lay, k, eps);
+    case ia::adv::kRloo: return affine_groups<T, kOrdered, ia::adv::kRloo>(rewards, out, lay, k, eps);
+    case ia::adv::kGrpo: return affine_groups<T, kOrdered, ia::adv::kGrpo>(rewards, out, lay, k, eps);
+    case ia::adv::kDrGrpo: return affine_groups<T, kOrdered, ia::adv::kDrGrpo>(rewards, out, lay, k, eps);
+    default: return affine_groups<T, kOrdered, ia::adv::kPassKChen>(rewards, out, lay, k, eps);
+  }
+}
+
+template <typename T>
+std::pair<int, int64_t> group_advantages_typed(int estimator, int variant, const T* rewards, const int64_t* answers,
+                                               T* out, GroupLayout lay, int64_t max_n, int k, double eps) {
+  if (ia::adv::is_affine(estimator)) {
+    const int64_t e = lay.order ? affine_groups_for<T, true>(estimator, rewards, out, lay, k, eps)
+                                : affine_groups_for<T, false>(estimator, rewards, out, lay, k, eps);
+    if (e == std::numeric_limits<int64_t>::max()) return {0, -1};
+    return {static_cast<int>(e % 4), e / 4};
+  }
+  if (lay.order) return group_advantages_impl<T, true>(estimator, variant, rewards, answers, out, lay, max_n, k, eps);
+  return group_advantages_impl<T, false>(estimator, variant, rewards, answers, out, lay, max_n, k, eps);
 }
 
 // Returns (error code, sample index): (0, -1) when every reward passed the estimator's checks,
@@ -86,10 +166,10 @@ std::pair<int, int64_t> group_advantages(int estimator, int variant, bool is_dou
   const GroupLayout lay = layout_of(n_groups, group_size, offsets, order);
   const int64_t* ans = reinterpret_cast<const int64_t*>(answers);
   if (is_double) {
-    return group_advantages_impl(estimator, variant, reinterpret_cast<const double*>(rewards), ans,
+    return group_advantages_typed(estimator, variant, reinterpret_cast<const double*>(rewards), ans,
                                  reinterpret_cast<double*>(out), lay, max_group_size, static_cast<int>(k), eps);
   }
-  return group_advantages_impl(estimator, variant, reinterpret_cast<const float*>(rewards), ans,
+  return group_advantages_typed(estimator, variant, reinterpret_cast<const float*>(rewards), ans,
                                reinterpret_cast<float*>(out), lay, max_group_size, static_cast<int>(k), eps);
 }
 

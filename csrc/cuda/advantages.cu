@@ -1,10 +1,12 @@
 // CUDA kernels of the group-advantage op family: one warp per group, the maths in
 // csrc/include/ia/advantages.h (the same functions the CPU kernels call).
 //
-// The lanes of a warp gather the group's samples (through the permutation when groups come as ids)
-// into a global scratch slice as double, check them, lane 0 runs the group's sequential maths
-// (O(n log n): a sort and a few linear sweeps), and the lanes scatter the results. Groups are
-// independent and every sample is written once: no atomics except the error report (a min).
+// The lanes of a warp check the group's rewards (read through the permutation when groups come as
+// ids). The affine estimators (reinforce, rloo, grpo, dr_grpo, passk_chen) then reduce the group's
+// statistics across the warp and write every output in parallel. passk and majority gather the
+// group into a global scratch slice as double, lane 0 runs the sequential maths (O(n log n): a
+// sort and a few linear sweeps), and the lanes scatter the results. Groups are independent and
+// every sample is written once: no atomics except the error report (a min).
 // Plain launcher functions here; their Python bindings are in advantages_bind.cpp.
 #include <cuda_runtime.h>
 
@@ -31,6 +33,29 @@ struct GroupLayout {
   __device__ int64_t sample(int64_t pos) const { return order ? order[pos] : pos; }
 };
 
+__device__ __forceinline__ double warp_sum(double v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
+  return v;
+}
+
+// Checks the group's rewards (lanes in parallel); returns false for the whole warp if any is bad,
+// after recording the first offending sample.
+template <typename T>
+__device__ bool check_group(int estimator, const T* rewards, const GroupLayout& lay, int64_t begin, int n, int lane,
+                            long long* first_error) {
+  bool bad = false;
+  for (int j = lane; j < n; j += 32) {
+    const int64_t src = lay.sample(begin + j);
+    const int code = ia::adv::check_reward(estimator, static_cast<double>(rewards[src]));
+    if (code != ia::adv::kOk) {
+      atomicMin(first_error, static_cast<long long>(src * 4 + code));
+      bad = true;
+    }
+  }
+  return !__any_sync(kFullMask, bad);
+}
+
 template <typename T>
 __global__ void group_advantages_kernel(int estimator, int variant, const T* __restrict__ rewards,
                                         const int64_t* __restrict__ answers, T* __restrict__ out,
@@ -42,24 +67,46 @@ __global__ void group_advantages_kernel(int estimator, int variant, const T* __r
   if (g >= lay.n_groups) return;  // uniform across the warp
   const int64_t begin = lay.begin(g);
   const int n = static_cast<int>(lay.size(g));
-  double* buf = scratch + 4 * begin;
+  if (!check_group(estimator, rewards, lay, begin, n, lane, first_error)) return;
+
+  if (ia::adv::is_affine(estimator)) {
+    // Group statistics by warp reductions, then every lane applies the affine formula.
+    double sum = 0.0;
+    for (int j = lane; j < n; j += 32) sum += static_cast<double>(rewards[lay.sample(begin + j)]);
+    sum = warp_sum(sum);
+    double ss = 0.0;
+    if (ia::adv::needs_squares(estimator)) {
+      const double mean = sum / n;
+      for (int j = lane; j < n; j += 32) {
+        const double d = static_cast<double>(rewards[lay.sample(begin + j)]) - mean;
+        ss += d * d;
+      }
+      ss = warp_sum(ss);
+    }
+    const ia::adv::Affine f = ia::adv::affine_estimator(estimator, n, sum, ss, k, eps);
+    for (int j = lane; j < n; j += 32) {
+      const int64_t src = lay.sample(begin + j);
+      out[src] = static_cast<T>(f.scale * static_cast<double>(rewards[src]) + f.offset);
+    }
+    return;
+  }
+
+  // passk and majority: gather into the group's scratch slice (six arrays of n: r, a, g, then
+  // majority's counts or passk's three weight tables), lane 0 runs the sequential maths.
+  double* buf = scratch + 6 * begin;
   ia::adv::GroupScratch s{buf, buf + n, buf + 2 * n, buf + 3 * n, idx_scratch + begin,
                           answers ? ans_scratch + begin : nullptr};
-  bool bad = false;
+  ia::adv::PassKTables tables{buf + 3 * n, buf + 4 * n, buf + 5 * n};
   for (int j = lane; j < n; j += 32) {
     const int64_t src = lay.sample(begin + j);
-    const double r = static_cast<double>(rewards[src]);
-    const int code = ia::adv::check_reward(estimator, r);
-    if (code != ia::adv::kOk) {
-      atomicMin(first_error, static_cast<long long>(src * 4 + code));
-      bad = true;
-    }
-    s.r[j] = r;
+    s.r[j] = static_cast<double>(rewards[src]);
     if (answers) ans_scratch[begin + j] = answers[src];
   }
-  if (__any_sync(kFullMask, bad)) return;
   __syncwarp();
-  if (lane == 0) ia::adv::group_advantages(s, estimator, variant, n, k, eps);
+  if (lane == 0) {
+    if (estimator == ia::adv::kPassK) ia::adv::fill_passk_tables(tables, n, k, variant);
+    ia::adv::group_advantages(s, tables, estimator, variant, n, k, eps);
+  }
   __syncwarp();
   for (int j = lane; j < n; j += 32) out[lay.sample(begin + j)] = static_cast<T>(s.a[j]);
 }
@@ -98,7 +145,8 @@ unsigned blocks_for(int64_t n_groups) {
 
 }  // namespace
 
-// scratch: 4 n float64, idx_scratch: n int32, ans_scratch: n int64 (majority only) on the device;
+// scratch: 6 n float64 and idx_scratch: n int32 (passk and majority only, else null),
+// ans_scratch: n int64 (majority only) on the device;
 // first_error: one int64 set to INT64_MAX by the caller; on return (after a sync) it holds
 // 4 * sample + code of the first offending sample, or INT64_MAX.
 void group_advantages_cuda(int estimator, int variant, bool is_double, std::uintptr_t rewards,

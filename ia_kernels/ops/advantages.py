@@ -92,12 +92,12 @@ def _cpu_group_advantages(rewards, answers, layout, estimator, k, variant, eps):
 
 def _cuda_group_advantages(rewards, answers, layout, estimator, k, variant, eps):
     r, ans, out, args = _native_args(rewards, answers, layout, estimator, k, variant, eps)
-    n = r.numel()
-    scratch = torch.empty(4 * n, dtype=torch.float64, device=r.device)
+    n = r.numel() if estimator in ("passk", "majority") else 0  # the others need no scratch
+    scratch = torch.empty(6 * n, dtype=torch.float64, device=r.device)
     idx = torch.empty(n, dtype=torch.int32, device=r.device)
     ans_scratch = torch.empty(n if ans is not None else 0, dtype=torch.int64, device=r.device)
     first_error = torch.full((1,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=r.device)
-    _native.cuda_module().group_advantages(*args, scratch.data_ptr(), idx.data_ptr(), _native.ptr(ans_scratch),
+    _native.cuda_module().group_advantages(*args, _native.ptr(scratch), _native.ptr(idx), _native.ptr(ans_scratch),
                                            int(k), float(eps), first_error.data_ptr(), _native.stream_of(r))
     packed = int(first_error.item())  # the one host sync: the reward checks' verdict
     if packed == torch.iinfo(torch.int64).max:

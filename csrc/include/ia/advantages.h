@@ -11,7 +11,7 @@
 //   passk      PKPO (Walder & Karkhanis 2025) per-sample values for the objective
 //              maxg@k = E[max of k rewards], rewards in [0, 1]; see passk() below.
 //              With n == k the default variant is Tang et al.'s A_i = max(r) - max(r without i).
-//   passk_chen Chen et al. 2025's analytic pass@k advantages for binary rewards; see passk_chen().
+//   passk_chen Chen et al. 2025's analytic pass@k advantages for binary rewards; see chen_advantages().
 //   majority   Tang et al.'s leave-one-out estimator for f = the reward of the majority answer.
 #pragma once
 
@@ -55,93 +55,90 @@ IA_HOST_DEVICE int check_reward(int estimator, double r) {
   return kOk;
 }
 
-// Scratch for one group of n samples: r (rewards in), a (advantages out), g and v (work, passk),
-// idx (a permutation), ans (answer ids in, majority). Separate arrays, none aliasing another.
+// Scratch for one group of n samples, separate arrays of n entries each, none aliasing another.
 struct GroupScratch {
-  double* r;
-  double* a;
-  double* g;
+  double* r;     // rewards in; passk reuses it once the rewards are copied to g
+  double* a;     // advantages out
+  double* g;     // work: sorted rewards (passk), reward sum of each sample's answer (majority)
+  double* c;     // work: answer count of each sorted sample (majority)
+  int* idx;      // work: the sorting permutation
+  const int64_t* ans;  // answer ids in (majority)
+};
+
+// passk's binomial weight tables for one (n, k, variant), n entries each (see fill_passk_tables).
+// They depend on the group size only, so the CPU kernel fills them once per size, not per group.
+struct PassKTables {
+  double* w;
+  double* u;
   double* v;
-  int* idx;
-  const int64_t* ans;
 };
 
 // ---- sorting (device-safe: no recursion, no std::) ------------------------------------------
 
-// Restores the max-heap property of idx[0..end) below `root` (heap ordered by key[idx[.]]).
+// Restores the max-heap property of idx[0..end) below `root`, the heap ordered by key[idx[.]].
 template <typename Key>
 IA_HOST_DEVICE void sift_down(const Key* key, int* idx, int root, int end) {
   while (2 * root + 1 < end) {
     int child = 2 * root + 1;
     if (child + 1 < end && key[idx[child]] < key[idx[child + 1]]) ++child;
     if (!(key[idx[root]] < key[idx[child]])) return;
-    int t = idx[root];
+    const int t = idx[root];
     idx[root] = idx[child];
     idx[child] = t;
     root = child;
   }
 }
 
-// idx <- the permutation that sorts key ascending. Insertion sort for small groups (the common
-// case: 4..64 samples), heapsort beyond, so the worst case stays O(n log n). Ties keep no
-// particular order: every estimator below is invariant to the order of equal keys.
+// idx <- the permutation that sorts key ascending (key[idx[0]] <= key[idx[1]] <= ...).
+// Groups of up to 32 samples (the common case) use a rank sort: each element's position is the
+// number of elements before it in (key, index) order, O(n^2) comparisons but branch-free, so no
+// mispredictions and the inner loop vectorises (an insertion sort of 8 random keys costs ~5x
+// more). Larger groups use heapsort, O(n log n) in the worst case. Every estimator below is
+// invariant to the order of equal keys.
 template <typename Key>
-IA_HOST_DEVICE void sort_indices(const Key* key, int* idx, int n) {
-  for (int i = 0; i < n; ++i) idx[i] = i;
+IA_HOST_DEVICE void sort_order(const Key* key, int* idx, int n) {
   if (n <= 32) {
-    for (int i = 1; i < n; ++i) {
-      int cur = idx[i];
-      Key kc = key[cur];
-      int j = i - 1;
-      while (j >= 0 && key[idx[j]] > kc) {
-        idx[j + 1] = idx[j];
-        --j;
-      }
-      idx[j + 1] = cur;
+    for (int i = 0; i < n; ++i) {
+      const Key ki = key[i];
+      int rank = 0;
+      for (int j = 0; j < n; ++j) rank += (key[j] < ki) | ((key[j] == ki) & (j < i));
+      idx[rank] = i;
     }
     return;
   }
-  // Heapsort: build a max-heap of indices by key, then move the maximum to the end.
+  for (int i = 0; i < n; ++i) idx[i] = i;
   for (int root = n / 2 - 1; root >= 0; --root) sift_down(key, idx, root, n);
   for (int end = n - 1; end > 0; --end) {
-    int t = idx[0];
+    const int t = idx[0];
     idx[0] = idx[end];
     idx[end] = t;
     sift_down(key, idx, 0, end);
   }
 }
 
-// ---- mean-baseline estimators ------------------------------------------------------------------
+// ---- estimators affine in the reward: reinforce, rloo, grpo, dr_grpo, passk_chen -------------
+//
+// Each is A_i = scale * r_i + offset with (scale, offset) from the group's statistics: the sum of
+// the rewards and, for grpo, the sum of squared deviations from the mean (a second sweep, so the
+// variance suffers no cancellation). The kernels read a group's rewards straight from the input
+// for the statistics and again for the outputs, with no scratch copy.
+//   reinforce   1 * r + 0
+//   rloo        r - (sum - r)/(n-1)  =  n/(n-1) * r - sum/(n-1)
+//   dr_grpo     r - mean
+//   grpo        (r - mean) / (std + eps), std = sqrt(ss / (n-1))
+//   passk_chen  r in {0, 1}: a_neg + r (a_pos - a_neg), see chen_advantages below
+// A group of one gets A = 0 except under reinforce; eps = 0 with a zero std gives A = 0, not NaN.
 
-IA_HOST_DEVICE double group_sum(const double* r, int n) {
-  double s = 0.0;
-  for (int i = 0; i < n; ++i) s += r[i];
-  return s;
-}
+struct Affine {
+  double scale;
+  double offset;
+};
 
-IA_HOST_DEVICE void reinforce(const double* r, double* a, int n) {
-  for (int i = 0; i < n; ++i) a[i] = r[i];
-}
+IA_HOST_DEVICE bool needs_squares(int estimator) { return estimator == kGrpo; }
 
-IA_HOST_DEVICE void rloo(const double* r, double* a, int n) {
-  if (n == 1) { a[0] = 0.0; return; }
-  const double s = group_sum(r, n);
-  for (int i = 0; i < n; ++i) a[i] = r[i] - (s - r[i]) / (n - 1);
-}
-
-IA_HOST_DEVICE void dr_grpo(const double* r, double* a, int n) {
-  const double mean = group_sum(r, n) / n;
-  for (int i = 0; i < n; ++i) a[i] = n == 1 ? 0.0 : r[i] - mean;
-}
-
-IA_HOST_DEVICE void grpo(const double* r, double* a, int n, double eps) {
-  if (n == 1) { a[0] = 0.0; return; }
-  const double mean = group_sum(r, n) / n;
-  double ss = 0.0;  // two passes: no cancellation in the variance
-  for (int i = 0; i < n; ++i) ss += (r[i] - mean) * (r[i] - mean);
-  const double scale = sqrt(ss / (n - 1)) + eps;
-  const double inv = scale > 0.0 ? 1.0 / scale : 0.0;  // eps = 0 and equal rewards: A = 0, not NaN
-  for (int i = 0; i < n; ++i) a[i] = (r[i] - mean) * inv;
+IA_HOST_DEVICE bool is_affine(int estimator) {
+  return estimator == kReinforce || estimator == kRloo || estimator == kGrpo || estimator == kDrGrpo ||
+         estimator == kPassKChen;
 }
 
 // ---- passk: PKPO's per-sample values -----------------------------------------------------------
@@ -175,75 +172,58 @@ IA_HOST_DEVICE void order_weights(double* v, int size, int m) {
   double w = static_cast<double>(m) / size;
   for (int q = size - 1; q >= 0; --q) {
     v[q] = w;
-    // from 1-based j = q+1 to j-1: times (j-m)/(j-1); zero once j <= m
-    const int j = q + 1;
+    const int j = q + 1;  // 1-based; from j to j-1 the weight is multiplied by (j-m)/(j-1)
     w = (j > m) ? w * static_cast<double>(j - m) / (j - 1) : 0.0;
   }
 }
 
-// rho(g, m) for sorted g: the unbiased estimate of E[max of m] from all `size` values.
-IA_HOST_DEVICE double rho_sorted(const double* g, double* v, int size, int m) {
-  if (m < 1) return 0.0;
-  order_weights(v, size, m);
-  double s = 0.0;
-  for (int q = 0; q < size; ++q) s += v[q] * g[q];
-  return s;
-}
-
-// Writes PKPO's s (sorted order) into out[p] for sorted rewards g[0..n).
-IA_HOST_DEVICE void pkpo_s_sorted(const double* g, double* out, int n, int k) {
-  // Walk down from the top: w = C(p, k-1)/C(n,k) and u = C(p-1, k-2)/C(n,k) at 0-based p.
+// The tables for a group of n, 0-based sorted positions p:
+//   w[p] = C(p, k-1) / C(n, k)      (position p is the max of the subset)
+//   u[p] = C(p-1, k-2) / C(n, k)    (position p is the max of a subset holding a lower position)
+//   v[q] = C(q, m-1) / C(n-1, m)    (rho over the n-1 others; m = k for loo, k-1 for loo-1),
+//          v[n-1] = 0, and v = 0 for variant s or m = 0 (no baseline).
+IA_HOST_DEVICE void fill_passk_tables(PassKTables t, int n, int k, int variant) {
   double w = static_cast<double>(k) / n;
   double u = (k >= 2 && n >= 2) ? static_cast<double>(k) * (k - 1) / (static_cast<double>(n) * (n - 1)) : 0.0;
-  double tail = 0.0;  // sum_{q > p} u_q g_q
   for (int p = n - 1; p >= 0; --p) {
-    out[p] = w * g[p] + tail;
-    tail += u * g[p];
+    t.w[p] = w;
+    t.u[p] = u;
     const int j = p + 1;  // 1-based position
     w = (j > k) ? w * static_cast<double>(j - k) / (j - 1) : 0.0;
     u = (j > k && j > 2) ? u * static_cast<double>(j - k) / (j - 2) : 0.0;
   }
+  const int m = variant == kVariantLoo ? k : k - 1;
+  if (variant == kVariantS || m < 1) {
+    for (int q = 0; q < n; ++q) t.v[q] = 0.0;
+  } else {
+    order_weights(t.v, n - 1, m);
+    t.v[n - 1] = 0.0;
+  }
 }
 
-// The leave-one-out baselines: base[p] = rho(g without position p, m), for every p, in O(n).
-// Removing p shifts the positions above it down by one, so with v the weights for n-1 values,
-// base[p] = sum_{q < p} v[q] g[q] + sum_{q > p} v[q-1] g[q].
-IA_HOST_DEVICE void loo_rho_sorted(const double* g, double* v, double* base, int n, int m) {
-  if (m < 1) {
-    for (int p = 0; p < n; ++p) base[p] = 0.0;
-    return;
+// passk for one group (1 <= k <= n, and k <= n-1 for "loo": the launcher checks), with the tables
+// filled for this n. After sorting g, one backward sweep gives s_p (through the running sum of
+// u g above p) minus the baseline's part above p, and one forward sweep subtracts the part below
+// p and scatters to a[] in the original order. Removing position p shifts the positions above it
+// down by one, so the baseline is sum_{q<p} v[q] g[q] + sum_{q>p} v[q-1] g[q].
+IA_HOST_DEVICE void passk(GroupScratch s, PassKTables t, int n, int k, int variant) {
+  sort_order(s.r, s.idx, n);
+  for (int p = 0; p < n; ++p) s.g[p] = s.r[s.idx[p]];
+  const double scale = variant == kVariantS ? 0.0
+                       : variant == kVariantLoo ? static_cast<double>(k) / (n - 1)
+                                                : static_cast<double>(k) / n;
+  double* part = s.r;  // the rewards now live in g
+  double tail = 0.0, above = 0.0;
+  for (int p = n - 1; p >= 0; --p) {
+    part[p] = t.w[p] * s.g[p] + tail - scale * above;
+    tail += t.u[p] * s.g[p];
+    if (p >= 1) above += t.v[p - 1] * s.g[p];
   }
-  order_weights(v, n - 1, m);
   double below = 0.0;
   for (int p = 0; p < n; ++p) {
-    base[p] = below;
-    if (p < n - 1) below += v[p] * g[p];
+    s.a[s.idx[p]] = part[p] - scale * below;
+    below += t.v[p] * s.g[p];
   }
-  double above = 0.0;
-  for (int p = n - 1; p >= 0; --p) {
-    base[p] += above;
-    if (p >= 1) above += v[p - 1] * g[p];
-  }
-}
-
-// passk for one group: needs 1 <= k <= n (and k <= n-1 for "loo"; the launcher checks).
-// Uses s.idx, s.g (sorted rewards), s.v (weights) and s.a; reads, then overwrites, s.r.
-IA_HOST_DEVICE void passk(GroupScratch s, int n, int k, int variant) {
-  sort_indices(s.r, s.idx, n);
-  for (int p = 0; p < n; ++p) s.g[p] = s.r[s.idx[p]];
-  // s (sorted order) goes to a[] first, then is scattered back through idx via v as a buffer.
-  double* s_sorted = s.a;
-  pkpo_s_sorted(s.g, s_sorted, n, k);
-  if (variant != kVariantS) {
-    const int m = variant == kVariantLoo ? k : k - 1;
-    const double scale = variant == kVariantLoo ? static_cast<double>(k) / (n - 1) : static_cast<double>(k) / n;
-    // base[] must not alias v (the weights): keep it in the r array, whose values now live in g.
-    double* base = s.r;
-    loo_rho_sorted(s.g, s.v, base, n, m);
-    for (int p = 0; p < n; ++p) s_sorted[p] -= scale * base[p];
-  }
-  for (int p = 0; p < n; ++p) s.v[p] = s_sorted[p];
-  for (int p = 0; p < n; ++p) s.a[s.idx[p]] = s.v[p];
 }
 
 // ---- passk_chen: Chen et al. 2025, binary rewards ------------------------------------------------
@@ -256,7 +236,7 @@ IA_HOST_DEVICE void passk(GroupScratch s, int n, int k, int variant) {
 //     A_correct   = (1 - R) / (sigma + eps)
 //     A_incorrect = (1 - R - C(n-c-1, k-1)/C(n-1, k-1)) / (sigma + eps)
 // Equivalently (n/k) (s_i - mean(s)) / (sigma + eps) with PKPO's binary s_i. All-correct and
-// all-wrong groups give 0.
+// all-wrong groups give 0. It is affine in r (r in {0, 1}), so it takes the affine path above.
 
 // C(a, b)/C(c, b) = prod_{i<b} (a-i)/(c-i) for a <= c; 0 when a < b.
 IA_HOST_DEVICE double binom_ratio(int a, int c, int b) {
@@ -266,16 +246,43 @@ IA_HOST_DEVICE double binom_ratio(int a, int c, int b) {
   return x;
 }
 
-IA_HOST_DEVICE void passk_chen(const double* r, double* a, int n, int k, double eps) {
-  int c = 0;
-  for (int i = 0; i < n; ++i) c += r[i] != 0.0;
+// (A for a correct sample, A for an incorrect one) in a group of n with c correct.
+IA_HOST_DEVICE Affine chen_advantages(int n, int c, int k, double eps) {
   const double R = 1.0 - binom_ratio(n - c, n, k);
   const double sigma = sqrt(R * (1.0 - R));
   const double inv = sigma + eps > 0.0 ? 1.0 / (sigma + eps) : 0.0;  // eps = 0, R in {0,1}: A = 0
-  const double miss = binom_ratio(n - c - 1, n - 1, k - 1);  // P(other k-1 all wrong | i in subset)
-  const double a_pos = (1.0 - R) * inv;
-  const double a_neg = (1.0 - R - miss) * inv;
-  for (int i = 0; i < n; ++i) a[i] = r[i] != 0.0 ? a_pos : a_neg;
+  const double miss = binom_ratio(n - c - 1, n - 1, k - 1);  // P(the other k-1 all wrong | i in subset)
+  return {(1.0 - R) * inv, (1.0 - R - miss) * inv};  // {correct, incorrect}
+}
+
+// (scale, offset) of an affine estimator from the group's size n, reward sum and (grpo only) the
+// sum of squared deviations ss.
+IA_HOST_DEVICE Affine affine_estimator(int estimator, int n, double sum, double ss, int k, double eps) {
+  if (estimator == kReinforce) return {1.0, 0.0};
+  if (estimator == kPassKChen) {
+    const Affine pn = chen_advantages(n, static_cast<int>(sum + 0.5), k, eps);
+    return {pn.scale - pn.offset, pn.offset};
+  }
+  if (n == 1) return {0.0, 0.0};
+  const double mean = sum / n;
+  if (estimator == kRloo) return {static_cast<double>(n) / (n - 1), -sum / (n - 1)};
+  if (estimator == kDrGrpo) return {1.0, -mean};
+  const double scale = sqrt(ss / (n - 1)) + eps;  // grpo
+  const double inv = scale > 0.0 ? 1.0 / scale : 0.0;
+  return {inv, -mean * inv};
+}
+
+// The affine estimators over a gathered group (the scratch path: CUDA's lane 0, tests).
+IA_HOST_DEVICE void affine_group(const double* r, double* a, int n, int estimator, int k, double eps) {
+  double sum = 0.0;
+  for (int i = 0; i < n; ++i) sum += r[i];
+  double ss = 0.0;
+  if (needs_squares(estimator)) {
+    const double mean = sum / n;
+    for (int i = 0; i < n; ++i) ss += (r[i] - mean) * (r[i] - mean);
+  }
+  const Affine f = affine_estimator(estimator, n, sum, ss, k, eps);
+  for (int i = 0; i < n; ++i) a[i] = f.scale * r[i] + f.offset;
 }
 
 // ---- majority: Tang et al.'s leave-one-out estimator for majority voting (n == k) ------------
@@ -287,45 +294,45 @@ IA_HOST_DEVICE void passk_chen(const double* r, double* a, int n, int k, double 
 // A_i = f(all) - f(all but i); f(all but i) is f(all) unless i's answer is among the tied top:
 //   - tied with others (t > 1 answers at the top count M): the top set loses i's answer;
 //   - alone at the top: its count drops to M-1 and it joins the answers already at M-1.
-// Uses s.idx and s.g (reward sums per sorted position), O(n log n).
+// O(n log n) for the sort, O(n) after it.
 IA_HOST_DEVICE void majority(GroupScratch s, int n) {
-  sort_indices(s.ans, s.idx, n);
-  // First pass over runs of equal answers: top count M and the reward sums at counts M and M-1.
-  int top = 0, t_top = 0, t_next = 0;
-  double sum_top = 0.0, sum_next = 0.0;  // sum over answers at count M (M-1) of their mean reward
-  for (int pass = 0; pass < 2; ++pass) {
-    for (int p = 0; p < n;) {
-      int q = p;
-      double rs = 0.0;
-      while (q < n && s.ans[s.idx[q]] == s.ans[s.idx[p]]) rs += s.r[s.idx[q++]];
-      const int cnt = q - p;
-      if (pass == 0) {
-        if (cnt > top) top = cnt;
-      } else if (cnt == top) {
-        ++t_top;
-        sum_top += rs / cnt;
-      } else if (cnt == top - 1) {
-        ++t_next;
-        sum_next += rs / cnt;
-      }
-      for (int x = p; x < q; ++x) { s.g[x] = rs; s.v[x] = cnt; }
-      p = q;
+  sort_order(s.ans, s.idx, n);
+  // Runs of equal answers: each sorted position gets its answer's reward sum (g) and count (c).
+  int top = 0;
+  for (int p = 0; p < n;) {
+    const int64_t answer = s.ans[s.idx[p]];
+    int q = p;
+    double rs = 0.0;
+    while (q < n && s.ans[s.idx[q]] == answer) rs += s.r[s.idx[q++]];
+    for (int x = p; x < q; ++x) {
+      s.g[x] = rs;
+      s.c[x] = q - p;
     }
+    if (q - p > top) top = q - p;
+    p = q;
+  }
+  // The answers at the top count M and at M-1: how many, and the sum of their mean rewards.
+  int t_top = 0, t_next = 0;
+  double sum_top = 0.0, sum_next = 0.0;
+  for (int p = 0; p < n;) {
+    const int cnt = static_cast<int>(s.c[p]);
+    if (cnt == top) { ++t_top; sum_top += s.g[p] / cnt; }
+    else if (cnt == top - 1) { ++t_next; sum_next += s.g[p] / cnt; }
+    p += cnt;
   }
   const double f_all = sum_top / t_top;
   for (int p = 0; p < n; ++p) {
     const int i = s.idx[p];
-    const int cnt = static_cast<int>(s.v[p]);
-    const double rs = s.g[p];
+    const int cnt = static_cast<int>(s.c[p]);
     double f_rest;
     if (cnt < top) {
       f_rest = f_all;
     } else if (t_top > 1) {
-      f_rest = (sum_top - rs / cnt) / (t_top - 1);
+      f_rest = (sum_top - s.g[p] / cnt) / (t_top - 1);
     } else if (top == 1) {
       f_rest = 0.0;  // n == 1: nothing left to vote
     } else {
-      f_rest = (sum_next + (rs - s.r[i]) / (top - 1)) / (t_next + 1);
+      f_rest = (sum_next + (s.g[p] - s.r[i]) / (top - 1)) / (t_next + 1);
     }
     s.a[i] = f_all - f_rest;
   }
@@ -333,16 +340,17 @@ IA_HOST_DEVICE void majority(GroupScratch s, int n) {
 
 // ---- dispatch -----------------------------------------------------------------------------------
 
-IA_HOST_DEVICE void group_advantages(GroupScratch s, int estimator, int variant, int n, int k, double eps) {
-  switch (estimator) {
-    case kReinforce: reinforce(s.r, s.a, n); break;
-    case kRloo: rloo(s.r, s.a, n); break;
-    case kGrpo: grpo(s.r, s.a, n, eps); break;
-    case kDrGrpo: dr_grpo(s.r, s.a, n); break;
-    case kPassK: passk(s, n, k, variant); break;
-    case kPassKChen: passk_chen(s.r, s.a, n, k, eps); break;
-    case kMajority: majority(s, n); break;
-    default: for (int i = 0; i < n; ++i) s.a[i] = 0.0; break;
+// passk needs `tables` filled for (n, k, variant) by fill_passk_tables; the others ignore it.
+IA_HOST_DEVICE void group_advantages(GroupScratch s, PassKTables tables, int estimator, int variant, int n, int k,
+                                     double eps) {
+  if (is_affine(estimator)) {
+    affine_group(s.r, s.a, n, estimator, k, eps);
+  } else if (estimator == kPassK) {
+    passk(s, tables, n, k, variant);
+  } else if (estimator == kMajority) {
+    majority(s, n);
+  } else {
+    for (int i = 0; i < n; ++i) s.a[i] = 0.0;
   }
 }
 
