@@ -58,8 +58,7 @@ def group_layout(groups, n: int, device: torch.device, name: str = "groups", wha
     ids = groups.to(torch.int64)
     order = None
     if n > 1 and not bool((ids[1:] >= ids[:-1]).all()):
-        order = torch.argsort(ids, stable=True)
-        ids = ids[order]
+        ids, order = torch.sort(ids, stable=True)
     counts = torch.unique_consecutive(ids, return_counts=True)[1]
     offsets = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=device)
     torch.cumsum(counts, 0, out=offsets[1:])

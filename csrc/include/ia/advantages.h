@@ -1,6 +1,7 @@
 // Per-group advantage estimators and length-penalised rewards, shared by the CPU (OpenMP) and CUDA
-// kernels. Every function works on one group's values, already gathered into contiguous scratch,
-// and computes in double whatever the input dtype.
+// kernels. The functions work on one group's values, gathered into contiguous scratch (passk,
+// majority) or streamed from the input into a few group statistics (the affine estimators), and
+// compute in double whatever the input dtype.
 //
 // Notation: a group holds n samples with rewards r_0..r_{n-1}; k is the number of samples the
 // inference-time objective uses. The estimators (DESIGN.md, "The estimators"):
@@ -272,7 +273,8 @@ IA_HOST_DEVICE Affine affine_estimator(int estimator, int n, double sum, double 
   return {inv, -mean * inv};
 }
 
-// The affine estimators over a gathered group (the scratch path: CUDA's lane 0, tests).
+// The affine estimators over a gathered group: the per-group entry point's form; the kernels use
+// the streaming form (statistics from the input, then affine_estimator) instead.
 IA_HOST_DEVICE void affine_group(const double* r, double* a, int n, int estimator, int k, double eps) {
   double sum = 0.0;
   for (int i = 0; i < n; ++i) sum += r[i];
