@@ -10,7 +10,10 @@ library) that isolates itself and then execs the program:
   as root these need no user namespace, otherwise an unprivileged user namespace is tried first;
 - when run as root, the program drops to an unprivileged uid of its own (one per concurrent slot,
   claimed with a lock file), so RLIMIT_NPROC bounds its own processes (a limit on root binds nothing)
-  and, after the run, `kill(-1, SIGKILL)` as that uid reaps anything that escaped the process group;
+  and, after the run, `kill(-1, SIGKILL)` as that uid reaps anything that escaped the process group.
+  Without root the program keeps the caller's uid (inside its user namespace), RLIMIT_NPROC is set
+  to the caller's current process count plus the program's allowance, and the pid namespace is what
+  guarantees that nothing outlives the run;
 - resource limits: CPU seconds, address space, processes, file size (which also caps captured
   output: stdout and stderr go to files), open files, no core dumps;
 - a scrubbed environment, start_new_session=True, and SIGKILL to the whole process group at the wall
@@ -173,8 +176,7 @@ def _enter_program(spec: dict) -> None:
         ("RLIMIT_CORE", 0),
     ):
         resource.setrlimit(getattr(resource, name), (value, value))
-    if spec["nproc"] is not None:
-        resource.setrlimit(resource.RLIMIT_NPROC, (spec["nproc"], spec["nproc"]))
+    resource.setrlimit(resource.RLIMIT_NPROC, (spec["nproc"], spec["nproc"]))
     uid = spec["uid"]
     if uid is not None:
         os.setgroups([])
@@ -370,8 +372,9 @@ def _run_in(base: str, source: str, limits: SandboxLimits, python: str, uid, sta
     if uid is not None:
         os.chown(work, uid, uid)
         os.chown(os.path.join(work, "program.py"), uid, uid)
-    # Without root, RLIMIT_NPROC counts all of the user's processes: leave room for those.
-    nproc = limits.max_processes if uid is not None else None
+    # Without root, RLIMIT_NPROC counts all of the user's processes (the sandbox shares their uid):
+    # allow those running now plus the program's own. Concurrent runs share that headroom.
+    nproc = limits.max_processes if uid is not None else len(_processes_of(os.getuid())) + limits.max_processes
     spec = {
         "work": work,
         "uid": uid,
