@@ -209,9 +209,10 @@ def _launch(spec: dict) -> int:
             except BaseException as e:  # noqa: BLE001 - report anything, then die
                 os.write(status.fileno(), (json.dumps({"error": f"exec failed: {e!r}"}) + "\n").encode())
             os._exit(127)
-        _, wait_status = os.waitpid(pid, 0)
+        _, wait_status, usage = os.wait4(pid, 0)
         code = os.waitstatus_to_exitcode(wait_status)
-        status.write(json.dumps({"returncode": code}) + "\n")
+        cpu = usage.ru_utime + usage.ru_stime  # the program's main process
+        status.write(json.dumps({"returncode": code, "cpu_seconds": cpu}) + "\n")
         return 0
     except BaseException as e:  # noqa: BLE001
         status.write(json.dumps({"error": f"launcher failed: {e!r}", "applied": applied}) + "\n")
@@ -431,18 +432,19 @@ def _kill_group(pgid: int) -> None:
 def _classify(report: dict, code, timed_out: bool, stderr: str, out_size: int, limits: SandboxLimits):
     if timed_out:
         return "timeout", f"wall time limit {limits.wall_seconds:g} s exceeded"
-    if "error" in report and code is None:
+    if "error" in report:  # the sandbox itself failed (e.g. the interpreter could not be executed)
         return "error", report["error"]
     if code is None:
         return "error", "the launcher died without reporting the program's exit"
-    if code in (-signal.SIGXCPU, -signal.SIGKILL) and "MemoryError" not in stderr:
+    cpu = report.get("cpu_seconds", 0.0)
+    if code == -signal.SIGXCPU or (code == -signal.SIGKILL and cpu >= limits.cpu_seconds - 0.05):
         return "timeout", f"CPU time limit {limits.cpu_seconds} s exceeded (signal {-code})"
     if out_size >= limits.file_bytes or code == -signal.SIGXFSZ or "File too large" in stderr:
         return "output_limit", f"output or file size limit {limits.file_bytes} bytes exceeded"
-    if "MemoryError" in stderr or "Cannot allocate memory" in stderr:
-        return "memory", f"memory limit {limits.memory_bytes} bytes exceeded"
     if code == 0:
         return "passed", "exit code 0"
+    if "MemoryError" in stderr or "Cannot allocate memory" in stderr:
+        return "memory", f"memory limit {limits.memory_bytes} bytes exceeded"
     if code < 0:
         return "failed", f"killed by signal {signal.Signals(-code).name}"
     last = next((line for line in reversed(stderr.strip().splitlines()) if line.strip()), "")

@@ -56,6 +56,12 @@ def test_failing_program_reports_the_exception():
     assert "KeyError" in result.reason
 
 
+def test_sandbox_failure_is_an_error_not_a_wrong_answer():
+    result = run_python("print(1)", FAST, python="/nonexistent/python3")
+    assert result.status == "error"
+    assert "exec failed" in result.reason and "nonexistent" in result.reason
+
+
 def test_infinite_loop_is_stopped_by_the_cpu_limit():
     limits = SandboxLimits(wall_seconds=20.0, cpu_seconds=1)  # the CPU limit must act first
     start = time.monotonic()
