@@ -2,8 +2,11 @@
 
 Layers: row passes (`ppo_rows_fused` in csrc/cpu/ppo.cpp and triton/ppo.py, `_torch_fused_rows`
 here; the log-prob row passes of ops/_logprob_rows.py) -> chunked launchers (`_token_level_pass`,
-`_sequence_level_pass`, GEMMs in ops/_lm_head.py) -> autograd Function (`LinearPpoLossFunction`)
--> public `linear_ppo_loss`.
+`_sequence_level_one_pass`, `_sequence_level_two_phase`; GEMMs in ops/_lm_head.py) -> autograd
+Function (`LinearPpoLossFunction`) -> public `linear_ppo_loss`.
+
+Only valid tokens are computed: padding rows are dropped before the chunk GEMMs (`ValidRows`), the
+compaction sized by the one host sync that validation makes anyway.
 
 Token-level importance, one pass over the tokens, 6 N H V FLOPs: per chunk of rows, one GEMM
 makes the fp32 logits, one fused row pass turns each row into (logp, entropy), then into the
@@ -13,10 +16,13 @@ weight gradients. All of it runs in forward; backward multiplies the stored grad
 grad_output. Only one chunk of logits exists at a time.
 
 Sequence-level importance (GSPO) needs every token of a sequence before any token's gradient is
-known (the ratio is a mean over the sequence), so it runs in two phases, 8 N H V FLOPs: a stats
-pass over all chunks (logits GEMM + log-prob row pass: logp, lse, entropy), the per-token terms
-over [B, T] (ops/ppo.py's kernels), then a gradient pass that recomputes each chunk's logits and
-runs the log-prob gradient row pass and the two GEMMs — linear_logprobs's forward and backward.
+known (the ratio is a mean over the sequence). When whole sequences fit in a chunk, chunks are cut
+at sequence boundaries and each chunk is finished in place: log-prob row pass, the [B, T] terms of
+its sequences, gradient row pass on the same logits, GEMMs (6 N H V). When one sequence is longer
+than a chunk, it runs in two phases, 8 N H V FLOPs: a stats pass over all chunks (logits GEMM +
+log-prob row pass: logp, lse, entropy), the per-token terms over [B, T] (ops/ppo.py's kernels),
+then a gradient pass that recomputes each chunk's logits and runs the log-prob gradient row pass and
+the two GEMMs — linear_logprobs's forward and backward.
 """
 
 from __future__ import annotations
@@ -83,17 +89,57 @@ ROW_BACKENDS = {
 }
 
 
+@dataclass
+class ValidRows:
+    """The valid tokens as rows of the flattened [B * T] token grid, in order.
+
+    The fused passes run over these rows only, so padding costs no GEMM work. The per-sequence
+    counts come from the one host sync of validation, which sizes the compaction without another.
+    """
+
+    idx: torch.Tensor  # [n] int64 flat indices of the valid tokens
+    lengths: list  # valid tokens per sequence (host ints)
+    all_valid: bool  # no padding: take/put are identities
+
+    @classmethod
+    def of(cls, valid: torch.Tensor, lengths: list) -> "ValidRows":
+        n, total = sum(lengths), valid.numel()
+        if n == total:
+            return cls(torch.arange(total, device=valid.device), lengths, True)
+        return cls(torch.nonzero_static(valid.reshape(-1), size=n).squeeze(1), lengths, False)
+
+    def take(self, x: torch.Tensor) -> torch.Tensor:
+        """[B * T, ...] -> the valid rows [n, ...]."""
+        return x if self.all_valid else x.index_select(0, self.idx)
+
+    def put(self, x: torch.Tensor, fill: float, total: int) -> torch.Tensor:
+        """The valid rows [n, ...] -> [B * T, ...], padding set to `fill`."""
+        if self.all_valid:
+            return x
+        out = x.new_full((total,) + tuple(x.shape[1:]), fill)
+        return out.index_copy_(0, self.idx, x)
+
+
+def _grad_buffers(hidden, weight, bias, needs, dtype):
+    """grad_hidden in hidden's dtype; weight/bias gradients accumulate over chunks in fp32
+    (deterministic: no atomics) and are cast at the end by `_finish_grads`."""
+    need_h, need_w, need_b = needs
+    return (torch.empty_like(hidden) if need_h else None,
+            torch.zeros(weight.shape, dtype=dtype, device=weight.device) if need_w else None,
+            torch.zeros(bias.shape, dtype=dtype, device=bias.device) if need_b else None)
+
+
+def _finish_grads(grads, weight, bias):
+    gh, gw, gb = grads
+    return gh, None if gw is None else gw.to(weight.dtype), None if gb is None else gb.to(bias.dtype)
+
+
 def _token_level_pass(be: PpoRowBackend, hidden, weight, bias, head: LMHead, targets, temperature, ignore_index,
                       old_logp, adv, ref_logp, token_weight, opts, rows, needs):
-    """One pass over the chunks: (logp, entropy, unweighted token loss, ratio) [N] and the gradients."""
+    """One pass over the chunks: (logp, entropy, unweighted token loss, ratio) [n] and the gradients."""
     n = hidden.shape[0]
-    dtype = head.logits_dtype
-    logp, entropy, loss_tok, ratio = torch.empty((4, n), dtype=dtype, device=hidden.device).unbind(0)
-    need_h, need_w, need_b = needs
-    grad_hidden = torch.empty_like(hidden) if need_h else None
-    # Weight/bias gradients accumulate over chunks in fp32 (deterministic: no atomics), cast at the end.
-    grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if need_w else None
-    grad_bias = torch.zeros(bias.shape, dtype=dtype, device=bias.device) if need_b else None
+    logp, entropy, loss_tok, ratio = torch.empty((4, n), dtype=head.logits_dtype, device=hidden.device).unbind(0)
+    grad_hidden, grad_weight, grad_bias = _grad_buffers(hidden, weight, bias, needs, head.logits_dtype)
     for start in range(0, n, rows):
         sl = slice(start, min(start + rows, n))
         z = head.logits(hidden[sl])
@@ -102,24 +148,75 @@ def _token_level_pass(be: PpoRowBackend, hidden, weight, bias, head: LMHead, tar
                       logp[sl], entropy[sl], loss_tok[sl], ratio[sl])
         if any(needs):
             head.backprop_chunk(z, hidden[sl], None if grad_hidden is None else grad_hidden[sl], grad_weight, grad_bias)
-    grads = (grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype),
-             None if grad_bias is None else grad_bias.to(bias.dtype))
+    grads = _finish_grads((grad_hidden, grad_weight, grad_bias), weight, bias)
     return logp, entropy, loss_tok, ratio, grads
 
 
-def _sequence_level_pass(be: PpoRowBackend, hidden, weight, bias, head: LMHead, targets, temperature, ignore_index,
-                         old_logp, adv, ref_logp, valid, opts, rows, needs):
-    """Two phases (see the module docstring): stats pass, [B, T] terms, gradient pass."""
+def _sequence_groups(lengths: list, rows: int):
+    """Runs of consecutive sequences whose valid tokens fit one chunk, as (b0, b1, r0, r1) with
+    rows [r0, r1) of the valid rows; None when one sequence alone exceeds a chunk."""
+    if max(lengths, default=0) > rows:
+        return None
+    groups, b0, r0, r = [], 0, 0, 0
+    for b, n in enumerate(lengths):
+        if r - r0 + n > rows:
+            groups.append((b0, b, r0, r))
+            b0, r0 = b, r
+        r += n
+    groups.append((b0, len(lengths), r0, r))
+    return groups
+
+
+def _sequence_level_one_pass(be: PpoRowBackend, hidden, weight, bias, head: LMHead, targets, temperature,
+                             ignore_index, old_logp, adv, ref_logp, valid, vrows: ValidRows, groups, opts, needs):
+    """GSPO when every chunk holds whole sequences: per chunk, the log-prob row pass gives each of
+    its sequences' logp, the [B, T] terms kernel their gradients, and the gradient row pass turns
+    the same logits (still in memory) into dloss/dlogits: 6 N H V FLOPs, as at token level."""
     B, T = valid.shape
-    logp, lse, entropy = _chunked_forward(be.logprob_rows, hidden, head, targets, temperature, ignore_index, rows)
-    loss, g_logp, g_entropy, ratio = ppo.loss_and_grads(
-        be.terms, logp.view(B, T), old_logp, adv, valid, ref_logp, entropy.view(B, T), opts)
+    dtype = head.logits_dtype
+    logp, entropy, loss_tok = torch.zeros((3, B, T), dtype=dtype, device=valid.device).unbind(0)
+    ratio = torch.ones((B, T), dtype=dtype, device=valid.device)
+    seq_scale = ppo.aggregation_scale(valid, opts, dtype)
+    grad_hidden, grad_weight, grad_bias = _grad_buffers(hidden, weight, bias, needs, dtype)
+    for b0, b1, r0, r1 in groups:
+        if r1 == r0:
+            continue  # only fully masked sequences: nothing to add
+        z = head.logits(hidden[r0:r1])
+        lp, lse, ent = torch.empty((3, r1 - r0), dtype=dtype, device=valid.device).unbind(0)
+        be.logprob_rows.forward(z, targets[r0:r1], temperature, ignore_index, lp, lse, ent)
+        local = vrows.idx[r0:r1] - b0 * T  # the rows' places in the [b0:b1, T] slab
+        logp[b0:b1].view(-1).index_copy_(0, local, lp)
+        entropy[b0:b1].view(-1).index_copy_(0, local, ent)
+        loss_s, g_logp, g_ent, ratio_s = be.terms(
+            logp[b0:b1], old_logp[b0:b1], adv[b0:b1], valid[b0:b1], seq_scale[b0:b1],
+            None if ref_logp is None else ref_logp[b0:b1], entropy[b0:b1], opts)
+        loss_tok[b0:b1] = loss_s
+        ratio[b0:b1] = ratio_s
+        if any(needs):
+            g_ent = g_ent.reshape(-1).index_select(0, local) if opts.entropy_coef != 0 else None
+            be.logprob_rows.backward(z, targets[r0:r1], temperature, ignore_index, lse, ent,
+                                     g_logp.reshape(-1).index_select(0, local), g_ent)
+            head.backprop_chunk(z, hidden[r0:r1], None if grad_hidden is None else grad_hidden[r0:r1], grad_weight,
+                                grad_bias)
+    loss = (loss_tok.sum(1) * seq_scale).sum()
+    return loss, logp, entropy, ratio, _finish_grads((grad_hidden, grad_weight, grad_bias), weight, bias)
+
+
+def _sequence_level_two_phase(be: PpoRowBackend, hidden, weight, bias, head: LMHead, targets, temperature,
+                              ignore_index, old_logp, adv, ref_logp, valid, vrows: ValidRows, opts, rows, needs):
+    """GSPO when a sequence is longer than a chunk (see the module docstring): stats pass over all
+    chunks, [B, T] terms, gradient pass recomputing each chunk's logits: 8 N H V FLOPs."""
+    B, T = valid.shape
+    logp_v, lse_v, ent_v = _chunked_forward(be.logprob_rows, hidden, head, targets, temperature, ignore_index, rows)
+    logp = vrows.put(logp_v, 0.0, B * T).view(B, T)
+    entropy = vrows.put(ent_v, 0.0, B * T).view(B, T)
+    loss, g_logp, g_ent, ratio = ppo.loss_and_grads(be.terms, logp, old_logp, adv, valid, ref_logp, entropy, opts)
     grads = (None, None, None)
     if any(needs):
+        g_ent = vrows.take(g_ent.reshape(-1)) if opts.entropy_coef != 0 else None
         grads = _chunked_backward(be.logprob_rows, hidden, weight, bias, head, targets, temperature, ignore_index,
-                                  rows, lse, entropy, g_logp.reshape(-1),
-                                  g_entropy.reshape(-1) if opts.entropy_coef != 0 else None, needs)
-    return loss, logp.view(B, T), entropy.view(B, T), ratio, grads
+                                  rows, lse_v, ent_v, vrows.take(g_logp.reshape(-1)), g_ent, needs)
+    return loss, logp, entropy, ratio, grads
 
 
 def _graph_is_kept() -> bool:
@@ -138,25 +235,35 @@ class LinearPpoLossFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, old_logp, adv, ref_logp, valid, temperature, ignore_index,
+    def forward(ctx, hidden, weight, bias, targets, old_logp, adv, ref_logp, valid, vrows, temperature, ignore_index,
                 opts, be, rows, want_grads):
         needs = (want_grads and ctx.needs_input_grad[0], want_grads and ctx.needs_input_grad[1],
                  want_grads and bias is not None and ctx.needs_input_grad[2])
         head = LMHead.prepare(weight, bias)
         B, T = valid.shape
-        if opts.importance == "sequence":
-            loss, logp, entropy, ratio, grads = _sequence_level_pass(
-                be, hidden, weight, bias, head, targets, temperature, ignore_index, old_logp, adv, ref_logp, valid,
-                opts, rows, needs)
+        hidden_v, targets_v = vrows.take(hidden), vrows.take(targets)
+        groups = _sequence_groups(vrows.lengths, rows) if opts.importance == "sequence" else None
+        if opts.importance == "sequence" and groups is not None:
+            loss, logp, entropy, ratio, grads = _sequence_level_one_pass(
+                be, hidden_v, weight, bias, head, targets_v, temperature, ignore_index, old_logp, adv, ref_logp,
+                valid, vrows, groups, opts, needs)
+        elif opts.importance == "sequence":
+            loss, logp, entropy, ratio, grads = _sequence_level_two_phase(
+                be, hidden_v, weight, bias, head, targets_v, temperature, ignore_index, old_logp, adv, ref_logp,
+                valid, vrows, opts, rows, needs)
         else:
             seq_scale = ppo.aggregation_scale(valid, opts, head.logits_dtype)
-            token_weight = torch.where(valid, seq_scale[:, None], 0.0).reshape(-1)
-            adv_tok = (adv[:, None].expand(B, T) if adv.dim() == 1 else adv).reshape(-1).contiguous()
+            token_weight = vrows.take(torch.where(valid, seq_scale[:, None], 0.0).reshape(-1))
+            adv_tok = vrows.take((adv[:, None].expand(B, T) if adv.dim() == 1 else adv).reshape(-1)).contiguous()
             logp, entropy, loss_tok, ratio, grads = _token_level_pass(
-                be, hidden, weight, bias, head, targets, temperature, ignore_index, old_logp.reshape(-1), adv_tok,
-                None if ref_logp is None else ref_logp.reshape(-1), token_weight, opts, rows, needs)
-            loss = (loss_tok.view(B, T).sum(1) * seq_scale).sum()
-            logp, entropy, ratio = logp.view(B, T), entropy.view(B, T), ratio.view(B, T)
+                be, hidden_v, weight, bias, head, targets_v, temperature, ignore_index,
+                vrows.take(old_logp.reshape(-1)), adv_tok,
+                None if ref_logp is None else vrows.take(ref_logp.reshape(-1)), token_weight, opts, rows, needs)
+            loss = (loss_tok * token_weight).sum()
+            logp, entropy = vrows.put(logp, 0.0, B * T).view(B, T), vrows.put(entropy, 0.0, B * T).view(B, T)
+            ratio = vrows.put(ratio, 1.0, B * T).view(B, T)
+        if grads[0] is not None:
+            grads = (vrows.put(grads[0], 0.0, B * T), grads[1], grads[2])
         ctx.grads = grads
         ctx.mark_non_differentiable(logp, entropy, ratio)
         return loss, logp, entropy, ratio
@@ -169,22 +276,23 @@ class LinearPpoLossFunction(torch.autograd.Function):
         else:
             grads, ctx.grads = ctx.grads, None
             scaled = [None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in grads]
-        return (*scaled, None, None, None, None, None, None, None, None, None, None, None)
+        return (*scaled, None, None, None, None, None, None, None, None, None, None, None, None)
 
 
-def _check_values(targets, valid, vocab, advantages, check_finite) -> None:
+def _check_values(targets, valid, vocab, advantages, check_finite) -> list:
     """Out-of-range targets would read out of bounds: always rejected. NaN/inf advantages: when
-    check_finite. Both checks share one host sync."""
+    check_finite. Returns each sequence's number of valid tokens. One host sync for all of it."""
     out_of_range = valid & ((targets < 0) | (targets >= vocab))
     bad = out_of_range.any()
     if check_finite:
         bad = bad | ppo.nonfinite_advantages(advantages, valid)
-    if not bool(bad):
-        return
-    if bool(out_of_range.any()):  # the error path may sync again to say what is wrong
-        found = targets[out_of_range][0].item()
-        raise ValueError(f"targets must lie in [0, {vocab}) on valid tokens (or equal ignore_index); found {found}")
-    ppo.raise_nonfinite_advantages(advantages, valid)
+    host = torch.cat([bad.reshape(1).long(), valid.sum(1)]).tolist()
+    if host[0]:  # the error path may sync again to say what is wrong
+        if bool(out_of_range.any()):
+            found = targets[out_of_range][0].item()
+            raise ValueError(f"targets must lie in [0, {vocab}) on valid tokens (or equal ignore_index); found {found}")
+        ppo.raise_nonfinite_advantages(advantages, valid)
+    return host[1:]
 
 
 _OP = backends.register("linear_ppo_loss", ROW_BACKENDS, cuda_preference=("triton", "torch"))
@@ -234,7 +342,7 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     if mask is not None:
         valid = valid & (mask != 0)
     valid = valid.contiguous()
-    _check_values(targets, valid, weight.shape[0], advantages, check_finite)
+    lengths = _check_values(targets, valid, weight.shape[0], advantages, check_finite)
     _, be = _OP.select(device, backend)
     if hidden.dtype == torch.float64:
         be = ROW_BACKENDS["torch"]  # the compiled and Triton kernels are fp32-only
@@ -250,6 +358,7 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     old, adv, ref = prep(old_logp), prep(advantages), prep(ref_logp)
     rows = chunk_rows(B * T, weight.shape[0], device, chunk_size)
     loss, logp, entropy, ratio = LinearPpoLossFunction.apply(
-        h2, w, bias, t, old, adv, ref, valid, temperature, ignore_index, opts, be, rows, torch.is_grad_enabled())
+        h2, w, bias, t, old, adv, ref, valid, ValidRows.of(valid, lengths), temperature, ignore_index, opts, be, rows,
+        torch.is_grad_enabled())
     metrics = ppo.ppo_metrics(ratio, logp, old, adv, valid, opts, entropy=entropy, ref_logp=ref)
     return loss, metrics
