@@ -6,7 +6,8 @@ library) that isolates itself and then execs the program:
 - new namespaces where the OS allows them: network (no interfaces up, so no connection leaves the
   process, not even to 127.0.0.1), mount (a size-limited private tmpfs as the working directory and
   private tmpfs over /tmp, /var/tmp and /dev/shm, so nothing written survives the run) and pid (the
-  program is pid 1 of its namespace: when it exits, the kernel kills every process it left behind);
+  program runs under the namespace's init, a waiting launcher process: when the program exits, init
+  exits and the kernel kills every process the program left behind);
   as root these need no user namespace, otherwise an unprivileged user namespace is tried first;
 - when run as root, the program drops to an unprivileged uid of its own (one per concurrent slot,
   claimed with a lock file), so RLIMIT_NPROC bounds its own processes (a limit on root binds nothing)
@@ -136,7 +137,12 @@ def _isolate(spec: dict, applied: list, notes: list) -> None:
         except OSError as e:
             notes.append(f"network not isolated ({e.strerror})")
     try:
+        host_mounts = os.readlink("/proc/self/ns/mnt")
         _unshare(libc, _CLONE_NEWNS)
+        # Never mount anything unless the namespace really is new: mounts made in the caller's
+        # namespace would cover /tmp for every process on the machine.
+        if os.readlink("/proc/self/ns/mnt") == host_mounts:
+            raise OSError(0, "unshare(CLONE_NEWNS) left the mount namespace unchanged")
         if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
             raise OSError(ctypes.get_errno(), "make / private")
         work, uid = spec["work"], spec["uid"]
@@ -168,8 +174,11 @@ def _isolate(spec: dict, applied: list, notes: list) -> None:
 def _enter_program(spec: dict) -> None:
     """In the forked child: resource limits, drop privileges, exec. Never returns."""
     limits = spec["limits"]
+    # SIGXCPU at the soft CPU limit (its default action ends the program; an ignored disposition
+    # would be inherited through exec, so reset it); SIGKILL a second later if the program ignores it.
+    signal.signal(signal.SIGXCPU, signal.SIG_DFL)
+    resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_seconds"], limits["cpu_seconds"] + 1))
     for name, value in (
-        ("RLIMIT_CPU", limits["cpu_seconds"]),
         ("RLIMIT_AS", limits["memory_bytes"]),
         ("RLIMIT_FSIZE", limits["file_bytes"]),
         ("RLIMIT_NOFILE", limits["open_files"]),
@@ -182,43 +191,66 @@ def _enter_program(spec: dict) -> None:
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
-    # Die with the launcher (killed at the wall deadline); set after setuid, which clears it. As pid 1
-    # of its pid namespace, the program's death then takes every process it started with it.
+    # Die with our parent (the launcher, or the pid namespace's init, both killed at the wall
+    # deadline); set after setuid, which clears it.
     _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != spec["parent_seen"]:  # the launcher died before prctl took effect
+    if os.getppid() != spec["parent_seen"]:  # the parent died before prctl took effect
         os._exit(137)
     os.execve(spec["argv"][0], spec["argv"], spec["env"])
 
 
+def _run_program(spec: dict, status_fd: int) -> int:
+    """Fork the program, wait for it, and report its exit status and CPU time on `status_fd`."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            spec["parent_seen"] = os.getppid()
+            _enter_program(spec)
+        except BaseException as e:  # noqa: BLE001 - report anything, then die
+            error = {"error": f"exec of {spec['argv'][0]} failed: {e!r}"}
+            os.write(status_fd, (json.dumps(error) + "\n").encode())
+        os._exit(127)
+    while True:
+        # Also reaps orphans re-parented to us (we are the pid namespace's init).
+        done, wait_status, usage = os.wait4(-1, 0)
+        if done == pid:
+            break
+    report = {"returncode": os.waitstatus_to_exitcode(wait_status), "cpu_seconds": usage.ru_utime + usage.ru_stime}
+    os.write(status_fd, (json.dumps(report) + "\n").encode())
+    return 0
+
+
 def _launch(spec: dict) -> int:
-    status = os.fdopen(spec["status_fd"], "w")
-    os.set_inheritable(status.fileno(), False)  # the program must not inherit it
+    status_fd = spec["status_fd"]
+    os.set_inheritable(status_fd, False)  # the program must not inherit it
     applied, notes = [], []
     try:
         _isolate(spec, applied, notes)
         if spec["uid"] is not None:
             applied.append(f"uid={spec['uid']}")
         applied.append("rlimits")
-        status.write(json.dumps({"applied": applied, "notes": notes}) + "\n")
-        status.flush()
-        pid = os.fork()  # with a pid namespace, this child is its pid 1
-        if pid == 0:
+        os.write(status_fd, (json.dumps({"applied": applied, "notes": notes}) + "\n").encode())
+        if "pidns" not in applied:
+            return _run_program(spec, status_fd)
+        # The first child is the new pid namespace's init. It only waits: the program runs as its
+        # child, so signals keep their usual meaning for the program (the kernel drops default-action
+        # signals, SIGXCPU included, sent to a namespace's init), and when init exits after the
+        # program, the kernel kills whatever the program left behind.
+        init = os.fork()
+        if init == 0:
+            code = 1
             try:
-                spec["parent_seen"] = os.getppid()  # 0 inside a new pid namespace
-                _enter_program(spec)
-            except BaseException as e:  # noqa: BLE001 - report anything, then die
-                os.write(status.fileno(), (json.dumps({"error": f"exec failed: {e!r}"}) + "\n").encode())
-            os._exit(127)
-        _, wait_status, usage = os.wait4(pid, 0)
-        code = os.waitstatus_to_exitcode(wait_status)
-        cpu = usage.ru_utime + usage.ru_stime  # the program's main process
-        status.write(json.dumps({"returncode": code, "cpu_seconds": cpu}) + "\n")
+                _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the launcher
+                code = _run_program(spec, status_fd)
+            finally:
+                os._exit(code)
+        os.waitpid(init, 0)
         return 0
     except BaseException as e:  # noqa: BLE001
-        status.write(json.dumps({"error": f"launcher failed: {e!r}", "applied": applied}) + "\n")
+        os.write(status_fd, (json.dumps({"error": f"launcher failed: {e!r}", "applied": applied}) + "\n").encode())
         return 1
     finally:
-        status.close()
+        os.close(status_fd)
 
 
 def _kill_uid(uid: int) -> int:
@@ -437,7 +469,7 @@ def _classify(report: dict, code, timed_out: bool, stderr: str, out_size: int, l
     if code is None:
         return "error", "the launcher died without reporting the program's exit"
     cpu = report.get("cpu_seconds", 0.0)
-    if code == -signal.SIGXCPU or (code == -signal.SIGKILL and cpu >= limits.cpu_seconds - 0.05):
+    if code == -signal.SIGXCPU or (code == -signal.SIGKILL and cpu >= 0.9 * limits.cpu_seconds):
         return "timeout", f"CPU time limit {limits.cpu_seconds} s exceeded (signal {-code})"
     if out_size >= limits.file_bytes or code == -signal.SIGXFSZ or "File too large" in stderr:
         return "output_limit", f"output or file size limit {limits.file_bytes} bytes exceeded"
