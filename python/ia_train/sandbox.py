@@ -348,10 +348,13 @@ _interpreter_cache: dict = {}
 
 
 def sandbox_python() -> str:
-    """An interpreter the sandbox uid can execute: sys.executable may live under a private home
-    (pyenv under /root), so when running as root fall back to the system python3."""
+    """An interpreter the sandbox uid can execute: IA_SANDBOX_PYTHON when set, else sys.executable
+    when every directory on its path is open to other users, else the system python3 (as root,
+    sys.executable may live under a private home, such as pyenv under /root)."""
     if "python" in _interpreter_cache:
         return _interpreter_cache["python"]
+    if os.environ.get("IA_SANDBOX_PYTHON"):
+        return os.environ["IA_SANDBOX_PYTHON"]
     candidates = [sys.executable, os.path.realpath(sys.executable), "/usr/bin/python3", "/usr/local/bin/python3"]
     choice = sys.executable
     if os.geteuid() == 0:
@@ -500,14 +503,15 @@ def _remove_tree(path: str) -> None:
 class SandboxPool:
     """Runs many programs in parallel on a bounded pool of threads, one subprocess each."""
 
-    def __init__(self, workers: int | None = None, limits: SandboxLimits | None = None):
+    def __init__(self, workers: int | None = None, limits: SandboxLimits | None = None, python: str | None = None):
         self.workers = workers or max(1, min(8, os.cpu_count() or 1))
         self.limits = limits or SandboxLimits()
+        self.python = python
         self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ia-sandbox")
 
     def map(self, sources: Sequence[str], limits: SandboxLimits | None = None) -> list[SandboxResult]:
         limits = limits or self.limits
-        return list(self._executor.map(lambda s: run_python(s, limits), sources))
+        return list(self._executor.map(lambda s: run_python(s, limits, python=self.python), sources))
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

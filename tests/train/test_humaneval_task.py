@@ -65,6 +65,15 @@ def test_wrong_solutions_fail(task, sample):
     assert task.score_batch([p] * len(responses), responses) == [0.0] * len(responses)
 
 
+def test_broken_sandbox_raises_instead_of_scoring_zero(sample):
+    broken = HumanEvalTask(python="/nonexistent/python3", workers=1)
+    try:
+        with pytest.raises(RuntimeError, match="sandbox failed.*nonexistent"):
+            broken.score_batch(sample[:1], [sample[0].meta["canonical_solution"]])
+    finally:
+        broken.close()
+
+
 def test_program_building():
     p = next(q for q in make_task("humaneval").problems("eval", 0, 0) + make_task("humaneval").problems("train", 100, 0)
              if q.uid == "HumanEval/32")

@@ -95,16 +95,17 @@ class HumanEvalTask:
 
     name = "humaneval"
 
-    def __init__(self, limits: SandboxLimits = DEFAULT_LIMITS, workers: int | None = None):
+    def __init__(self, limits: SandboxLimits = DEFAULT_LIMITS, workers: int | None = None, python: str | None = None):
         self.limits = limits
         self.workers = workers
+        self.python = python  # interpreter for the programs (default: ia_train.sandbox.sandbox_python())
         self._pool: SandboxPool | None = None
         self._pool_lock = threading.Lock()
 
     def _sandbox_pool(self) -> SandboxPool:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = SandboxPool(self.workers, self.limits)
+                self._pool = SandboxPool(self.workers, self.limits, self.python)
             return self._pool
 
     def problems(self, split: str, count: int, seed: int) -> list[Problem]:
@@ -136,7 +137,12 @@ class HumanEvalTask:
         return self.score_batch([problem], [response])[0]
 
     def score_batch(self, problems: Sequence[Problem], responses: Sequence[str]) -> list[float]:
-        return [float(r.passed) for r in self.run(problems, responses)]
+        results = self.run(problems, responses)
+        broken = next((r for r in results if r.status == "error"), None)
+        if broken is not None:
+            # The sandbox itself failed: reporting 0 would train on a silent, constant reward.
+            raise RuntimeError(f"the code sandbox failed ({broken.reason}); isolation: {', '.join(broken.isolation)}")
+        return [float(r.passed) for r in results]
 
     def extract_answer(self, problem: Problem, response: str) -> Hashable | None:
         """The response's code as a normalised syntax tree (formatting and comments ignored), or None
