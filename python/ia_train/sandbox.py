@@ -67,7 +67,7 @@ class SandboxLimits:
     wall_seconds: float = 10.0
     cpu_seconds: int = 10
     memory_bytes: int = 1 << 30  # RLIMIT_AS: address space, not resident memory
-    max_processes: int = 32  # RLIMIT_NPROC for the program's own uid (root runs only)
+    max_processes: int = 32  # RLIMIT_NPROC: the program's processes (see the module docstring)
     file_bytes: int = 8 << 20  # RLIMIT_FSIZE: any one file, stdout and stderr included
     disk_bytes: int = 64 << 20  # size of the private tmpfs working directory (mount namespace only)
     open_files: int = 64
@@ -98,10 +98,19 @@ def _libc():
     return ctypes.CDLL(None, use_errno=True)
 
 
-def _unshare(libc, flags: int) -> None:
+def _unshare(libc, flags: int, ns: str) -> None:
+    """unshare(2), checked: the namespace named `ns` in /proc/self/ns must really change (mounting
+    into the caller's mount namespace by mistake would cover /tmp for every process on the machine)."""
+    before = os.readlink(f"/proc/self/ns/{ns}")
     if libc.unshare(flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+    try:
+        after = os.readlink(f"/proc/self/ns/{ns}")
+    except FileNotFoundError:  # pid_for_children of a new pid namespace before its first process
+        return
+    if after == before:
+        raise OSError(0, f"unshare left the {ns} namespace unchanged")
 
 
 def _mount_tmpfs(libc, target: str, options: str) -> None:
@@ -123,7 +132,7 @@ def _isolate(spec: dict, applied: list, notes: list) -> None:
         # An unprivileged user namespace gives the capabilities needed for the others.
         uid, gid = os.getuid(), os.getgid()
         try:
-            _unshare(libc, _CLONE_NEWUSER)
+            _unshare(libc, _CLONE_NEWUSER, "user")
             _write_file("/proc/self/setgroups", "deny")
             _write_file("/proc/self/uid_map", f"{uid} {uid} 1")
             _write_file("/proc/self/gid_map", f"{gid} {gid} 1")
@@ -132,17 +141,12 @@ def _isolate(spec: dict, applied: list, notes: list) -> None:
             notes.append(f"no user namespace ({e.strerror})")
     if not spec["network"]:
         try:
-            _unshare(libc, _CLONE_NEWNET)
+            _unshare(libc, _CLONE_NEWNET, "net")
             applied.append("netns")
         except OSError as e:
             notes.append(f"network not isolated ({e.strerror})")
     try:
-        host_mounts = os.readlink("/proc/self/ns/mnt")
-        _unshare(libc, _CLONE_NEWNS)
-        # Never mount anything unless the namespace really is new: mounts made in the caller's
-        # namespace would cover /tmp for every process on the machine.
-        if os.readlink("/proc/self/ns/mnt") == host_mounts:
-            raise OSError(0, "unshare(CLONE_NEWNS) left the mount namespace unchanged")
+        _unshare(libc, _CLONE_NEWNS, "mnt")  # raises unless the mount namespace is new
         if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
             raise OSError(ctypes.get_errno(), "make / private")
         work, uid = spec["work"], spec["uid"]
@@ -165,7 +169,7 @@ def _isolate(spec: dict, applied: list, notes: list) -> None:
         notes.append(f"filesystem not isolated ({e.strerror or e})")
         os.chdir(spec["work"])
     try:
-        _unshare(libc, _CLONE_NEWPID)
+        _unshare(libc, _CLONE_NEWPID, "pid_for_children")
         applied.append("pidns")
     except OSError as e:
         notes.append(f"no pid namespace ({e.strerror})")
