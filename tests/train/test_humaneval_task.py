@@ -95,3 +95,8 @@ def test_majority_keys_ignore_formatting(task, sample):
     c = task.extract_answer(p, "```python\ndef f(x):\n    return x + 2\n```")
     assert a == b and a != c
     assert task.extract_answer(p, "```python\ndef f(:\n```") is None
+    # Bodies completing the prompt vote too (they parse once put after the signature).
+    body = p.meta["canonical_solution"]
+    assert task.extract_answer(p, body) is not None
+    assert task.extract_answer(p, body) == task.extract_answer(p, body.replace("    return False", "    return  False"))
+    assert task.extract_answer(p, body) != task.extract_answer(p, "    return True\n")

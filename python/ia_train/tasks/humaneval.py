@@ -78,16 +78,20 @@ def extract_code(response: str, entry_point: str) -> str:
     return blocks[0]
 
 
-def build_program(problem: Problem, response: str) -> str:
-    """The full test program for a response: solution, then the problem's tests, then the call."""
+def _solution(problem: Problem, response: str) -> tuple[str, str]:
+    """(the program text up to the tests, the response's own code)."""
     prompt, entry = problem.meta["code_prompt"], problem.meta["entry_point"]
     code = extract_code(response, entry)
     if re.search(rf"^def\s+{re.escape(entry)}\s*\(", code, re.MULTILINE):
         # A whole function: keep the prompt's imports and helpers, with a stub body it overrides.
-        solution = prompt + "    pass\n\n\n" + code
-    else:
-        solution = prompt + code
-    return f"{solution}\n\n\n{problem.answer}\n\ncheck({entry})\n"
+        return prompt + "    pass\n\n\n" + code, code
+    return prompt + code, prompt + code  # a body: only meaningful after the prompt's signature
+
+
+def build_program(problem: Problem, response: str) -> str:
+    """The full test program for a response: solution, then the problem's tests, then the call."""
+    solution, _ = _solution(problem, response)
+    return f"{solution}\n\n\n{problem.answer}\n\ncheck({problem.meta['entry_point']})\n"
 
 
 class HumanEvalTask:
@@ -147,7 +151,7 @@ class HumanEvalTask:
     def extract_answer(self, problem: Problem, response: str) -> Hashable | None:
         """The response's code as a normalised syntax tree (formatting and comments ignored), or None
         when it does not parse: responses with the same program vote together."""
-        code = extract_code(response, problem.meta["entry_point"])
+        _, code = _solution(problem, response)
         try:
             return ast.dump(ast.parse(code))
         except (SyntaxError, ValueError):
