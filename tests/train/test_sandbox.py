@@ -115,7 +115,9 @@ def test_fork_bomb_hits_the_process_limit():
 
 
 def test_memory_bomb_fails_with_memory_status():
-    result = run_python("chunks = []\nwhile True:\n    chunks.append(bytearray(16 << 20))", FAST)
+    # A generous wall limit: the memory limit must trip first even on a loaded machine.
+    limits = SandboxLimits(wall_seconds=15.0, cpu_seconds=10, memory_bytes=512 << 20, max_processes=16)
+    result = run_python("chunks = []\nwhile True:\n    chunks.append(bytearray(16 << 20))", limits)
     assert result.status == "memory", result
     assert "memory limit" in result.reason
 
