@@ -7,8 +7,8 @@ advantages out) -> public functions. No autograd: advantages are constants of th
 
 Groups are an int (fixed size, contiguous) or a tensor of group ids in any order and sizes
 (ops/_groups.py turns ids into CSR offsets over one stable sort). The native kernels check the
-rewards while they gather them (NaN/inf, passk's [0, 1], passk_chen's {0, 1}), so the fast path
-reads the rewards once; the PyTorch path checks them with tensor ops. Either way a bad reward is a
+rewards as they read them (NaN/inf, passk's [0, 1], passk_chen's {0, 1}), so the checks cost no
+extra pass; the PyTorch path checks them with tensor ops. Either way a bad reward is a
 ValueError naming the first offending sample.
 """
 
