@@ -2,7 +2,7 @@
 
 A character-level tokenizer (printable ASCII + newline, built with `tokenizers`) and a small Llama,
 warm-started by supervised training on worked solutions of reasoning-gym's chain_sum problems:
-    15 - 43 - 75 =   ->   "15 - 43 = -28\n-28 - 75 = -103\n<answer>-103</answer>"
+    prompt "5 - 4 - 7 =\n"  ->  response "5 - 4 = 1\n1 - 7 = -6\n<answer>-6</answer>" + EOS
 The warm start is deliberately short, so the model is right often but not reliably when sampled at
 temperature 1: the room that RL fine-tuning (`ia-train`) then closes on held-out problems.
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -105,15 +104,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--lr", type=float, default=4e-3)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="1 is fastest for this size, and on a busy machine")
     ap.add_argument("--eval-problems", type=int, default=200)
+    ap.add_argument("--probe-every", type=int, default=0, help="quick held-out check every this many steps")
     ap.add_argument("--task-options", type=json.loads,
-                    default={"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2})
+                    default=None, help="chain_sum settings (JSON); default: ia-train's defaults for chain_sum")
     args = ap.parse_args()
 
     from ia_train.tasks import load_task
@@ -125,9 +125,10 @@ def main() -> None:
     model = build_model(len(tokenizer), args)
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    warmup = max(1, args.steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
+    warmup = 15
+    # Warm-up then a constant rate: the model after N steps is the same whatever --steps says, so a
+    # long run's --probe-every reports show what a shorter run would give.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
     model.train()
     t0 = time.time()
     for step, (ids, labels, mask) in enumerate(sft_batches(tokenizer, task, args)):
@@ -139,6 +140,11 @@ def main() -> None:
         sched.step()
         if step % 25 == 0 or step == args.steps - 1:
             print(f"step {step:4d}  loss {loss.item():.4f}  {time.time() - t0:6.1f}s", flush=True)
+        if args.probe_every and (step + 1) % args.probe_every == 0 and step + 1 < args.steps:
+            model.eval()
+            probe = evaluate(model, tokenizer, task, 64, 4, seed=7)
+            print(f"  after {step + 1} steps: pass@1 {probe['pass@1']:.3f}  pass@4 {probe['pass@k']:.3f}", flush=True)
+            model.train()
     model.eval()
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)

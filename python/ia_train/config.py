@@ -25,7 +25,7 @@ class Config:
     # what to train
     model: str = field(default="tiny", metadata={"help": "'tiny' (the bundled model), 'smollm2', or a local Hugging Face model directory"})
     task: str = field(default="chain_sum", metadata={"help": "a reasoning-gym task name (e.g. chain_sum, basic_arithmetic), or math500 / aime24 / aime25 / humaneval"})
-    task_options: dict = field(default_factory=dict, metadata={"help": "task generator settings as YAML, e.g. '{min_terms: 2, max_terms: 3}' (empty: chain_sum uses 2-3 terms of 1-2 digits, the bundled model's range; other tasks reasoning-gym's defaults)"})
+    task_options: dict = field(default_factory=dict, metadata={"help": "task generator settings as YAML, e.g. '{min_terms: 2, max_terms: 3}' (empty: for chain_sum the bundled model's range, 2-3 terms of one digit shown as the bare expression, prompt_format: expression; for other tasks reasoning-gym's defaults)"})
     # the objective
     objective: str = field(default="rloo", metadata={"help": "one of " + ", ".join(OBJECTIVES)})
     k: int = field(default=4, metadata={"help": "k of the inference-time objective (passk, majority) and of the pass@k / maj@k report"})
@@ -60,7 +60,7 @@ class Config:
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     attention: str = field(default="auto", metadata={"help": "auto (flash-attention when installed and supported, else sdpa), sdpa, eager, flash_attention_2, fa4"})
     backend: Optional[str] = field(default=None, metadata={"help": "ia_kernels backend for the loss (default: the fastest for the device)"})
-    threads: int = field(default=0, metadata={"help": "CPU threads for torch (0: torch's default)"})
+    threads: int = field(default=0, metadata={"help": "CPU threads for torch (0: 1 for the tiny model, whose small matrix products only lose from a second thread, else torch's default)"})
     tensorboard: bool = field(default=True, metadata={"help": "also log to TensorBoard when it is installed"})
 
     def to_dict(self) -> dict:

@@ -57,6 +57,16 @@ def pick_device(name: str) -> torch.device:
 # evaluation on held-out problems
 
 
+def held_out(task, train_problems, count: int, seed: int) -> list:
+    """`count` eval-split problems, none with the prompt of a training problem of this run (small
+    generated problem spaces can repeat a problem across seeds)."""
+    from .tasks.reasoning_gym import ReasoningGymTask
+
+    seen = {p.prompt for p in train_problems}
+    pool = task.problems("eval", 2 * count if isinstance(task, ReasoningGymTask) else count, seed)
+    return [p for p in pool if p.prompt not in seen][:count]
+
+
 def evaluate(model, tokenizer, task, problems, cfg: Config, label: str) -> tuple[dict, list[dict]]:
     """n samples per held-out problem -> summary (pass@1, pass@k, maj@k, mean_tokens, with CIs)."""
     torch.manual_seed(step_seed(cfg.seed, -1))  # the same sampling noise before and after training
@@ -185,8 +195,8 @@ def run(cfg: Config) -> dict:
     t_start = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    if cfg.threads or cfg.model == "tiny":
+        torch.set_num_threads(cfg.threads or 1)
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     attention = choose_attention(cfg.attention, device)
@@ -198,7 +208,7 @@ def run(cfg: Config) -> dict:
     task = load_task(cfg.task, cfg.task_options)
     per_step = cfg.prompts_per_step
     train_problems = task.problems("train", max(1, cfg.steps) * per_step, cfg.seed)
-    eval_problems = task.problems("eval", cfg.eval_problems, cfg.seed) if cfg.eval_problems else []
+    eval_problems = held_out(task, train_problems, cfg.eval_problems, cfg.seed) if cfg.eval_problems else []
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     warmup = max(1, cfg.warmup_steps)
