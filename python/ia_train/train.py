@@ -57,14 +57,21 @@ def pick_device(name: str) -> torch.device:
 # evaluation on held-out problems
 
 
-def held_out(task, train_problems, count: int, seed: int) -> list:
-    """`count` eval-split problems, none with the prompt of a training problem of this run (small
-    generated problem spaces can repeat a problem across seeds)."""
+def split_problems(task, cfg: Config) -> tuple[list, list]:
+    """(training problems, held-out problems). The held-out set is the task's eval split as drawn;
+    training problems whose prompt is in it are skipped (small generated problem spaces repeat
+    problems across seeds), so training never sees a held-out prompt and the held-out set stays
+    an unbiased sample of the task."""
     from .tasks.reasoning_gym import ReasoningGymTask
 
-    seen = {p.prompt for p in train_problems}
-    pool = task.problems("eval", 2 * count if isinstance(task, ReasoningGymTask) else count, seed)
-    return [p for p in pool if p.prompt not in seen][:count]
+    held = list(task.problems("eval", cfg.eval_problems, cfg.seed)) if cfg.eval_problems else []
+    need = max(1, cfg.steps) * cfg.prompts_per_step
+    pool = task.problems("train", 2 * need if isinstance(task, ReasoningGymTask) else need, cfg.seed)
+    held_prompts = {p.prompt for p in held}
+    train = [p for p in pool if p.prompt not in held_prompts][:need]
+    if not train:
+        raise ValueError(f"every training problem of {cfg.task} is also a held-out problem; lower --eval-problems")
+    return train, held
 
 
 def evaluate(model, tokenizer, task, problems, cfg: Config, label: str) -> tuple[dict, list[dict]]:
@@ -207,8 +214,7 @@ def run(cfg: Config) -> dict:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     task = load_task(cfg.task, cfg.task_options)
     per_step = cfg.prompts_per_step
-    train_problems = task.problems("train", max(1, cfg.steps) * per_step, cfg.seed)
-    eval_problems = held_out(task, train_problems, cfg.eval_problems, cfg.seed) if cfg.eval_problems else []
+    train_problems, eval_problems = split_problems(task, cfg)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     warmup = max(1, cfg.warmup_steps)
