@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections import Counter
 
 import numpy as np
@@ -184,8 +185,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cols = ["estimator", "groups", "n", "k", "native_ms", "torch_ms", "loop_ms", "loop_extrapolated_from", "x_vs_torch",
             "x_vs_loop", "native_ids_ms", "torch_ids_ms", "ids_x_vs_torch", "gb_per_s", "max_abs_diff_loop"]
     print(f"loop_ms: the per-group Python loop timed on loop_extrapolated_from groups and scaled to {n_groups}")
+    # Other work on the machine distorts small multi-threaded timings (a woken thread waits for a
+    # time slice): the load average goes in the record.
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"load average at the end: {load}")
     report("advantages", rows, cols, device=device, json_path=args.json,
-           extra={"native_backend": native_backend, "loop_note": "loop timed on a subset and extrapolated linearly"})
+           extra={"native_backend": native_backend, "loop_note": "loop timed on a subset and extrapolated linearly",
+                  "loadavg": load})
     return rows
 
 
