@@ -27,21 +27,25 @@ from .harness import add_common_args, free_memory, peak_extra_memory, report
 
 FULL = {"cpu": [(8, 512, 1024, 32768)], "cuda": [(16, 1024, 4096, 151936)]}  # (B, T, H, V): N = B T
 QUICK = [(4, 64, 128, 4099)]
+_GRPO = (dict(aggregation="token-mean", kl_coef=0.04), dict(loss_type="bnpo", beta=0.04))
+_GSPO = (dict(aggregation="seq-mean-token-mean", importance="sequence", clip_low=3e-4, clip_high=4e-4),
+         dict(loss_type="grpo", importance_sampling_level="sequence", epsilon_low=3e-4, epsilon_high=4e-4, beta=0.0))
 CASES = {
-    # name: (ia_kernels / reference options, Liger options)
-    "grpo-token": (dict(aggregation="token-mean", kl_coef=0.04), dict(loss_type="bnpo", beta=0.04)),
-    "gspo-sequence": (dict(aggregation="seq-mean-token-mean", importance="sequence", clip_low=3e-4, clip_high=4e-4),
-                      dict(loss_type="grpo", importance_sampling_level="sequence", epsilon_low=3e-4,
-                           epsilon_high=4e-4, beta=0.0)),
+    # name: (ia_kernels / reference options, Liger options, padded). Padded batches have completion
+    # lengths uniform in [T/4, T] (~37% padding), which ia_kernels skips and the others compute;
+    # unpadded ones compare the kernels on equal work.
+    "grpo-token": (*_GRPO, False),
+    "grpo-token-padded": (*_GRPO, True),
+    "gspo-sequence": (*_GSPO, False),
 }
 
 
-def make_inputs(B, T, H, V, dtype, device, seed=0):
+def make_inputs(B, T, H, V, dtype, device, padded, seed=0):
     g = torch.Generator(device="cpu").manual_seed(seed)
     hidden = torch.randn(B, T, H, generator=g).to(device, dtype)
     weight = (torch.randn(V, H, generator=g) / H**0.5).to(device, dtype)
     targets = torch.randint(0, V, (B, T), generator=g).to(device)
-    lengths = torch.randint(T // 4, T + 1, (B,), generator=g)
+    lengths = torch.randint(T // 4, T + 1, (B,), generator=g) if padded else torch.full((B,), T)
     mask = (torch.arange(T)[None, :] < lengths[:, None]).to(device)
     with torch.no_grad():
         logp = ik.linear_logprobs(hidden, weight, targets)
@@ -86,8 +90,8 @@ def _candidates(liger_options):
 
 
 def _run_case(case, B, T, H, V, dtype, device, rounds):
-    options, liger_options = CASES[case]
-    inputs = make_inputs(B, T, H, V, dtype, device)
+    options, liger_options, padded = CASES[case]
+    inputs = make_inputs(B, T, H, V, dtype, device, padded)
     hidden, weight = inputs[0], inputs[1]
     cands = _candidates(liger_options)
     leaves = {name: (hidden.clone().requires_grad_(), weight.clone().requires_grad_()) for name in cands}
@@ -124,7 +128,8 @@ def _run_case(case, B, T, H, V, dtype, device, rounds):
         med = statistics.median(samples[name])
         ordered = sorted(samples[name])
         rows.append({
-            "case": case, "impl": name, "N": B * T, "H": H, "V": V, "dtype": str(dtype).replace("torch.", ""),
+            "case": case, "impl": name, "N": B * T, "valid_tokens": int(inputs[-1].sum()), "H": H, "V": V,
+            "dtype": str(dtype).replace("torch.", ""),
             "median_ms": med, "min_ms": ordered[0], "max_ms": ordered[-1],
             "gflops_6nhv": 6 * B * T * H * V / (med * 1e6),
             "peak_extra_mb": None if peak is None else max(0, peak - grads_bytes) / 2**20,
@@ -160,7 +165,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             parser.error(f"unknown case {case!r}; cases: {', '.join(CASES)}")
         for B, T, H, V in shapes:
             rows += _run_case(case, B, T, H, V, dtype, device, rounds)
-    cols = ["case", "impl", "N", "H", "V", "dtype", "median_ms", "min_ms", "max_ms", "gflops_6nhv",
+    cols = ["case", "impl", "N", "valid_tokens", "H", "V", "dtype", "median_ms", "min_ms", "max_ms", "gflops_6nhv",
             "speedup_vs_eager", "peak_extra_mb", "mem_vs_eager", "loss_diff_vs_eager", "wgrad_max_diff_vs_eager"]
     report("ppo", rows, cols, device=device, json_path=args.json)
     return rows
