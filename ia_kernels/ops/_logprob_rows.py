@@ -52,29 +52,30 @@ def _torch_backward(z, targets, temperature, ignore_index, lse, entropy, g_logp,
     z.div_(temperature)
 
 
-def _cpu_forward(z, targets, temperature, ignore_index, logp, lse, entropy):
-    _native.cpu_module().logprob_rows_forward(
-        z.data_ptr(), z.stride(0), z.shape[0], z.shape[1], targets.data_ptr(), float(temperature),
-        int(ignore_index), logp.data_ptr(), lse.data_ptr(), entropy.data_ptr())
+# The compiled row passes are registered as torch custom ops so that torch.compile sees an opaque,
+# in-place op instead of breaking its graph at a pybind11 call. One op per direction serves CPU and
+# CUDA tensors: the implementation picks the compiled module from the tensors' device.
+@torch.library.custom_op("ia_kernels::logprob_rows_forward", mutates_args=("logp", "lse", "entropy"))
+def _native_forward(z: torch.Tensor, targets: torch.Tensor, temperature: float, ignore_index: int,
+                    logp: torch.Tensor, lse: torch.Tensor, entropy: torch.Tensor) -> None:
+    args = (z.data_ptr(), z.stride(0), z.shape[0], z.shape[1], targets.data_ptr(), float(temperature),
+            int(ignore_index), logp.data_ptr(), lse.data_ptr(), entropy.data_ptr())
+    if z.is_cuda:
+        _native.cuda_module().logprob_rows_forward(*args, _native.stream_of(z))
+    else:
+        _native.cpu_module().logprob_rows_forward(*args)
 
 
-def _cpu_backward(z, targets, temperature, ignore_index, lse, entropy, g_logp, g_entropy):
-    _native.cpu_module().logprob_rows_backward(
-        z.data_ptr(), z.stride(0), z.shape[0], z.shape[1], targets.data_ptr(), float(temperature),
-        int(ignore_index), lse.data_ptr(), entropy.data_ptr(), g_logp.data_ptr(), _native.ptr(g_entropy))
-
-
-def _cuda_forward(z, targets, temperature, ignore_index, logp, lse, entropy):
-    _native.cuda_module().logprob_rows_forward(
-        z.data_ptr(), z.stride(0), z.shape[0], z.shape[1], targets.data_ptr(), float(temperature),
-        int(ignore_index), logp.data_ptr(), lse.data_ptr(), entropy.data_ptr(), _native.stream_of(z))
-
-
-def _cuda_backward(z, targets, temperature, ignore_index, lse, entropy, g_logp, g_entropy):
-    _native.cuda_module().logprob_rows_backward(
-        z.data_ptr(), z.stride(0), z.shape[0], z.shape[1], targets.data_ptr(), float(temperature),
-        int(ignore_index), lse.data_ptr(), entropy.data_ptr(), g_logp.data_ptr(), _native.ptr(g_entropy),
-        _native.stream_of(z))
+@torch.library.custom_op("ia_kernels::logprob_rows_backward", mutates_args=("z",))
+def _native_backward(z: torch.Tensor, targets: torch.Tensor, temperature: float, ignore_index: int,
+                     lse: torch.Tensor, entropy: torch.Tensor, g_logp: torch.Tensor,
+                     g_entropy: torch.Tensor | None) -> None:
+    args = (z.data_ptr(), z.stride(0), z.shape[0], z.shape[1], targets.data_ptr(), float(temperature),
+            int(ignore_index), lse.data_ptr(), entropy.data_ptr(), g_logp.data_ptr(), _native.ptr(g_entropy))
+    if z.is_cuda:
+        _native.cuda_module().logprob_rows_backward(*args, _native.stream_of(z))
+    else:
+        _native.cpu_module().logprob_rows_backward(*args)
 
 
 def _triton_forward(*args):
@@ -91,7 +92,7 @@ def _triton_backward(*args):
 
 ROW_PASSES = {
     "torch": RowPass("torch", _torch_forward, _torch_backward),
-    "cpu": RowPass("cpu", _cpu_forward, _cpu_backward),
-    "cuda": RowPass("cuda", _cuda_forward, _cuda_backward),
+    "cpu": RowPass("cpu", _native_forward, _native_backward),
+    "cuda": RowPass("cuda", _native_forward, _native_backward),
     "triton": RowPass("triton", _triton_forward, _triton_backward),
 }
