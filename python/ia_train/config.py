@@ -36,8 +36,8 @@ class Config:
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature for rollouts and evaluation"})
     max_new_tokens: int = field(default=64, metadata={"help": "response length limit in tokens"})
     # PPO
-    steps: int = field(default=60, metadata={"help": "training steps (one rollout batch each)"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    steps: int = field(default=200, metadata={"help": "training steps (one rollout batch each)"})
+    lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     warmup_steps: int = field(default=5, metadata={"help": "linear learning-rate warm-up steps"})
     ppo_epochs: int = field(default=1, metadata={"help": "passes over each rollout batch"})
@@ -54,7 +54,7 @@ class Config:
     # bookkeeping
     seed: int = field(default=0, metadata={"help": "seed of everything (training problems, sampling, init of the optimiser)"})
     out: str = field(default="runs/ia-train", metadata={"help": "output directory (metrics, checkpoints, summary.json, plots)"})
-    checkpoint_every: int = field(default=20, metadata={"help": "save a checkpoint every this many steps (0: only at the end)"})
+    checkpoint_every: int = field(default=50, metadata={"help": "save a checkpoint every this many steps (0: only at the end)"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in the output directory"})
     stop_after: Optional[int] = field(default=None, metadata={"help": "debugging: stop after this many steps, as if the run were killed"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
