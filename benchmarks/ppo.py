@@ -80,20 +80,20 @@ def make_liger_loss(liger_options):
     return liger_loss
 
 
-def _candidates(liger_options):
+def _candidates(liger_options, impls):
     cands = {"eager": eager_loss, "ia_kernels": fused_loss}
     try:
         cands["liger"] = make_liger_loss(liger_options)
     except ImportError:
         pass
-    return cands
+    return {name: fn for name, fn in cands.items() if name == "eager" or name in impls}
 
 
-def _run_case(case, B, T, H, V, dtype, device, rounds):
+def _run_case(case, B, T, H, V, dtype, device, rounds, impls):
     options, liger_options, padded = CASES[case]
     inputs = make_inputs(B, T, H, V, dtype, device, padded)
     hidden, weight = inputs[0], inputs[1]
-    cands = _candidates(liger_options)
+    cands = _candidates(liger_options, impls)
     leaves = {name: (hidden.clone().requires_grad_(), weight.clone().requires_grad_()) for name in cands}
 
     def step_of(name):
@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     add_common_args(parser)
     parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: fp32 on CPU, bf16 on GPU)")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
+    parser.add_argument("--impls", default="ia_kernels,liger", help="besides eager: ia_kernels, liger")
     args = parser.parse_args(argv)
     device = args.device
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if case not in CASES:
             parser.error(f"unknown case {case!r}; cases: {', '.join(CASES)}")
         for B, T, H, V in shapes:
-            rows += _run_case(case, B, T, H, V, dtype, device, rounds)
+            rows += _run_case(case, B, T, H, V, dtype, device, rounds, args.impls.split(","))
     cols = ["case", "impl", "N", "valid_tokens", "H", "V", "dtype", "median_ms", "min_ms", "max_ms", "gflops_6nhv",
             "speedup_vs_eager", "peak_extra_mb", "mem_vs_eager", "loss_diff_vs_eager", "wgrad_max_diff_vs_eager"]
     report("ppo", rows, cols, device=device, json_path=args.json)

@@ -148,6 +148,7 @@ def _token_level_pass(be: PpoRowBackend, hidden, weight, bias, head: LMHead, tar
                       logp[sl], entropy[sl], loss_tok[sl], ratio[sl])
         if any(needs):
             head.backprop_chunk(z, hidden[sl], None if grad_hidden is None else grad_hidden[sl], grad_weight, grad_bias)
+        del z  # else the next chunk's logits are allocated while this chunk's are still referenced
     grads = _finish_grads((grad_hidden, grad_weight, grad_bias), weight, bias)
     return logp, entropy, loss_tok, ratio, grads
 
@@ -198,6 +199,7 @@ def _sequence_level_one_pass(be: PpoRowBackend, hidden, weight, bias, head: LMHe
                                      g_logp.reshape(-1).index_select(0, local), g_ent)
             head.backprop_chunk(z, hidden[r0:r1], None if grad_hidden is None else grad_hidden[r0:r1], grad_weight,
                                 grad_bias)
+        del z  # one chunk of logits at a time
     loss = (loss_tok.sum(1) * seq_scale).sum()
     return loss, logp, entropy, ratio, _finish_grads((grad_hidden, grad_weight, grad_bias), weight, bias)
 
