@@ -319,8 +319,9 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         old_logp, advantages, mask, ref_logp and the loss options: as in `ppo_loss`; the entropy
             is the policy's own (softmax(logits / temperature)), used by entropy_coef and metrics.
         temperature: logits are divided by it (> 0), as at sampling time.
-        check_finite: reject NaN/inf advantages (shares the one host sync that always checks the
-            targets' range).
+        check_finite: reject NaN/inf advantages. Either way the call makes one host sync, at
+            validation: it checks the targets' range and counts each sequence's valid tokens, so
+            that masked tokens are dropped before the GEMMs (padding costs no compute).
         backend: "torch", "cpu" or "triton"; None picks the fastest for the device.
         chunk_size: rows of logits per chunk (None: IA_KERNELS_CHUNK_BYTES, 64 MiB on CPU).
 
