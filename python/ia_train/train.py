@@ -199,11 +199,20 @@ def print_table(summary: dict) -> str:
 
 
 def run(cfg: Config) -> dict:
+    """The whole experiment (see the module doc); returns the summary written to summary.json."""
+    threads = torch.get_num_threads()
+    if cfg.threads or cfg.model == "tiny":
+        torch.set_num_threads(cfg.threads or 1)
+    try:
+        return _run(cfg)
+    finally:
+        torch.set_num_threads(threads)  # callers in the same process (tests) keep their setting
+
+
+def _run(cfg: Config) -> dict:
     t_start = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads or cfg.model == "tiny":
-        torch.set_num_threads(cfg.threads or 1)
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     attention = choose_attention(cfg.attention, device)
