@@ -30,6 +30,7 @@ def _chunked_forward(row_pass: RowPass, hidden, head: LMHead, targets, temperatu
         sl = slice(start, min(start + rows, n))
         z = head.logits(hidden[sl])
         row_pass.forward(z, targets[sl], temperature, ignore_index, logp[sl], lse[sl], entropy[sl])
+        del z  # else the next chunk's logits are allocated while this chunk's are still referenced
     return logp, lse, entropy
 
 
@@ -48,6 +49,7 @@ def _chunked_backward(row_pass: RowPass, hidden, weight, bias, head: LMHead, tar
         row_pass.backward(z, targets[sl], temperature, ignore_index, lse[sl], entropy[sl], g_logp[sl],
                           None if g_entropy is None else g_entropy[sl])
         head.backprop_chunk(z, hidden[sl], None if grad_hidden is None else grad_hidden[sl], grad_weight, grad_bias)
+        del z  # one chunk of logits at a time
     if grad_weight is not None:
         grad_weight = grad_weight.to(weight.dtype)
     if grad_bias is not None:
