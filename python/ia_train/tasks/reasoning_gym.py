@@ -4,10 +4,10 @@ A response states its final answer as `<answer>...</answer>` (reasoning-gym's ow
 last such tag counts. Scoring is the dataset's own `score_answer`, so partial credit (if a dataset
 gives any) passes through unchanged.
 
-Prompts: the dataset's question, or with the task option `prompt_format: expression` (datasets
-whose items carry metadata["expression"], e.g. chain_sum, basic_arithmetic) just the expression
-followed by " =": the same problem and verifier in a quarter of the tokens, which is what keeps the
-bundled tiny model's default run within minutes on a CPU.
+Prompts: the dataset's question plus an instruction to give the answer in that tag; or, with the
+task option `prompt_format: expression` (datasets whose items carry metadata["expression"], e.g.
+chain_sum, basic_arithmetic), just the expression followed by " =": the same problem and verifier
+in a quarter of the tokens, which keeps the bundled tiny model's default run within minutes on a CPU.
 
 Splits: reasoning-gym seeds item i of a dataset with `seed + i`, so two nearby seeds share most of
 their items. The eval split therefore adds a large offset to the seed, which keeps its items out of
@@ -27,6 +27,8 @@ EVAL_SEED_OFFSET = 1_000_000_000
 DEFAULT_OPTIONS = {"chain_sum": {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1,
                                  "prompt_format": "expression"}}
 PROMPT_FORMATS = ("question", "expression")
+# Appended to questions, so that pretrained chat models (SmolLM2, ...) state the answer where it is read.
+ANSWER_INSTRUCTION = "\nGive your final answer inside <answer></answer> tags."
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
@@ -75,7 +77,7 @@ class ReasoningGymTask:
         out = []
         for i in range(start, start + count):
             entry = data[i]
-            prompt = entry["question"]
+            prompt = entry["question"] + ANSWER_INSTRUCTION
             if self.prompt_format == "expression":
                 if "expression" not in entry.get("metadata", {}):
                     raise ValueError(f"{self.name} items have no metadata['expression']; use prompt_format: question")
