@@ -99,3 +99,35 @@ def test_a_crash_while_saving_leaves_the_latest_checkpoint_intact(tmp_path, monk
     checkpoint.save(root, 4, model, opt, sched, {"data_position": 8})  # the next save cleans up
     assert (root / "latest").resolve().name == "step-000004"
     assert not list(root.glob("*.tmp"))
+
+
+def test_resume_after_sigkill(tmp_path):
+    """A real crash: the run's process is killed (SIGKILL) once it has logged step 3 of 6."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    flags = ["--objective", "rloo", "--steps", "6", "--checkpoint-every", "2", "--prompts-per-step", "2",
+             "--n", "4", "--k", "2", "--max-new-tokens", "20", "--eval-problems", "0", "--minibatches", "2",
+             "--lr", "3e-3", "--warmup-steps", "1", "--tensorboard", "false"]
+    out = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ia_train", *flags, "--out", str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if len(read_metrics(out)) >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(read_metrics(out)) < 6, "the run finished before it could be killed"
+    subprocess.run([sys.executable, "-m", "ia_train", "--resume", "--out", str(out)], env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    full = small_config(tmp_path / "full", objective="rloo", steps=6, checkpoint_every=2)
+    run(full)
+    drop = ("time_sample", "time_update")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
+    assert strip(read_metrics(out)) == strip(read_metrics(tmp_path / "full" / "run"))
