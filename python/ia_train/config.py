@@ -229,6 +229,17 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"--device {cfg.device!r} is unknown; use auto, cpu or cuda")
     if cfg.attention not in ("auto", "sdpa", "eager", "flash_attention_2", "fa4"):
         raise ConfigError(f"--attention {cfg.attention!r} is unknown; use auto, sdpa, eager, flash_attention_2 or fa4")
+    import torch
+
+    from .attention import choose_attention
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+    device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+    try:
+        choose_attention(cfg.attention, device)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {cfg.out} is a file, not a directory; give a directory path (it is created if missing)")

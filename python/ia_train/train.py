@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import platform
 import random
 import time
@@ -31,7 +30,6 @@ from .models import body_and_head, format_prompt, load_model
 from .rollout import Rollout, sample
 from .tasks import load_task
 
-
 USES_K = ("passk", "passk_chen", "majority")  # the estimators whose objective involves k samples
 
 
@@ -48,9 +46,7 @@ def step_seed(seed: int, step: int) -> int:
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is visible; use --device cpu")
-    return torch.device(name)
+    return torch.device(name)  # "cuda" without a device is refused by config.validate
 
 
 # ------------------------------------------------------------------------------------------------

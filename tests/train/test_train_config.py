@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from ia_train.cli import main
 from ia_train.config import Config, ConfigError, load_config
@@ -25,6 +26,8 @@ def run_cli(argv, capsys):
     (["--n", "0"], "--n must be at least 1"),
     (["--prompts-per-step", "3", "--n", "5", "--minibatches", "2"], "do not split into"),
     (["--model", "/no/such/dir"], "not 'tiny', 'smollm2' or an existing local model directory"),
+    (["--task-options", "{prompt_format: latex}"], "prompt_format must be one of question, expression"),
+    (["--temperature", "0"], "--temperature must be positive"),
 ])
 def test_bad_settings_give_one_line_and_exit_2(argv, needle, tmp_path, capsys):
     out = tmp_path / "run"
@@ -32,6 +35,14 @@ def test_bad_settings_give_one_line_and_exit_2(argv, needle, tmp_path, capsys):
     assert code == 2
     assert len(err) == 1 and needle in err[0], err
     assert not out.exists()  # stopped before any work
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
+def test_gpu_only_settings_without_a_gpu(tmp_path, capsys):
+    code, err = run_cli(["--device", "cuda", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and len(err) == 1 and "no CUDA device" in err[0]
+    code, err = run_cli(["--attention", "fa4", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and len(err) == 1 and "flash-attn-4" in err[0]
 
 
 def test_output_dir_that_is_a_file(tmp_path, capsys):
