@@ -36,3 +36,25 @@ class Task(Protocol):
 
     def score_batch(self, problems: Sequence[Problem], responses: Sequence[str]) -> list[float]:
         """Scores many responses; tasks with expensive checks (code execution) parallelise here."""
+
+
+def draw_problems(pool: Sequence[Problem], split: str, count: int, seed: int) -> list[Problem]:
+    """`count` problems from a fixed pool in an order fixed by `seed`, for tasks with a finite set.
+
+    Train cycles through reshuffled passes when `count` exceeds the pool; eval returns at most the
+    whole split (count <= 0: all of it)."""
+    import random
+
+    pool = list(pool)
+    rng = random.Random(seed)
+    if split == "eval":
+        rng.shuffle(pool)
+        return pool if count <= 0 else pool[:count]
+    if not pool:
+        raise ValueError("the task has no training problems")
+    out: list[Problem] = []
+    while len(out) < count:
+        epoch = pool[:]
+        rng.shuffle(epoch)
+        out.extend(epoch[: count - len(out)])
+    return out

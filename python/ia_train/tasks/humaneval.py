@@ -21,7 +21,7 @@ from functools import lru_cache
 from typing import Hashable, Sequence
 
 from ..sandbox import SandboxLimits, SandboxPool, SandboxResult
-from .base import Problem
+from .base import Problem, draw_problems
 
 TASK_NAMES = ("humaneval",)
 _EVAL_SIZE = 64
@@ -118,17 +118,7 @@ class HumanEvalTask:
         if split not in ("train", "eval"):
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
         train, held_out = _slices()
-        pool = list(train if split == "train" else held_out)
-        rng = random.Random(seed)
-        if split == "eval":
-            rng.shuffle(pool)
-            return pool if count <= 0 else pool[:count]
-        out: list[Problem] = []
-        while len(out) < count:
-            epoch = pool[:]
-            rng.shuffle(epoch)
-            out.extend(epoch[: count - len(out)])
-        return out
+        return draw_problems(train if split == "train" else held_out, split, count, seed)
 
     def run(self, problems: Sequence[Problem], responses: Sequence[str]) -> list[SandboxResult]:
         """Sandbox results (status, reason, output) for each response, run in parallel."""

@@ -23,7 +23,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Hashable, Sequence
 
-from .base import Problem
+from .base import Problem, draw_problems
 
 TASK_NAMES = ("math500", "aime24", "aime25")
 _SOURCES = {"math500": "MATH500", "aime24": "AIME2024", "aime25": "AIME2025"}
@@ -215,17 +215,7 @@ class MathTask:
     def problems(self, split: str, count: int, seed: int) -> list[Problem]:
         """`count` problems in an order fixed by `seed`. Train cycles through reshuffled passes when
         `count` exceeds the pool; eval returns at most the whole split (count <= 0: all of it)."""
-        pool = list(self._pool(split))
-        rng = random.Random(seed)
-        if split == "eval":
-            rng.shuffle(pool)
-            return pool if count <= 0 else pool[:count]
-        out: list[Problem] = []
-        while len(out) < count:
-            epoch = pool[:]
-            rng.shuffle(epoch)
-            out.extend(epoch[: count - len(out)])
-        return out
+        return draw_problems(self._pool(split), split, count, seed)
 
     def score(self, problem: Problem, response: str) -> float:
         answer = extract_answer_text(response)
