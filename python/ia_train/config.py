@@ -27,7 +27,7 @@ class Config:
     task: str = field(default="chain_sum", metadata={"help": "a reasoning-gym task name (e.g. chain_sum, basic_arithmetic), or math500 / aime24 / aime25 / humaneval"})
     task_options: dict = field(default_factory=dict, metadata={"help": "task generator settings as YAML, e.g. '{min_terms: 2, max_terms: 3}' (empty: for chain_sum the bundled model's range, 2-3 terms of one digit shown as the bare expression, prompt_format: expression; for other tasks reasoning-gym's defaults)"})
     # the objective
-    objective: str = field(default="rloo", metadata={"help": "one of " + ", ".join(OBJECTIVES)})
+    objective: str = field(default="passk", metadata={"help": "one of " + ", ".join(OBJECTIVES)})
     k: int = field(default=4, metadata={"help": "k of the inference-time objective (passk, majority) and of the pass@k / maj@k report"})
     n: int = field(default=8, metadata={"help": "samples per prompt during training (a group)"})
     alpha: float = field(default=0.0, metadata={"help": "length penalty (Arora & Zanette); 0 turns it off"})

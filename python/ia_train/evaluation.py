@@ -55,11 +55,25 @@ def per_problem(correct: Sequence[Sequence[bool]], answers: Sequence[Sequence[Ha
 
 def summarize(correct, answers, lengths, k: int, *, seed: int = 0) -> dict:
     """Means over problems under "pass@1", "pass@k", "maj@k", "mean_tokens", their 95% bootstrap
-    intervals under "<name>_ci" ([lo, hi]), and "k", "n", "problems"."""
+    intervals under "<name>_ci" ([lo, hi]), "k", "n", "problems", and the per-problem values under
+    "per_problem" (for paired comparisons)."""
     values = per_problem(correct, answers, lengths, k)
     out: dict = {}
     for name in METRICS:
         out[name] = float(values[name].mean())
         out[name + "_ci"] = list(bootstrap_ci(values[name], seed=seed))
     out.update(k=k, n=len(correct[0]), problems=len(correct))
+    out["per_problem"] = {name: values[name].tolist() for name in METRICS}
+    return out
+
+
+def change(before: dict, after: dict, *, seed: int = 0) -> dict:
+    """after - before on the same problems: the mean change of each metric and its 95% paired
+    bootstrap interval (resampling problems, so problem difficulty cancels), under "<name>" and
+    "<name>_ci"."""
+    out: dict = {}
+    for name in METRICS:
+        diff = np.asarray(after["per_problem"][name]) - np.asarray(before["per_problem"][name])
+        out[name] = float(diff.mean())
+        out[name + "_ci"] = list(bootstrap_ci(diff, seed=seed))
     return out

@@ -24,7 +24,7 @@ from . import checkpoint, plots
 from .attention import CALLS as ATTENTION_CALLS
 from .attention import choose_attention
 from .config import Config
-from .evaluation import answer_ids, summarize
+from .evaluation import METRICS, answer_ids, change, summarize
 from .logger import MetricsLog
 from .models import body_and_head, format_prompt, load_model
 from .rollout import Rollout, sample
@@ -182,15 +182,17 @@ def ppo_update(model, optimizer, scheduler, ro: Rollout, old_logp, ref_logp, adv
 
 def print_table(summary: dict) -> str:
     k = summary["k"]
-    lines = [f"held-out problems: {summary['before']['problems']}, n = {summary['n']} samples each, "
-             f"k = {k}, 95% bootstrap intervals over problems",
-             f"{'metric':<12} {'before':>22} {'after':>22} {'change':>9}"]
-    for name in ("pass@1", "pass@k", "maj@k", "mean_tokens"):
-        fmt = "{:.1f}" if name == "mean_tokens" else "{:.3f}"
-        cell = lambda s: f"{fmt.format(s[name])} [{fmt.format(s[name + '_ci'][0])}, {fmt.format(s[name + '_ci'][1])}]"  # noqa: E731
+    lines = [f"held-out problems: {summary['before']['problems']}, n = {summary['n']} samples each, k = {k}; "
+             f"95% bootstrap intervals over problems (paired for the change)",
+             f"{'metric':<12} {'before':>22} {'after':>22} {'change':>26}"]
+    for name in METRICS:
+        fmt = "{:+.1f}" if name == "mean_tokens" else "{:+.3f}"
+        cell = lambda s: (f"{fmt.format(s[name])} [{fmt.format(s[name + '_ci'][0])}, "  # noqa: E731
+                          f"{fmt.format(s[name + '_ci'][1])}]").replace("+", "")
+        delta = summary["change"]
+        d = f"{fmt.format(delta[name])} [{fmt.format(delta[name + '_ci'][0])}, {fmt.format(delta[name + '_ci'][1])}]"
         label = name.replace("@k", f"@{k}")
-        lines.append(f"{label:<12} {cell(summary['before']):>22} {cell(summary['after']):>22} "
-                     f"{summary['after'][name] - summary['before'][name]:+9.3f}")
+        lines.append(f"{label:<12} {cell(summary['before']):>22} {cell(summary['after']):>22} {d:>26}")
     return "\n".join(lines)
 
 
@@ -304,7 +306,7 @@ def _run(cfg: Config) -> dict:
     if eval_problems:
         after, samples = evaluate(model, tokenizer, task, eval_problems, cfg, "after")
         (out / "samples_after.json").write_text(json.dumps(samples[:50], indent=1))
-        summary.update(before=before, after=after)
+        summary.update(before=before, after=after, change=change(before, after, seed=cfg.seed))
     info["attention_calls"] = dict(ATTENTION_CALLS)
     summary["last_step"] = row
     summary["wall_seconds"] = time.time() - t_start

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from ia_train.evaluation import bootstrap_ci, summarize
+from ia_train.evaluation import bootstrap_ci, change, summarize
 
 
 def brute_pass_at_k(correct, k):
@@ -69,3 +69,16 @@ def test_bootstrap_ci():
     wide = bootstrap_ci([0.0, 1.0] * 5)
     narrow = bootstrap_ci([0.0, 1.0] * 500)
     assert narrow[1] - narrow[0] < (wide[1] - wide[0]) / 4
+
+
+def test_paired_change():
+    lengths = [[3, 3]] * 4
+    before = summarize([[False, False], [True, False], [False, False], [True, True]], [[1, 2], [1, 2], [3, 3], [4, 4]],
+                       lengths, k=1)
+    after = summarize([[True, False], [True, True], [False, False], [True, True]], [[1, 2], [1, 1], [3, 3], [4, 4]],
+                      lengths, k=1)
+    d = change(before, after)
+    assert d["pass@1"] == pytest.approx(after["pass@1"] - before["pass@1"]) == pytest.approx(0.25)
+    lo, hi = d["pass@1_ci"]
+    assert 0 <= lo <= 0.25 <= hi <= 0.5  # per-problem changes are 0.5, 0.5, 0, 0
+    assert d["mean_tokens"] == 0 and d["mean_tokens_ci"] == [0.0, 0.0]

@@ -44,6 +44,7 @@ def test_length_penalty_kl_epochs_and_evaluation(tmp_path):
             assert key in saved[when] and len(saved[when][key + "_ci"]) == 2
         assert saved[when]["problems"] == 3
     assert saved["k"] == 2 and saved["n"] == 2 and summary["after"] == saved["after"]
+    assert saved["change"]["pass@1"] == pytest.approx(saved["after"]["pass@1"] - saved["before"]["pass@1"])
     assert (tmp_path / "run" / "before_after.png").is_file()
     rows = read_metrics(tmp_path / "run")
     assert len(rows) == 2 and all("kl_ref" in r or "approx_kl" in r for r in rows)
