@@ -3,11 +3,14 @@
 A character-level tokenizer (printable ASCII + newline, built with `tokenizers`) and a small Llama,
 warm-started by supervised training on worked solutions of reasoning-gym's chain_sum problems:
     prompt "5 - 4 - 7 =\n"  ->  response "5 - 4 = 1\n1 - 7 = -6\n<answer>-6</answer>" + EOS
-The warm start is deliberately short, so the model is right often but not reliably when sampled at
-temperature 1: the room that RL fine-tuning (`ia-train`) then closes on held-out problems.
+The warm start is deliberately short (300 steps of 64 problems, AdamW at a constant 4e-3 after 15
+warm-up steps), so the model is right often but not reliably when sampled at temperature 1: on 200
+held-out problems pass@1 0.33, pass@4 0.65 (8 samples each). That is the room RL fine-tuning
+(`ia-train`) then works in. 0.88 M parameters (4 layers, width 128), 3.5 MB of safetensors.
 
 The SFT problems come from the task's train split with seed SFT_SEED (far from the seeds ia-train
-uses for training and evaluation). Runs in a few minutes on 2 CPU cores:
+uses for training and evaluation). Deterministic on CPU with one thread (the default); about 4
+minutes on one core:
     python scripts/make_tiny_model.py            # writes python/ia_train/assets/tiny
 """
 
