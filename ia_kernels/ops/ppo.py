@@ -254,9 +254,10 @@ def _cpu_terms(logp, old_logp, adv, valid, seq_scale, ref_logp, entropy, opts: P
     B, T = logp.shape
     out = torch.empty((4, B, T), dtype=torch.float32, device=logp.device)
     adv_strides = (adv.stride(0), 0) if adv.dim() == 1 else (adv.stride(0), adv.stride(1))
-    _native.cpu_module().ppo_terms(B, T, logp.data_ptr(), old_logp.data_ptr(), _native.ptr(ref_logp), _native.ptr(entropy),
-                     adv.data_ptr(), *adv_strides, valid.data_ptr(), seq_scale.data_ptr(), *opts.native_params(),
-                     opts.importance == "sequence", *(out[i].data_ptr() for i in range(4)))
+    _native.cpu_module().ppo_terms(
+        B, T, logp.data_ptr(), old_logp.data_ptr(), _native.ptr(ref_logp), _native.ptr(entropy), adv.data_ptr(),
+        *adv_strides, valid.data_ptr(), seq_scale.data_ptr(), *opts.native_params(), opts.importance == "sequence",
+        *(out[i].data_ptr() for i in range(4)))
     return out.unbind(0)
 
 
