@@ -9,8 +9,8 @@ held-out problems pass@1 0.33, pass@4 0.65 (8 samples each). That is the room RL
 (`ia-train`) then works in. 0.88 M parameters (4 layers, width 128), 3.5 MB of safetensors.
 
 The SFT problems come from the task's train split with seed SFT_SEED (far from the seeds ia-train
-uses for training and evaluation). Deterministic on CPU with one thread (the default); about 4
-minutes on one core:
+uses for training and evaluation). Deterministic on CPU with one thread (the default: a rerun
+reproduces the committed safetensors bit for bit); about 2 minutes on one core:
     python scripts/make_tiny_model.py            # writes python/ia_train/assets/tiny
 """
 
