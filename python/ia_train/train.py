@@ -72,6 +72,13 @@ def split_problems(task, cfg: Config) -> tuple[list, list]:
 
 def evaluate(model, tokenizer, task, problems, cfg: Config, label: str) -> tuple[dict, list[dict]]:
     """n samples per held-out problem -> summary (pass@1, pass@k, maj@k, mean_tokens, with CIs)."""
+    correct, answers, lengths, samples = sample_and_score(model, tokenizer, task, problems, cfg, label)
+    return summarize(correct, answers, lengths, cfg.k, seed=cfg.seed), samples
+
+
+def sample_and_score(model, tokenizer, task, problems, cfg: Config, label: str):
+    """cfg.eval_n samples per problem -> per problem: correctness, final answers, response lengths
+    (lists of n), and the samples themselves for inspection."""
     torch.manual_seed(step_seed(cfg.seed, -1))  # the same sampling noise before and after training
     n = cfg.eval_n
     per_chunk = max(1, cfg.eval_batch // n)
@@ -89,7 +96,7 @@ def evaluate(model, tokenizer, task, problems, cfg: Config, label: str) -> tuple
             lengths.append(ro.lengths[sl].tolist())
             samples.append({"uid": p.uid, "prompt": p.prompt, "answer": str(p.answer),
                             "responses": ro.texts[sl], "scores": scores[sl]})
-    return summarize(correct, answers, lengths, cfg.k, seed=cfg.seed), samples
+    return correct, answers, lengths, samples
 
 
 # ------------------------------------------------------------------------------------------------

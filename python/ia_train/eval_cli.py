@@ -1,0 +1,104 @@
+"""`ia-train eval`: pass@k and maj@k of a model on a task, without training.
+
+    ia-train eval --model smollm2 --task math500 --n 16 --k 1,4,16
+
+Samples n responses per held-out problem of the task (its eval split, the same problems a training
+run evaluates on) and reports, for every k, the unbiased pass@k and the exact maj@k from those n
+samples, with 95% bootstrap intervals over problems, and the mean response length. The figures
+users compare against papers. Every other option is the training command's (`ia-train --help`):
+--eval-problems, --temperature, --max-new-tokens, --eval-batch, --seed, --device, --out, ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+
+def parse(argv: list[str]):
+    """(config, ks): --n and --k here; everything else goes to the training command's parser."""
+    parser = argparse.ArgumentParser(prog="ia-train eval", description=__doc__.split("\n\n")[0], add_help=False)
+    parser.add_argument("--n", type=int, default=16, help="samples per problem (default 16)")
+    parser.add_argument("--k", default="1,4,16", help="comma-separated k values, each <= n (default 1,4,16)")
+    parser.add_argument("-h", "--help", action="store_true")
+    args, rest = parser.parse_known_args(argv)
+    if args.help:
+        parser.print_help()
+        print("\nother options: as `ia-train --help` (model, task, eval-problems, temperature, max-new-tokens, "
+              "eval-batch, seed, device, attention, threads, out)")
+        raise SystemExit(0)
+    try:
+        ks = sorted({int(v) for v in args.k.split(",") if v.strip()})
+    except ValueError:
+        raise ConfigError(f"--k {args.k!r}: give comma-separated integers, e.g. 1,4,16") from None
+    if not ks or ks[0] < 1:
+        raise ConfigError(f"--k {args.k!r}: every k must be at least 1")
+    if args.n < 1:
+        raise ConfigError(f"--n must be at least 1, got {args.n}")
+    if ks[-1] > args.n:
+        raise ConfigError(f"--k {ks[-1]} is larger than --n {args.n}: pass@k from n samples needs k <= n; raise --n")
+    if not any(a == "--out" or a.startswith("--out=") for a in rest):
+        rest = [*rest, "--out", "runs/ia-train-eval"]
+    # The training options are validated too (same parser); training-only ones keep their defaults,
+    # made consistent with n so that validation passes.
+    cfg = load_config([*rest, "--eval-n", str(args.n), "--n", str(max(2, args.n)), "--k", str(ks[-1]),
+                       "--steps", "0", "--objective", "passk"])
+    if cfg.eval_problems < 1:
+        raise ConfigError("--eval-problems must be at least 1 for an evaluation")
+    return cfg, ks
+
+
+def table(results: dict, ks: list[int], n: int, problems: int) -> str:
+    lines = [f"{problems} held-out problems, n = {n} samples each; 95% bootstrap intervals over problems",
+             f"{'metric':<12} {'value':>8}  interval"]
+    for name in [f"pass@{k}" for k in ks] + [f"maj@{k}" for k in ks] + ["mean_tokens"]:
+        lo, hi = results[name + "_ci"]
+        fmt = "{:.1f}" if name == "mean_tokens" else "{:.3f}"
+        lines.append(f"{name:<12} {fmt.format(results[name]):>8}  [{fmt.format(lo)}, {fmt.format(hi)}]")
+    return "\n".join(lines)
+
+
+def run_eval(cfg, ks: list[int]) -> dict:
+    import torch
+
+    from .evaluation import summarize
+    from .models import load_model
+    from .attention import choose_attention
+    from .tasks import load_task
+    from .train import pick_device, sample_and_score, seed_everything
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    threads = torch.get_num_threads()
+    if cfg.threads or cfg.model == "tiny":
+        torch.set_num_threads(cfg.threads or 1)
+    try:
+        attention = choose_attention(cfg.attention, device)
+        model, tokenizer = load_model(cfg.model, device=device, attention=attention)
+        model.eval()
+        task = load_task(cfg.task, cfg.task_options)
+        problems = list(task.problems("eval", cfg.eval_problems, cfg.seed))
+        print(f"ia-train eval: model {cfg.model}, task {cfg.task}, {len(problems)} problems, n={cfg.eval_n}, "
+              f"k={','.join(map(str, ks))}, device {device}, attention {attention}", flush=True)
+        with torch.no_grad():
+            correct, answers, lengths, samples = sample_and_score(model, tokenizer, task, problems, cfg, "eval")
+    finally:
+        torch.set_num_threads(threads)
+    results: dict = {"model": cfg.model, "task": cfg.task, "n": cfg.eval_n, "ks": ks, "problems": len(problems),
+                     "temperature": cfg.temperature, "seed": cfg.seed}
+    for k in ks:
+        s = summarize(correct, answers, lengths, k, seed=cfg.seed)
+        for metric in ("pass", "maj"):
+            results[f"{metric}@{k}"] = s[f"{metric}@k"]
+            results[f"{metric}@{k}_ci"] = s[f"{metric}@k_ci"]
+        results["mean_tokens"], results["mean_tokens_ci"] = s["mean_tokens"], s["mean_tokens_ci"]
+    print(table(results, ks, cfg.eval_n, len(problems)))
+    (out / "eval.json").write_text(json.dumps(results, indent=2))
+    (out / "samples_eval.json").write_text(json.dumps(samples[:50], indent=1))
+    print(f"wrote {out / 'eval.json'}")
+    return results

@@ -1,0 +1,40 @@
+"""`ia-train eval`: pass@k / maj@k of a model without training, and its configuration errors."""
+
+import json
+
+import pytest
+
+from ia_train.cli import main
+
+
+def test_eval_reports_every_k_consistently(tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["eval", "--eval-problems", "12", "--n", "4", "--k", "1,2,4", "--out", str(out)]) == 0
+    res = json.loads((out / "eval.json").read_text())
+    assert res["n"] == 4 and res["ks"] == [1, 2, 4] and res["problems"] == 12
+    # pass@k grows with k; maj@1 is pass@1 (one vote); every value is a probability inside its interval.
+    assert res["pass@1"] <= res["pass@2"] <= res["pass@4"]
+    assert res["maj@1"] == pytest.approx(res["pass@1"])
+    for name in ("pass@1", "pass@2", "pass@4", "maj@2", "maj@4"):
+        lo, hi = res[name + "_ci"]
+        assert 0.0 <= lo <= res[name] <= hi <= 1.0
+    # pass@1 is the plain mean correctness of all samples: recompute it from the saved samples.
+    samples = json.loads((out / "samples_eval.json").read_text())
+    scores = [s for p in samples for s in p["scores"]]
+    assert len(scores) == 12 * 4
+    assert res["pass@1"] == pytest.approx(sum(v >= 0.5 for v in scores) / len(scores))
+    # pass@4 from 4 samples: the fraction of problems with at least one correct sample.
+    assert res["pass@4"] == pytest.approx(sum(any(v >= 0.5 for v in p["scores"]) for p in samples) / 12)
+    assert "pass@4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n", "4", "--k", "1,8"], "--k 8 is larger than --n 4"),
+    (["--k", "one"], "give comma-separated integers"),
+    (["--k", "0,2"], "every k must be at least 1"),
+    (["--task", "no_such_task"], "no_such_task"),
+])
+def test_eval_configuration_errors(args, message, tmp_path, capsys):
+    assert main(["eval", "--out", str(tmp_path / "x"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
