@@ -6,7 +6,6 @@ is first asked for, with the command that fixes it.
 
 from __future__ import annotations
 
-import functools
 import importlib
 
 import torch
@@ -17,12 +16,18 @@ _INSTALL_ADVICE = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+_LOADED: dict[str, tuple] = {}
+
+
 def _load(name: str):
-    try:
-        return importlib.import_module(f"ia_kernels.{name}"), None
-    except ImportError as exc:  # the build is missing or was made for another Python
-        return None, str(exc)
+    # A plain dict, not functools.lru_cache: torch.compile traces through this on every call and
+    # warns about lru_cache wrappers.
+    if name not in _LOADED:
+        try:
+            _LOADED[name] = (importlib.import_module(f"ia_kernels.{name}"), None)
+        except ImportError as exc:  # the build is missing or was made for another Python
+            _LOADED[name] = (None, str(exc))
+    return _LOADED[name]
 
 
 def cpu_module():
