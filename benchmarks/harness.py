@@ -169,11 +169,20 @@ def report(suite: str, rows: list[dict], columns: list[str], *, device="cpu", js
     return path
 
 
-def add_common_args(parser) -> None:
+def add_common_args(parser, *, dtype: bool = False) -> None:
     parser.add_argument("--quick", action="store_true", help="small shapes, few repeats (seconds)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case")
     parser.add_argument("--json", default=None, help="where to write the JSON results")
+    if dtype:
+        parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: fp32 on CPU, bf16 on GPU)")
+
+
+def input_dtype(args) -> torch.dtype:
+    """The --dtype option, defaulting to what users train in: fp32 on CPU, bf16 on GPU."""
+    if args.dtype:
+        return getattr(torch, args.dtype)
+    return torch.bfloat16 if torch.device(args.device).type == "cuda" else torch.float32
 
 
 def free_memory() -> None:

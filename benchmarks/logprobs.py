@@ -13,7 +13,7 @@ import torch
 
 import ia_kernels as ik
 
-from .harness import add_common_args, free_memory, peak_extra_memory, report, time_fn
+from .harness import add_common_args, input_dtype, free_memory, peak_extra_memory, report, time_fn
 
 FULL = {"cpu": [(4096, 1024, 32768)], "cuda": [(16384, 4096, 151936), (8192, 4096, 151936)]}
 QUICK = [(512, 256, 4099)]
@@ -77,11 +77,10 @@ def _case(name, fn, N, H, V, dtype, device, repeats, reference):
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks logprobs", description=__doc__)
-    add_common_args(parser)
-    parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: fp32 on CPU, bf16 on GPU)")
+    add_common_args(parser, dtype=True)
     args = parser.parse_args(argv)
     device = args.device
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
+    dtype = input_dtype(args)
     shapes = QUICK if args.quick else FULL[torch.device(device).type]
     repeats = args.repeats or (2 if args.quick else 3)
     rows = []

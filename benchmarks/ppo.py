@@ -23,7 +23,7 @@ import torch
 import ia_kernels as ik
 from ia_kernels import reference as ref
 
-from .harness import add_common_args, free_memory, peak_extra_memory, report
+from .harness import add_common_args, input_dtype, free_memory, peak_extra_memory, report
 
 FULL = {"cpu": [(8, 512, 1024, 32768)], "cuda": [(16, 1024, 4096, 151936)]}  # (B, T, H, V): N = B T
 QUICK = [(4, 64, 128, 4099)]
@@ -151,13 +151,12 @@ def _run_case(case, B, T, H, V, dtype, device, rounds, impls):
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks ppo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser)
-    parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: fp32 on CPU, bf16 on GPU)")
+    add_common_args(parser, dtype=True)
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
     parser.add_argument("--impls", default="ia_kernels,liger", help="besides eager: ia_kernels, liger")
     args = parser.parse_args(argv)
     device = args.device
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
+    dtype = input_dtype(args)
     shapes = QUICK if args.quick else FULL[torch.device(device).type]
     rounds = args.repeats or (2 if args.quick else 3)
     rows = []
