@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -189,7 +188,3 @@ def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "0") not in ("", "0", "false", "False")

@@ -29,14 +29,19 @@ def chunk_rows(n_rows: int, vocab: int, device: torch.device, chunk_size: int | 
     return max(1, min(rows, max(n_rows, 1)))
 
 
+_OUT_DTYPE_MM: list[bool] = []  # the probe's answer, once per process
+
+
 def _has_out_dtype_mm() -> bool:
     # torch.mm(..., out_dtype=torch.float32) keeps bf16/fp16 GEMMs' fp32 accumulator on CUDA.
-    try:
-        a = torch.empty(0, 0, dtype=torch.bfloat16, device="meta")
-        torch.mm(a, a, out_dtype=torch.float32)
-        return True
-    except (TypeError, RuntimeError, NotImplementedError):
-        return False
+    if not _OUT_DTYPE_MM:
+        try:
+            a = torch.empty(0, 0, dtype=torch.bfloat16, device="meta")
+            torch.mm(a, a, out_dtype=torch.float32)
+            _OUT_DTYPE_MM.append(True)
+        except (TypeError, RuntimeError, NotImplementedError):
+            _OUT_DTYPE_MM.append(False)
+    return _OUT_DTYPE_MM[0]
 
 
 @dataclass
