@@ -3,8 +3,9 @@
 Every op family registers its implementations under the backend names below. Selection order:
 the call's `backend=` argument, else the `IA_KERNELS_BACKEND` environment variable (applied to the
 ops that implement the backend it names), else the fastest backend that can run on the tensors'
-device. Asking for a backend that an op lacks, or that cannot run here, raises a ValueError that
-names the ones that exist and why the others are out.
+device *and has been verified there* (VERIFIED below; "torch" is always eligible). Asking for a
+backend that an op lacks, or that cannot run here, raises a ValueError that names the ones that
+exist and why the others are out. An unverified backend still runs when asked for explicitly.
 """
 
 from __future__ import annotations
@@ -67,7 +68,38 @@ _WHY_NOT: dict[str, Callable[[torch.device], str | None]] = {
     "cuda": _why_not_cuda,
 }
 
-# Automatic choice, fastest first. Triton on CPU (the interpreter) is for tests: never automatic.
+# (op, backend, device type) whose tests have passed on that device type. backend=None only picks a
+# backend listed here (or "torch", the plain-PyTorch path every op has); an unlisted one runs only
+# when asked for (backend= or IA_KERNELS_BACKEND). The CPU entries are checked by the test suite on
+# every run. No GPU has run the "cuda" or "triton" backends yet, so CUDA tensors default to "torch".
+# To add a CUDA entry: run benchmarks/gpu_check.sh on a GPU machine; once its GPU tests and the
+# whole suite pass, add ("<op>", "<backend>", "cuda") for each op whose backend those tests cover.
+VERIFIED: frozenset[tuple[str, str, str]] = frozenset({
+    ("group_advantages", "cpu", "cpu"),
+    ("length_penalized_rewards", "cpu", "cpu"),
+    ("linear_logprobs", "cpu", "cpu"),
+    ("linear_ppo_loss", "cpu", "cpu"),
+    ("ppo_loss", "cpu", "cpu"),
+})
+
+
+def is_verified(op: str, backend: str, device_type: str) -> bool:
+    """Whether backend=None may choose `backend` for `op` on `device_type` tensors."""
+    return backend == "torch" or (op, backend, device_type) in VERIFIED
+
+
+def _why_not_automatic(entry: "OpBackends", backend: str, device: torch.device) -> str | None:
+    if backend not in entry.order(device):
+        why = "the Triton interpreter is for tests" if backend == "triton" else "not in the automatic order"
+        return f"not chosen automatically on {device.type} tensors: {why} (pass backend={backend!r} to run it)"
+    if is_verified(entry.op, backend, device.type):
+        return None
+    return (f"not chosen automatically: not yet verified on {device.type} "
+            f"(pass backend={backend!r} to run it)")
+
+
+# Automatic choice, fastest first, among the verified ones. Triton on CPU (the interpreter) is for
+# tests: never automatic.
 _PREFERENCE = {
     "cpu": ("cpu", "torch"),
     "cuda": ("cuda", "triton", "torch"),
@@ -102,8 +134,14 @@ class OpBackends:
         parts = []
         for name in self.names():
             why = _WHY_NOT[name](device)
+            if why is None and _why_not_automatic(self, name, device) is not None:
+                why = "available, " + _why_not_automatic(self, name, device)
             parts.append(f"{name} (available)" if why is None else f"{name} ({why})")
         return "backends of " + self.op + ": " + ", ".join(parts)
+
+    def order(self, device: torch.device) -> tuple[str, ...]:
+        """The automatic choice's candidates on `device`, fastest first (before verification)."""
+        return self.cuda_preference if device.type == "cuda" else _PREFERENCE.get(device.type, ("torch",))
 
     def select(self, device: torch.device, backend: str | None = None) -> tuple[str, Callable]:
         if backend is not None:
@@ -114,9 +152,8 @@ class OpBackends:
                 raise ValueError(f"{ENV_VAR}={env!r} is not a backend; known backends: {', '.join(BACKEND_NAMES)}")
             if env in self.impls:
                 return env, self._check(env, device, ENV_VAR)
-        order = self.cuda_preference if device.type == "cuda" else _PREFERENCE.get(device.type, ("torch",))
-        for name in order:
-            if name in self.impls and _WHY_NOT[name](device) is None:
+        for name in self.order(device):
+            if name in self.impls and _WHY_NOT[name](device) is None and is_verified(self.op, name, device.type):
                 return name, self.impls[name]
         return "torch", self.impls["torch"]
 
@@ -133,12 +170,19 @@ def register(op: str, impls: dict[str, Callable], cuda_preference: tuple[str, ..
 
 
 def available_backends(op: str | None = None, device: str | torch.device = "cpu") -> dict:
-    """{op: {backend: None if it runs on `device`, else the reason it does not}}."""
+    """{op: {backend: None if it runs on `device` and backend=None may choose it, else the reason}}.
+
+    The reason is why the backend cannot run on `device` (e.g. "runs on CUDA tensors only"), or,
+    for one that can run there but that backend=None never picks, a string starting "not chosen
+    automatically" (e.g. "not chosen automatically: not yet verified on cuda (pass backend='cuda'
+    to run it)": its tests have not passed on that device type, see VERIFIED). Such a backend
+    still runs when asked for with backend= or IA_KERNELS_BACKEND.
+    """
     device = torch.device(device)
     ops = [op] if op is not None else sorted(_OPS)
     out = {}
     for name in ops:
         if name not in _OPS:
             raise ValueError(f"unknown op {name!r}; ops: {', '.join(sorted(_OPS))}")
-        out[name] = {b: _WHY_NOT[b](device) for b in _OPS[name].names()}
+        out[name] = {b: _WHY_NOT[b](device) or _why_not_automatic(_OPS[name], b, device) for b in _OPS[name].names()}
     return out
