@@ -201,7 +201,7 @@ def test_available_backends_reports_reasons():
     (dict(weight=torch.randn(5, 3, dtype=torch.float64)), r"hidden \(torch.float32\) and weight \(torch.float64\)"),
     (dict(bias=torch.randn(4)), r"bias must have shape \(5,\)"),
     (dict(hidden=torch.zeros(4, 3, dtype=torch.long)), "hidden must be a floating-point tensor"),
-    (dict(weight=torch.randn(5, 3, device="meta")), "weight is on meta but hidden is on cpu"),
+    (dict(weight=torch.randn(5, 3, device="meta")), "weight is a meta tensor .shape only, no data."),
     (dict(hidden=[[0.0] * 3] * 4), "hidden must be a torch.Tensor"),
 ])
 def test_bad_input_names_the_argument(bad, match):

@@ -33,9 +33,12 @@ void logprob_rows_forward(std::uintptr_t logits, int64_t row_stride, int64_t n_r
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n_rows; ++i) {
     const bool ignored = t[i] == ignore_index;
+    const bool in_range = t[i] >= 0 && t[i] < V;
     // Ignored rows still get their lse and entropy (cheap, and useful for metrics); logp is 0.
-    ia::RowStats r = ia::cpu::row_stats(z + i * row_stride, V, ignored ? 0 : t[i], inv_temp);
-    logp[i] = ignored ? 0.f : r.logp;
+    // A target outside the row is never read: its logp is NaN (the wrappers reject such targets
+    // before any kernel runs; this is the second line).
+    ia::RowStats r = ia::cpu::row_stats(z + i * row_stride, V, in_range ? t[i] : 0, inv_temp);
+    logp[i] = ignored ? 0.f : (in_range ? r.logp : std::numeric_limits<float>::quiet_NaN());
     lse[i] = r.lse;
     ent[i] = r.entropy;
   }
@@ -59,6 +62,10 @@ void logprob_rows_backward(std::uintptr_t logits, int64_t row_stride, int64_t n_
   for (int64_t i = 0; i < n_rows; ++i) {
     float* row = z + i * row_stride;
     const bool ignored = t[i] == ignore_index;
+    if (!ignored && (t[i] < 0 || t[i] >= V)) {  // never written outside the row: a NaN row instead
+      std::fill(row, row + V, std::numeric_limits<float>::quiet_NaN());
+      continue;
+    }
     const float gi = ignored ? 0.f : g[i];
     // The entropy of an ignored row still has a gradient if the caller used it.
     const float gei = ge ? ge[i] : 0.f;

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 
 #include "ia/ppo.h"
 #include "row_sweeps.h"
@@ -147,6 +148,12 @@ void ppo_rows_fused(std::uintptr_t logits, int64_t row_stride, int64_t n_rows, i
       std::fill(row, row + V, 0.f);
       logp[i] = ent[i] = loss[i] = 0.f;
       ratio[i] = 1.f;
+      continue;
+    }
+    if (t < 0 || t >= V) {  // never read or written outside the row: NaN outputs and gradient
+      const float nan = std::numeric_limits<float>::quiet_NaN();
+      std::fill(row, row + V, nan);
+      logp[i] = ent[i] = loss[i] = ratio[i] = nan;
       continue;
     }
     const ia::RowStats st = ia::cpu::row_stats(row, V, t, inv_temp);

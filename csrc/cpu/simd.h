@@ -9,6 +9,10 @@
 #include <cstring>
 #include <limits>
 
+#if defined(__FMA__)
+#include <immintrin.h>
+#endif
+
 #include "ia/logprob_row.h"
 
 namespace ia {
@@ -18,6 +22,22 @@ typedef float f8 __attribute__((vector_size(32)));
 typedef int32_t i8 __attribute__((vector_size(32)));
 
 inline f8 splat(float v) { return f8{v, v, v, v, v, v, v, v}; }
+
+// a * b + c. The module is built with -ffp-contract=off (the row statistics must round x = z / T
+// the same way in every sweep, see ia/logprob_row.h), so the polynomial asks for its FMAs here.
+inline f8 fma8(f8 a, f8 b, f8 c) {
+#if defined(__FMA__)
+  return _mm256_fmadd_ps(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+// max(d, kShiftedLogitFloor) per lane, NaN kept (see ia::floor_shifted).
+inline f8 floor_shifted8(f8 d) {
+  const f8 lo = splat(kShiftedLogitFloor);
+  return d < lo ? lo : d;
+}
 
 inline f8 load8(const float* p) {
   f8 v;
@@ -44,16 +64,16 @@ inline f8 exp8(f8 x) {
   x = x < lo ? lo : x;
   x = x > hi ? hi : x;
   const f8 round = splat(12582912.0f);
-  f8 n = (x * splat(1.44269504088896341f) + round) - round;
-  f8 r = x - n * splat(0.693359375f);
-  r = r - n * splat(-2.12194440e-4f);
+  f8 n = fma8(x, splat(1.44269504088896341f), round) - round;
+  f8 r = fma8(n, splat(-0.693359375f), x);
+  r = fma8(n, splat(2.12194440e-4f), r);
   f8 p = splat(1.9875691500e-4f);
-  p = p * r + splat(1.3981999507e-3f);
-  p = p * r + splat(8.3334519073e-3f);
-  p = p * r + splat(4.1665795894e-2f);
-  p = p * r + splat(1.6666665459e-1f);
-  p = p * r + splat(5.0000001201e-1f);
-  p = p * r * r + r + splat(1.0f);
+  p = fma8(p, r, splat(1.3981999507e-3f));
+  p = fma8(p, r, splat(8.3334519073e-3f));
+  p = fma8(p, r, splat(4.1665795894e-2f));
+  p = fma8(p, r, splat(1.6666665459e-1f));
+  p = fma8(p, r, splat(5.0000001201e-1f));
+  p = fma8(p * r, r, r) + splat(1.0f);
   i8 bits = (__builtin_convertvector(n, i8) + 127) << 23;
   f8 scale;
   std::memcpy(&scale, &bits, sizeof(scale));
@@ -83,14 +103,14 @@ inline void row_sum_exp(const float* z, int64_t V, float inv_temp, float m, floa
   f8 s8 = splat(0.f), w8 = splat(0.f);
   int64_t j = 0;
   for (; j + 8 <= V; j += 8) {
-    f8 d = load8(z + j) * it - m8;
+    f8 d = floor_shifted8(load8(z + j) * it - m8);
     f8 e = exp8(d);
     s8 += e;
     w8 += e * d;
   }
   float s = hsum(s8), w = hsum(w8);
   for (; j < V; ++j) {
-    float d = z[j] * inv_temp - m;
+    float d = floor_shifted(z[j] * inv_temp - m);
     float e = exp_approx(d);
     s += e;
     w += e * d;
@@ -105,7 +125,7 @@ inline void row_write_grad(float* row, int64_t V, float lse, float entropy, floa
   const f8 it = splat(inv_temp), lse8 = splat(lse), ent8 = splat(entropy), g8 = splat(g), ge8 = splat(ge);
   int64_t j = 0;
   for (; j + 8 <= V; j += 8) {
-    f8 log_p = load8(row + j) * it - lse8;
+    f8 log_p = floor_shifted8(load8(row + j) * it - lse8);
     f8 p = exp8(log_p);
     store8(row + j, (-(g8 * p) - ge8 * p * (log_p + ent8)) * it);
   }

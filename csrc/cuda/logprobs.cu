@@ -22,11 +22,13 @@ __global__ void logprob_rows_forward_kernel(const float* __restrict__ z, int64_t
   const int64_t row = blockIdx.x;
   const float* zr = z + row * row_stride;
   float m = -INFINITY;
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) m = fmaxf(m, zr[j] * inv_temp);
+  // __fmul_rn: x = z / T rounded once, the same in every sweep (no contraction into an FMA), so
+  // that logp <= 0 holds exactly (see ia/logprob_row.h).
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) m = fmaxf(m, __fmul_rn(zr[j], inv_temp));
   m = ia::cuda::block_reduce(m, ia::cuda::MaxOp(), scratch);
   float s = 0.f, w = 0.f;
   for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-    float d = zr[j] * inv_temp - m;
+    float d = ia::floor_shifted(__fsub_rn(__fmul_rn(zr[j], inv_temp), m));
     float e = expf(d);
     s += e;
     w += e * d;
@@ -36,8 +38,9 @@ __global__ void logprob_rows_forward_kernel(const float* __restrict__ z, int64_t
   if (threadIdx.x == 0) {
     const int64_t t = targets[row];
     const bool ignored = t == ignore_index;
-    ia::RowStats r = ia::finish_row_stats(m, s, w, ignored ? 0.f : zr[t] * inv_temp);
-    logp[row] = ignored ? 0.f : r.logp;
+    const bool in_range = t >= 0 && t < V;  // never read outside the row; NaN flags a bad target
+    ia::RowStats r = ia::finish_row_stats(m, s, w, in_range ? __fmul_rn(zr[t], inv_temp) : 0.f);
+    logp[row] = ignored ? 0.f : (in_range ? r.logp : NAN);
     lse[row] = r.lse;
     entropy[row] = r.entropy;
   }
@@ -53,11 +56,15 @@ __global__ void logprob_rows_backward_kernel(float* __restrict__ z, int64_t row_
   float* zr = z + row * row_stride;
   const int64_t t = targets[row];
   const bool ignored = t == ignore_index;
+  if (!ignored && (t < 0 || t >= V)) {  // a bad target: a NaN gradient row, nothing outside it
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) zr[j] = NAN;
+    return;
+  }
   const float g = ignored ? 0.f : g_logp[row];
   const float ge = g_entropy ? g_entropy[row] : 0.f;
   const float lse_r = lse[row], ent_r = entropy[row];
   for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-    zr[j] = ia::logit_grad(zr[j] * inv_temp, !ignored && j == t, lse_r, ent_r, g, ge, inv_temp);
+    zr[j] = ia::logit_grad(__fmul_rn(zr[j], inv_temp), !ignored && j == t, lse_r, ent_r, g, ge, inv_temp);
   }
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 
@@ -35,6 +36,10 @@ def require_same_device(**tensors: torch.Tensor | None) -> torch.device:
     devices = {k: v.device for k, v in present.items()}
     first_name, first = next(iter(devices.items()))
     for name, dev in devices.items():
+        if dev.type == "meta":
+            raise ValueError(f"{name} is a meta tensor (shape only, no data): ia_kernels computes values; "
+                             f"pass tensors on a CPU or CUDA device")
+    for name, dev in devices.items():
         if dev != first:
             raise ValueError(f"{name} is on {dev} but {first_name} is on {first}: move them to one device")
     return first
@@ -43,6 +48,18 @@ def require_same_device(**tensors: torch.Tensor | None) -> torch.device:
 def require_shape(name: str, x: torch.Tensor, shape: tuple, what: str) -> None:
     if tuple(x.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)} ({what}), got {tuple(x.shape)}")
+
+
+def require_index(name: str, value) -> int:
+    """An integer setting (a token id, an index): Python or NumPy ints, never bool, float or str."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype in INT_DTYPES:
+        value = int(value)
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an int, got bool {value}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
 
 
 def require_positive_finite(name: str, value: float) -> float:

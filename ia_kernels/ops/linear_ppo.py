@@ -340,7 +340,9 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     ppo.validate_token_inputs((B, T), old_logp, advantages, mask, ref_logp, None, opts)
     device = _checks.require_same_device(hidden=hidden, old_logp=old_logp, advantages=advantages, mask=mask,
                                          ref_logp=ref_logp)
-    ignore_index = int(ignore_index)
+    # Compared in int64, the dtype the kernels read (uint8 would wrap ignore_index=-100 to 156).
+    ignore_index = _checks.require_index("ignore_index", ignore_index)
+    targets = targets.to(torch.int64)
     valid = targets != ignore_index
     if mask is not None:
         valid = valid & (mask != 0)
@@ -357,7 +359,7 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     h2 = hidden.reshape(B * T, H)
     h2 = h2 if h2.is_contiguous() else h2.contiguous()
     w = weight if weight.stride(-1) == 1 else weight.contiguous()
-    t = torch.where(valid, targets, ignore_index).reshape(-1).to(torch.int64).contiguous()
+    t = torch.where(valid, targets, ignore_index).reshape(-1).contiguous()
     old, adv, ref = prep(old_logp), prep(advantages), prep(ref_logp)
     rows = chunk_rows(B * T, weight.shape[0], device, chunk_size)
     loss, logp, entropy, ratio = LinearPpoLossFunction.apply(

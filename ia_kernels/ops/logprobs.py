@@ -109,24 +109,32 @@ def _validate(hidden, weight, targets, bias, temperature):
     return _checks.require_positive_finite("temperature", temperature)
 
 
-def _validate_targets(targets, vocab, ignore_index):
-    # One host sync, on the small integer targets only: out-of-range ids would read out of bounds.
-    valid = targets != ignore_index
+def as_int64_targets(targets: torch.Tensor, vocab: int, ignore_index) -> tuple[torch.Tensor, int]:
+    """(targets as int64, ignore_index as int), validated in the dtype the kernels read.
+
+    Narrower integer targets are widened first: checked in their own dtype, uint8 would wrap
+    ignore_index=-100 to 156 and accept ids that the kernels then read as out of range. One host
+    sync, on the small integer targets only.
+    """
+    ignore_index = _checks.require_index("ignore_index", ignore_index)
+    t = targets.to(torch.int64)
+    valid = t != ignore_index
     if valid.any():
-        t = targets[valid]
-        lo, hi = int(t.min()), int(t.max())
+        tv = t[valid]
+        lo, hi = int(tv.min()), int(tv.max())
         if lo < 0 or hi >= vocab:
             bad = lo if lo < 0 else hi
             raise ValueError(f"targets must lie in [0, {vocab}) or equal ignore_index={ignore_index}; found {bad}")
+    return t, ignore_index
 
 
 def _run(backend_impl, hidden, weight, targets, bias, temperature, ignore_index, chunk_size):
     H = hidden.shape[-1]
     lead = hidden.shape[:-1]
-    h2 = hidden.reshape(-1, H)
+    h2 = hidden.reshape(lead.numel(), H)  # not reshape(-1, H): H may be 0
     if not h2.is_contiguous():
         h2 = h2.contiguous()
-    t = targets.reshape(-1).to(torch.int64).contiguous()
+    t = targets.reshape(-1).contiguous()
     w = weight if weight.stride(-1) == 1 else weight.contiguous()
     rows = chunk_rows(h2.shape[0], weight.shape[0], hidden.device, chunk_size)
     row_pass = backend_impl
@@ -162,7 +170,7 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         Differentiable w.r.t. hidden, weight and bias.
     """
     temperature = _validate(hidden, weight, targets, bias, temperature)
-    _validate_targets(targets, weight.shape[0], ignore_index)
+    targets, ignore_index = as_int64_targets(targets, weight.shape[0], ignore_index)
     _, impl = _OP.select(hidden.device, backend)
-    logp, entropy = _run(impl, hidden, weight, targets, bias, temperature, int(ignore_index), chunk_size)
+    logp, entropy = _run(impl, hidden, weight, targets, bias, temperature, ignore_index, chunk_size)
     return (logp, entropy) if return_entropy else logp

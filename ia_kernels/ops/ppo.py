@@ -176,8 +176,8 @@ def ppo_metrics(ratio, logp, old_logp, advantages, valid, opts: PpoOptions, *, e
         "clip_frac_dual": mean((ratio > opts.dual_clip) & (adv < 0)) if opts.dual_clip is not None else zero.clone(),
         "approx_kl": mean(torch.expm1(log_ratio) - log_ratio),
         "ratio_mean": mean(ratio),
-        "ratio_min": torch.where(count > 0, torch.where(valid, ratio, float("inf")).amin(), one),
-        "ratio_max": torch.where(count > 0, torch.where(valid, ratio, float("-inf")).amax(), one),
+        "ratio_min": _valid_extreme(torch.amin, ratio, valid, float("inf"), count, one),
+        "ratio_max": _valid_extreme(torch.amax, ratio, valid, float("-inf"), count, one),
     }
     if entropy is not None:
         out["entropy_mean"] = mean(entropy)
@@ -185,6 +185,13 @@ def ppo_metrics(ratio, logp, old_logp, advantages, valid, opts: PpoOptions, *, e
         out["kl_ref"] = mean(_kl_terms(torch.where(valid, logp, zero), torch.where(valid, ref_logp, zero),
                                        opts.kl_estimator)[0])
     return out
+
+
+def _valid_extreme(reduce, x, valid, fill, count, empty_value):
+    """min / max of x over valid tokens, empty_value when none is (B * T == 0 included; no sync)."""
+    if valid.numel() == 0:  # a shape, known on the host
+        return empty_value.clone()
+    return torch.where(count > 0, reduce(torch.where(valid, x, fill)), empty_value)
 
 
 # ---------------------------------------------------------------------------------------------

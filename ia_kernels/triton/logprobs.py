@@ -11,6 +11,11 @@ import triton
 import triton.language as tl
 
 
+# exp(x - m) underflows to 0 below -104: shifted logits are floored so that a -inf logit adds 0, not
+# 0 * -inf = NaN (ia::kShiftedLogitFloor).
+SHIFTED_LOGIT_FLOOR: tl.constexpr = -1e4
+
+
 @triton.jit
 def row_stats(
     z_row,  # pointer to one row of fp32 logits
@@ -18,25 +23,42 @@ def row_stats(
     inv_temp,  # 1 / temperature
     BLOCK_V: tl.constexpr,  # columns per step of the sweep
 ):
-    """One online sweep over a row of x = z / T: (max m, sum exp(x - m), sum exp(x - m) (x - m))."""
+    """One online sweep over a row of x = z / T: (max m, sum exp(x - m), sum exp(x - m) (x - m)).
+
+    A row holding NaN or +inf, or only -inf, gives s = NaN (hence NaN outputs), as on every backend:
+    GPU max reductions drop NaN, so such values are counted explicitly.
+    """
     m = tl.full((), float("-inf"), tl.float32)
     s = tl.zeros((), tl.float32)
     w = tl.zeros((), tl.float32)
+    n_bad = tl.zeros((), tl.int32)
     for start in range(0, V, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
         x = tl.load(z_row + cols, mask=cols < V, other=float("-inf")) * inv_temp
+        n_bad += tl.sum(((x != x) | (x == float("inf"))).to(tl.int32), 0)
         m_new = tl.maximum(m, tl.max(x, 0))
         # Rescale the running sums to the new maximum: w holds sum e (x - m), so shifting m by d
         # turns each term into e' (x - m_new) = e' (x - m) - e' d.
         first = m == float("-inf")
         scale = tl.where(first, 0.0, tl.exp(m - m_new))
         d = tl.where(first, 0.0, m_new - m)
-        e = tl.exp(x - m_new)
-        xm = tl.where(cols < V, x - m_new, 0.0)
+        xm = tl.where(x > float("-inf"), tl.maximum(x - m_new, SHIFTED_LOGIT_FLOOR), SHIFTED_LOGIT_FLOOR)
+        e = tl.exp(xm)
         w = (w - s * d) * scale + tl.sum(e * xm, 0)
         s = s * scale + tl.sum(e, 0)
         m = m_new
+    s = tl.where((n_bad > 0) | (m == float("-inf")), float("nan"), s)
     return m, s, w
+
+
+@triton.jit
+def finish_row_stats(m, s, w, x_t):
+    """(logp, lse, entropy) of ia::finish_row_stats: logp <= 0 and entropy >= 0 exactly, NaN kept."""
+    log_s = tl.log(s)
+    lse = m + log_s
+    logp = x_t - lse
+    ent = log_s - w / s
+    return tl.where(logp > 0.0, 0.0, logp), lse, tl.where(ent < 0.0, 0.0, ent)
 
 
 @triton.jit
@@ -57,6 +79,7 @@ def write_row_grad(
         cols = start + tl.arange(0, BLOCK_V)
         mask = cols < V
         log_p = tl.load(z_row + cols, mask=mask, other=0.0) * inv_temp - lse
+        log_p = tl.where(log_p < SHIFTED_LOGIT_FLOOR, SHIFTED_LOGIT_FLOOR, log_p)  # NaN kept
         p = tl.exp(log_p)
         onehot = tl.where((cols == t) & (~ignored), 1.0, 0.0)
         dz = (g * (onehot - p) - ge * p * (log_p + ent)) * inv_temp
@@ -81,13 +104,12 @@ def _logprob_rows_forward_kernel(
     m, s, w = row_stats(z_row, V, inv_temp, BLOCK_V)
     t = tl.load(targets_ptr + row)
     ignored = t == ignore_index
-    t_safe = tl.where(ignored, 0, t)
-    x_t = tl.load(z_row + t_safe) * inv_temp
-    log_s = tl.log(s)
-    lse = m + log_s
-    tl.store(logp_ptr + row, tl.where(ignored, 0.0, x_t - lse))
+    in_range = (t >= 0) & (t < V)  # a target outside the row is never read: NaN flags it
+    x_t = tl.load(z_row + tl.where(in_range, t, 0)) * inv_temp
+    logp, lse, ent = finish_row_stats(m, s, w, x_t)
+    tl.store(logp_ptr + row, tl.where(ignored, 0.0, tl.where(in_range, logp, float("nan"))))
     tl.store(lse_ptr + row, lse)
-    tl.store(entropy_ptr + row, log_s - w / s)
+    tl.store(entropy_ptr + row, ent)
 
 
 @triton.jit
@@ -109,7 +131,9 @@ def _logprob_rows_backward_kernel(
     z_row = z_ptr + row * row_stride
     t = tl.load(targets_ptr + row)
     ignored = t == ignore_index
-    g = tl.where(ignored, 0.0, tl.load(g_logp_ptr + row))
+    # A target outside [0, V) that is not ignored: a NaN gradient row (g = NaN), nothing outside it.
+    bad = (~ignored) & ((t < 0) | (t >= V))
+    g = tl.where(ignored, 0.0, tl.where(bad, float("nan"), tl.load(g_logp_ptr + row)))
     if HAS_G_ENTROPY:
         ge = tl.load(g_entropy_ptr + row)
     else:

@@ -11,15 +11,25 @@ import torch
 import triton
 import triton.language as tl
 
-from .logprobs import _block_v, row_stats, write_row_grad
+from .logprobs import _block_v, finish_row_stats, row_stats, write_row_grad
 
-MAX_LOG_RATIO = 20.0  # ia::kPpoMaxLogRatio
+
+@triton.jit
+def _clamp_keep_nan(x, lo, hi):
+    """ia::clamp_keep_nan: tl.minimum / tl.maximum may drop a NaN operand on GPU; NaN must reach the loss."""
+    return tl.where(x < lo, lo, tl.where(x > hi, hi, x))
+
+
+@triton.jit
+def _max_keep_nan(a, b):
+    """ia::max_keep_nan: NaN if either operand is NaN."""
+    return tl.where((a != a) | (a > b), a, b)
 
 
 @triton.jit
 def _ratio_from_log(log_ratio):
     """exp(clamp(log_ratio, +-20)) and its derivative in log_ratio (0 where clamped)."""
-    c = tl.minimum(tl.maximum(log_ratio, -20.0), 20.0)
+    c = _clamp_keep_nan(log_ratio, -20.0, 20.0)
     r = tl.exp(c)
     return r, tl.where((log_ratio > 20.0) | (log_ratio < -20.0), 0.0, r)
 
@@ -29,8 +39,8 @@ def _clipped_surrogate(ratio, adv, clip_low, clip_high, dual_clip, HAS_DUAL: tl.
     """(loss, dloss/dratio) of ia::clipped_surrogate."""
     lo = 1.0 - clip_low
     hi = 1.0 + clip_high
-    clipped = tl.minimum(tl.maximum(ratio, lo), hi)
-    loss = tl.maximum(-adv * ratio, -adv * clipped)
+    clipped = _clamp_keep_nan(ratio, lo, hi)
+    loss = _max_keep_nan(-adv * ratio, -adv * clipped)
     clip_active = ((adv > 0) & (ratio > hi)) | ((adv < 0) & (ratio < lo))
     grad = tl.where(clip_active, 0.0, -adv)
     if HAS_DUAL:
@@ -57,7 +67,7 @@ def _regularisers(logp, ref, ent, w, kl_coef, entropy_coef, HAS_KL: tl.constexpr
             kl = 0.5 * d * d
             dkl = -d
         else:
-            dc = tl.minimum(tl.maximum(d, -20.0), 20.0)
+            dc = _clamp_keep_nan(d, -20.0, 20.0)
             e = tl.exp(dc)
             kl = e - dc - 1.0
             dkl = tl.where((d > 20.0) | (d < -20.0), 0.0, 1.0 - e)
@@ -177,12 +187,10 @@ def _ppo_rows_fused_kernel(
     z_row = z_ptr + row * row_stride
     t = tl.load(targets_ptr + row)
     ignored = t == ignore_index
-    t_safe = tl.where(ignored, 0, t)
+    in_range = (t >= 0) & (t < V)  # a target outside the row is never read: NaN outputs flag it
     m, s, w_sum = row_stats(z_row, V, inv_temp, BLOCK_V)
-    log_s = tl.log(s)
-    lse = m + log_s
-    ent = log_s - w_sum / s
-    logp = tl.load(z_row + t_safe) * inv_temp - lse
+    logp, lse, ent = finish_row_stats(m, s, w_sum, tl.load(z_row + tl.where(in_range, t, 0)) * inv_temp)
+    logp = tl.where(in_range | ignored, logp, float("nan"))
     w = tl.where(ignored, 0.0, tl.load(weight_ptr + row))
     old = tl.load(old_ptr + row)
     adv = tl.load(adv_ptr + row)

@@ -12,6 +12,19 @@
 
 namespace ia {
 
+// Comparisons that let NaN through, unlike fminf/fmaxf (which return the other operand): a NaN
+// input must reach the outputs on every backend, never be clamped into a plausible value.
+IA_HOST_DEVICE float clamp_keep_nan(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
+// NaN if either operand is NaN.
+IA_HOST_DEVICE float max_keep_nan(float a, float b) { return (a != a || a > b) ? a : b; }
+IA_HOST_DEVICE float min_keep_nan(float a, float b) { return (a != a || a < b) ? a : b; }
+
+// exp(x - m) underflows to 0 in fp32 below -104, so shifted logits below this floor add nothing to
+// a row's sums; flooring them keeps a -inf logit (a banned token) from turning 0 * -inf into NaN
+// in the entropy and its gradient. NaN passes through the floor.
+constexpr float kShiftedLogitFloor = -1e4f;
+IA_HOST_DEVICE float floor_shifted(float d) { return d < kShiftedLogitFloor ? kShiftedLogitFloor : d; }
+
 // exp(x) for float, branch-free so that loops over a row vectorise (glibc's expf does not).
 // Cody-Waite range reduction x = n*ln2 + r, |r| <= ln2/2, then a degree-6 polynomial for exp(r):
 // relative error below 2 ulp on [-87, 88]; below -87.3 it returns 0 and -inf gives 0.

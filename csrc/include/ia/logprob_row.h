@@ -10,6 +10,11 @@
 //   dlogp/dx_j    = [j == t] - p_j
 //   dentropy/dx_j = -p_j (log p_j + entropy)
 //   dz_j = (g ([j == t] - p_j) - ge p_j (x_j - lse + entropy)) / T
+//
+// Guarantees on every backend: logp <= 0 and entropy >= 0 (exactly, not just up to rounding); a
+// -inf logit is a token of probability 0; a row holding NaN or +inf, or only -inf, gives NaN
+// outputs and a NaN gradient row; a target outside [0, V) that is not ignore_index gives NaN
+// (the kernels never index with it: callers validate targets, this is the second line).
 #pragma once
 
 #include "ia/common.h"
@@ -27,15 +32,17 @@ IA_HOST_DEVICE RowStats finish_row_stats(float m, float s, float w, float x_targ
   RowStats out;
   float log_s = logf(s);
   out.lse = m + log_s;
-  out.logp = x_target - out.lse;
-  out.entropy = log_s - w / s;
+  // With x_target and m rounded the same way, s >= 1 and so x_target <= m <= lse; the bounds make
+  // that hold however a compiler contracts the arithmetic (NaN passes through).
+  out.logp = min_keep_nan(x_target - out.lse, 0.f);
+  out.entropy = max_keep_nan(log_s - w / s, 0.f);
   return out;
 }
 
 // The logits gradient of one element (see the header comment).
 IA_HOST_DEVICE float logit_grad(float x, bool is_target, float lse, float entropy, float g,
                                 float ge, float inv_temp) {
-  float log_p = x - lse;
+  float log_p = floor_shifted(x - lse);
   float p = exp_approx(log_p);
   float d = g * ((is_target ? 1.0f : 0.0f) - p) - ge * p * (log_p + entropy);
   return d * inv_temp;

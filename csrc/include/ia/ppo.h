@@ -11,6 +11,8 @@
 //                     then min(that, -a c) when a < 0 and a dual clip c > 1 is set
 //   k1 = l - l_ref,  k2 = (l - l_ref)^2 / 2,  k3 = exp(d) - d - 1 with d = clamp(l_ref - l, -20, 20)
 // The clamps (as verl's) keep exp finite; beyond them the term is constant, with zero gradient.
+// Every clamp and max lets NaN through (ia::clamp_keep_nan): a NaN log-prob or advantage gives a NaN
+// loss, as in the PyTorch backend, never a finite one.
 // The batch loss is sum over tokens of w * L, w the aggregation weight (0 for masked tokens), so
 // dloss/dl = w * dL/dl and dloss/dh = -w * entropy_coef are known as soon as l and h are.
 #pragma once
@@ -42,9 +44,9 @@ struct Surrogate {
 IA_HOST_DEVICE Surrogate clipped_surrogate(float ratio, float adv, const PpoParams& p) {
   const float lo = 1.f - p.clip_low;
   const float hi = 1.f + p.clip_high;
-  const float clipped = fminf(fmaxf(ratio, lo), hi);
+  const float clipped = clamp_keep_nan(ratio, lo, hi);
   Surrogate s;
-  s.loss = fmaxf(-adv * ratio, -adv * clipped);
+  s.loss = max_keep_nan(-adv * ratio, -adv * clipped);
   // The clipped branch wins, and is flat, exactly when the ratio left the trust region in the
   // direction the advantage pushes it.
   const bool clip_active = (adv > 0.f && ratio > hi) || (adv < 0.f && ratio < lo);
@@ -75,7 +77,7 @@ IA_HOST_DEVICE KlTerm kl_penalty(float logp, float ref_logp, int estimator) {
     k.value = 0.5f * d * d;
     k.dvalue_dlogp = -d;
   } else {
-    const float dc = fminf(fmaxf(d, -kPpoMaxLogRatio), kPpoMaxLogRatio);
+    const float dc = clamp_keep_nan(d, -kPpoMaxLogRatio, kPpoMaxLogRatio);
     const float e = expf(dc);
     k.value = e - dc - 1.f;
     k.dvalue_dlogp = (d > kPpoMaxLogRatio || d < -kPpoMaxLogRatio) ? 0.f : 1.f - e;
@@ -91,7 +93,7 @@ struct Ratio {
 
 IA_HOST_DEVICE Ratio ratio_from_log(float log_ratio) {
   Ratio r;
-  const float c = fminf(fmaxf(log_ratio, -kPpoMaxLogRatio), kPpoMaxLogRatio);
+  const float c = clamp_keep_nan(log_ratio, -kPpoMaxLogRatio, kPpoMaxLogRatio);
   r.value = expf(c);
   r.dvalue_dlog = (log_ratio > kPpoMaxLogRatio || log_ratio < -kPpoMaxLogRatio) ? 0.f : r.value;
   return r;
