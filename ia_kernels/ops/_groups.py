@@ -1,7 +1,9 @@
 """Groups of samples (one group per prompt) as the kernels see them.
 
 `groups` is either an int (a fixed group size; the samples of a group are contiguous) or an integer
-tensor of group ids, one per sample, in any order and with any group sizes. Ids become a CSR layout:
+tensor of group ids, one per sample, in any order and with any group sizes. Ids are labels: any
+integer value, negative ones included, names a group; ids of a narrow dtype (uint8, int8, ...) are
+widened to int64 before they are compared, so equal values mean the same group whatever the dtype. Ids become a CSR layout:
 one stable sort puts each group's samples together (`order`, skipped when the ids are already
 non-decreasing), and `offsets[g] .. offsets[g+1]` delimits group g in that order. Groups are
 numbered by ascending id.
@@ -9,6 +11,7 @@ numbered by ascending id.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +40,24 @@ class GroupLayout:
         return self.offsets[1:] - self.offsets[:-1]
 
 
+def require_data(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Rejects tensors without values (the meta device): these ops read their inputs' values."""
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (it has a shape but no values); these ops read the "
+                         f"values, pass a CPU or CUDA tensor")
+    return x
+
+
+def require_number(name: str, value) -> float:
+    """A real number given as int or float (not bool, str or None), returned as a float."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.device.type != "meta" \
+            and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number (int or float), got {type(value).__name__}")
+    return float(value)
+
+
 def group_layout(groups, n: int, device: torch.device, name: str = "groups", what: str = "rewards") -> GroupLayout:
     """Validates `groups` against n samples and builds the layout (one host sync for ids)."""
     if isinstance(groups, bool) or not isinstance(groups, (int, torch.Tensor)):
@@ -50,6 +71,7 @@ def group_layout(groups, n: int, device: torch.device, name: str = "groups", wha
                              f"({n} % {groups} = {n % groups})")
         return GroupLayout(n, n // groups, groups, None, None, groups if n else 0, groups if n else 0)
     _checks.require_int(name, groups)
+    require_data(name, groups)
     _checks.require_shape(name, groups, (n,), f"one group id per element of {what}")
     if groups.device != device:
         raise ValueError(f"{name} is on {groups.device} but {what} is on {device}: move them to one device")

@@ -8,6 +8,7 @@ GEMM side so that every row pass (PyTorch, native CPU, Triton, CUDA) shares it.
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass
 
@@ -18,13 +19,32 @@ import torch
 _DEFAULT_CHUNK_BYTES = {"cpu": 64 << 20, "cuda": 1 << 30}
 
 
+CHUNK_BYTES_VAR = "IA_KERNELS_CHUNK_BYTES"
+
+
+def _chunk_bytes(device: torch.device) -> int:
+    """IA_KERNELS_CHUNK_BYTES: a positive integer number of bytes (digits only), else the default."""
+    raw = os.environ.get(CHUNK_BYTES_VAR)
+    if raw is None or raw.strip() == "":
+        return _DEFAULT_CHUNK_BYTES.get(device.type, 64 << 20)
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise ValueError(f"{CHUNK_BYTES_VAR}={raw!r} is not accepted: it must be a positive integer number of "
+                         f"bytes of fp32 logits per chunk, written in digits (e.g. 67108864 for 64 MiB)")
+    return int(text)
+
+
 def chunk_rows(n_rows: int, vocab: int, device: torch.device, chunk_size: int | None) -> int:
-    """Rows per chunk: the caller's chunk_size, else IA_KERNELS_CHUNK_BYTES / (4 V), else the default."""
+    """Rows per chunk: the caller's chunk_size (an int >= 1), else IA_KERNELS_CHUNK_BYTES / (4 V)
+    (a positive integer number of bytes; at least 16 rows), else the default."""
     if chunk_size is not None:
-        if int(chunk_size) < 1:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
+            raise ValueError(f"chunk_size must be an int (rows of logits per chunk) or None, "
+                             f"got {type(chunk_size).__name__}")
+        if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         return max(1, min(int(chunk_size), max(n_rows, 1)))
-    budget = int(os.environ.get("IA_KERNELS_CHUNK_BYTES", _DEFAULT_CHUNK_BYTES.get(device.type, 64 << 20)))
+    budget = _chunk_bytes(device)
     rows = max(16, budget // (4 * max(vocab, 1)))
     return max(1, min(rows, max(n_rows, 1)))
 

@@ -18,7 +18,7 @@ import torch
 
 from .. import _native, backends
 from . import _advantages_torch, _checks
-from ._groups import GroupLayout, group_layout
+from ._groups import GroupLayout, group_layout, require_data, require_number
 
 ESTIMATORS = ("reinforce", "rloo", "grpo", "dr_grpo", "passk", "passk_chen", "majority")
 PASSK_VARIANTS = ("s", "loo", "loo-1")
@@ -183,7 +183,7 @@ def group_advantages(rewards: torch.Tensor, groups, *, estimator: str, k: int | 
     Args:
         rewards: [n] float rewards.
         groups: an int (the group size; the samples of a group are contiguous) or an integer
-            tensor [n] of group ids (any order, any group sizes).
+            tensor [n] of group ids (any order, any group sizes, any integer values).
         estimator: one of
             "reinforce"  A_i = r_i;
             "rloo"       A_i = r_i - mean of the other rewards of the group;
@@ -215,18 +215,20 @@ def group_advantages(rewards: torch.Tensor, groups, *, estimator: str, k: int | 
         group's std, which depends on every sample: biased (tests/test_advantages_unbiased.py).
     """
     _checks.require_float("rewards", rewards)
+    require_data("rewards", rewards)
     _require_1d("rewards", rewards)
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}; got {estimator!r}")
     if variant not in PASSK_VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(PASSK_VARIANTS)}; got {variant!r}")
-    eps = float(eps)
+    eps = require_number("eps", eps)
     if not (eps >= 0 and eps < float("inf")):
         raise ValueError(f"eps must be finite and >= 0, got {eps}")
     if estimator == "majority":
         if answers is None:
             raise ValueError("estimator='majority' needs answers: an integer tensor [n] of answer ids, one per reward")
         _checks.require_int("answers", answers)
+        require_data("answers", answers)
         _checks.require_shape("answers", answers, tuple(rewards.shape), "one answer id per reward")
         _checks.require_same_device(rewards=rewards, answers=answers)
     elif answers is not None:
@@ -251,9 +253,12 @@ def length_penalized_rewards(correct: torch.Tensor, lengths: torch.Tensor, group
 
     Args:
         correct: [n] bool, or integer/float 0/1 values.
-        lengths: [n] response lengths (tokens), integer or float.
-        groups: an int (group size, contiguous) or an integer tensor [n] of group ids.
-        alpha: the penalty's weight, in [0, 1] (0: plain correctness; 1 keeps correct >= incorrect).
+        lengths: [n] response lengths (tokens), integer or float, finite and >= 0 (a ValueError
+            names the first bad index otherwise).
+        groups: an int (group size, contiguous) or an integer tensor [n] of group ids (any
+            integer values, negative included).
+        alpha: the penalty's weight, a real number in [0, 1] (0: plain correctness; 1 keeps
+            correct >= incorrect); bool, str and NaN are rejected.
         backend: "torch", "cpu" or "cuda"; None picks the fastest for the device.
 
     Returns:
@@ -261,16 +266,15 @@ def length_penalized_rewards(correct: torch.Tensor, lengths: torch.Tensor, group
     """
     _checks.require_tensor("correct", correct)
     _checks.require_tensor("lengths", lengths)
+    require_data("correct", correct)
+    require_data("lengths", lengths)
     _require_1d("correct", correct)
     _checks.require_shape("lengths", lengths, tuple(correct.shape), "one length per element of correct")
     _checks.require_same_device(correct=correct, lengths=lengths)
     if lengths.dtype not in _checks.FLOAT_DTYPES + _checks.INT_DTYPES:
         raise ValueError(f"lengths must be an integer or floating-point tensor, got {lengths.dtype}")
-    try:
-        alpha = float(alpha)
-    except (TypeError, ValueError):
-        raise ValueError(f"alpha must be a number, got {alpha!r}") from None
-    if not 0.0 <= alpha <= 1.0:
+    alpha = require_number("alpha", alpha)
+    if not 0.0 <= alpha <= 1.0:  # NaN fails too
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
     if correct.dtype != torch.bool:
         if correct.dtype not in _checks.FLOAT_DTYPES + _checks.INT_DTYPES:
@@ -278,8 +282,12 @@ def length_penalized_rewards(correct: torch.Tensor, lengths: torch.Tensor, group
         if correct.numel() and not bool(((correct == 0) | (correct == 1)).all()):
             raise ValueError("correct must hold only 0/1 (or be a bool tensor)")
         correct = correct != 0
-    lengths64 = lengths.to(torch.float64).contiguous()
-    _checks.require_finite("lengths", lengths64)
+    lengths64 = lengths.to(torch.float64).contiguous()  # what the kernels read: checked in this dtype
+    bad = ~(torch.isfinite(lengths64) & (lengths64 >= 0))
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"lengths must be finite and >= 0 (response lengths in tokens); found "
+                         f"{lengths64[i].item()} at index {i}")
     layout = group_layout(groups, correct.numel(), correct.device, what="responses")
     dtype = torch.float64 if lengths.dtype == torch.float64 else torch.float32
     _, impl = _LENGTH_OP.select(correct.device, backend)

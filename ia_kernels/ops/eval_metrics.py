@@ -14,15 +14,21 @@ import numpy as np
 import torch
 
 from . import _checks
-from ._groups import group_layout, padded_index, to_padded
+from ._groups import group_layout, padded_index, require_data, to_padded
+
+_INT64_MAX = torch.iinfo(torch.int64).max
 
 
 def _as_int_tensor(name: str, x) -> torch.Tensor:
+    """int64, so that narrow dtypes (uint8, int8) cannot wrap when compared with Python ints."""
     if isinstance(x, bool):
         raise ValueError(f"{name} must be an int or an integer tensor, got bool")
     if isinstance(x, int):
+        if not -_INT64_MAX - 1 <= x <= _INT64_MAX:
+            raise ValueError(f"{name}={x} does not fit in int64")
         return torch.tensor(x, dtype=torch.int64)
     _checks.require_int(name, x)
+    require_data(name, x)
     return x.to(torch.int64)
 
 
@@ -34,17 +40,82 @@ def _check_k(k) -> int:
     return k
 
 
+# Problems whose product has more factors than this use the log-gamma form (_log_miss_wide).
+_PRODUCT_MAX_WIDTH = 1 << 16
+# float64 elements per block of factors: bounds pass_at_k's memory whatever the counts.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def _miss_product(n: torch.Tensor, c: torch.Tensor, k: int, w: torch.Tensor) -> torch.Tensor:
+    """C(n-c, k) / C(n, k) as a product of w = min(c, k) factors in [0, 1] (n - c >= k):
+    prod_{j<k} (n-c-j)/(n-j) when k <= c, else prod_{j<c} (n-k-j)/(n-j) (the same ratio),
+    multiplied block by block so that at most _BLOCK_ELEMENTS factors exist at once."""
+    miss = torch.ones(n.shape, dtype=torch.float64, device=n.device)
+    width = int(w.max()) if w.numel() else 0
+    if width == 0:
+        return miss
+    block = min(width, 4096)
+    rows = max(1, _BLOCK_ELEMENTS // block)
+    other = torch.where(c >= k, c, torch.full_like(c, k))  # the subtrahend: n-c-j or n-k-j
+    for r0 in range(0, n.numel(), rows):
+        nr, orr, wr = n[r0:r0 + rows], other[r0:r0 + rows], w[r0:r0 + rows]
+        acc = miss[r0:r0 + rows]
+        for j0 in range(0, int(wr.max()), block):
+            active = (wr > j0).nonzero().flatten()
+            j = torch.arange(j0, min(j0 + block, width), device=n.device)[None, :]
+            na, oa, wa = nr[active, None], orr[active, None], wr[active, None]
+            f = torch.where(j < wa, (na - oa - j).to(torch.float64) / (na - j).to(torch.float64), 1.0)
+            acc[active] = acc[active] * f.prod(dim=1)
+    return miss
+
+
+def _stirling_rest(y: torch.Tensor) -> torch.Tensor:
+    """lgamma(y) - ((y - 1/2) log y - y + log(2 pi)/2) for y >= 1 (~1/(12 y))."""
+    direct = torch.lgamma(y) - ((y - 0.5) * torch.log(y) - y + 0.5 * math.log(2 * math.pi))
+    z = 1.0 / y.clamp_min(1.0)
+    series = z * (1 / 12 - z * z * (1 / 360 - z * z * (1 / 1260 - z * z / 1680)))
+    return torch.where(y >= 100, series, direct)  # series error < 1/(1188 y^9)
+
+
+def _h(t: torch.Tensor) -> torch.Tensor:
+    """(1 - t) log(1 - t) + t for 0 <= t < 1, without cancellation for small t."""
+    series = torch.zeros_like(t)
+    for m in range(40, 1, -1):  # t^2 sum_{m >= 2} t^(m-2) / (m (m-1)), Horner; t < 1/4: < 1e-25 left
+        series = series * t + 1.0 / (m * (m - 1))
+    direct = (1 - t) * torch.log1p(-t) + t
+    return torch.where(t < 0.25, series * t * t, direct)
+
+
+def _log_miss_wide(n: torch.Tensor, c: torch.Tensor, k: int) -> torch.Tensor:
+    """log(C(n-c, k) / C(n, k)) = log((n-c)!/(n-c-k)!) - log(n!/(n-k)!), n - c >= k, float64.
+    The m log y1 terms are combined as k log1p(-c/(n+1)); the rest are O(k^2/n) each."""
+    n, c = n.to(torch.float64), c.to(torch.float64)
+    kk = torch.full_like(n, float(k))
+    a, b = n - c, n
+    main = k * torch.log1p(-c / (n + 1.0))
+    rest = (-(a + 1.0) * _h(kk / (a + 1.0)) + (b + 1.0) * _h(kk / (b + 1.0))
+            + 0.5 * (torch.log1p(-kk / (a + 1.0)) - torch.log1p(-kk / (b + 1.0)))
+            + _stirling_rest(a + 1.0) - _stirling_rest(a - kk + 1.0)
+            - _stirling_rest(b + 1.0) + _stirling_rest(b - kk + 1.0))
+    return main + rest
+
+
 def pass_at_k(num_correct, num_samples, k: int) -> torch.Tensor:
     """Unbiased pass@k (Chen et al. 2021, "Codex") for problems with n samples of which c are correct.
 
     pass@k = 1 - C(n-c, k) / C(n, k), the probability that a uniformly drawn k-subset of the n
-    samples holds a correct one, computed in the numerically stable product form
-    1 - prod_{i=n-c+1}^{n} (1 - k/i) (no large binomials), and 1 when n - c < k.
+    samples holds a correct one, and 1 when n - c < k. The ratio is computed as an exact product of
+    w = min(c, k) factors in [0, 1] (prod_{j<k} (n-c-j)/(n-j), or prod_{j<c} (n-k-j)/(n-j) when
+    c < k; no large binomials; ~1e-15 relative error), block by block so that memory stays
+    bounded (about 32 MiB of factors at a time) whatever n and c are. Problems with w > 65536
+    instead use Stirling's series for the log-factorials with the large terms combined
+    analytically (log1p forms): time independent of w, and an absolute error of ~1e-11 on the
+    log of the ratio (so ~1e-11 relative on C(n-c, k)/C(n, k), far below 1e-9) for n up to 1e9.
 
     Args:
         num_correct: c per problem, an int or an integer tensor.
         num_samples: n per problem, an int or an integer tensor broadcastable with num_correct.
-        k: the number of attempts, 1 <= k <= n.
+        k: the number of attempts, an int with 1 <= k <= n.
 
     Returns:
         float64 tensor of the broadcast shape (0-d for two ints). Average it over problems for the
@@ -53,24 +124,31 @@ def pass_at_k(num_correct, num_samples, k: int) -> torch.Tensor:
     c = _as_int_tensor("num_correct", num_correct)
     n = _as_int_tensor("num_samples", num_samples).to(c.device)
     k = _check_k(k)
-    c, n = torch.broadcast_tensors(c, n)
+    try:
+        c, n = torch.broadcast_tensors(c, n)
+    except RuntimeError:
+        raise ValueError(f"num_samples (shape {tuple(n.shape)}) must broadcast with num_correct "
+                         f"(shape {tuple(c.shape)})") from None
     if c.numel():
         if bool((n < k).any()):
             raise ValueError(f"num_samples must be >= k={k} for every problem; smallest is {int(n.min())}")
         if bool(((c < 0) | (c > n)).any()):
             raise ValueError("num_correct must lie in [0, num_samples] for every problem")
     flat_c, flat_n = c.reshape(-1), n.reshape(-1)
-    width = int(flat_c.max()) if flat_c.numel() else 0
-    t = torch.arange(width, device=c.device)[None, :]
-    i = (flat_n - flat_c + 1)[:, None] + t  # the factors' i = n-c+1 .. n
-    factors = torch.where(t < flat_c[:, None], 1.0 - k / i.to(torch.float64), 1.0)
-    miss = factors.prod(dim=1) if width else torch.ones(flat_c.shape, dtype=torch.float64, device=c.device)
-    out = torch.where(flat_n - flat_c < k, 1.0, 1.0 - miss)
+    some_miss = flat_n - flat_c >= k  # else every k-subset holds a correct sample: pass@k = 1
+    w = torch.where(some_miss, torch.clamp(flat_c, max=k), 0)
+    wide = w > _PRODUCT_MAX_WIDTH
+    miss = _miss_product(flat_n, flat_c, k, torch.where(wide, 0, w))
+    if bool(wide.any()):
+        idx = wide.nonzero().flatten()
+        miss[idx] = torch.exp(_log_miss_wide(flat_n[idx], flat_c[idx], k))
+    out = torch.where(some_miss, 1.0 - miss, 1.0)
     return out.reshape(c.shape)
 
 
 def _per_sample(name: str, x: torch.Tensor, n: int | None = None) -> torch.Tensor:
     _checks.require_tensor(name, x)
+    require_data(name, x)
     if x.dim() != 1:
         raise ValueError(f"{name} must be a 1-D tensor [n] (one value per sample), got shape {tuple(x.shape)}")
     if n is not None and x.numel() != n:
@@ -99,6 +177,18 @@ def group_pass_at_k(correct: torch.Tensor, groups, k: int) -> torch.Tensor:
     index = None if layout.fixed else padded_index(layout, r.device)
     c = to_padded(r, layout, 0.0, index).sum(1).round().to(torch.int64)
     return pass_at_k(c, layout.sizes().to(r.device), k)
+
+
+# maj@k's dynamic programme holds ~26 k (k+1)^2 + 48 k (k+1) T bytes at once (T = min(m, k) + 1
+# for m distinct answers; measured: numpy's batched transition matrices, masks and state copies).
+# Above 1 GiB maj_at_k refuses: the DP would also take minutes per problem (O(m k^4) flops), and
+# ia_kernels targets maj@k for k in the tens to low hundreds (k <= ~340 with a few distinct answers,
+# k <= ~250 when every sample differs).
+MAJ_AT_K_MAX_BYTES = 1 << 30
+
+
+def _maj_dp_bytes(k: int, distinct: int) -> int:
+    return 26 * k * (k + 1) ** 2 + 48 * k * (k + 1) * (min(distinct, k) + 1)
 
 
 def _maj_at_k_one(counts: list[int], rewards: list[float], k: int) -> float:
@@ -163,7 +253,10 @@ def maj_at_k(answers: torch.Tensor, correct: torch.Tensor, groups, k: int) -> to
             reward of the samples that gave it (its correctness, when correctness is a function of
             the answer).
         groups: an int (samples per problem, contiguous) or an integer tensor [n] of problem ids.
-        k: votes per majority, 1 <= k <= every problem's n.
+        k: votes per majority, 1 <= k <= every problem's n. The exact computation needs
+            ~26 k^3 + 48 k^2 min(m, k) bytes for m distinct answers; above 1 GiB
+            (MAJ_AT_K_MAX_BYTES: k above ~340, or ~250 when all answers differ) it raises a
+            ValueError naming k and the memory instead of running out of memory.
 
     Returns:
         float64 [G], problems in ascending id order (contiguous blocks for an int). Exact up to
@@ -173,19 +266,30 @@ def maj_at_k(answers: torch.Tensor, correct: torch.Tensor, groups, k: int) -> to
     _per_sample("answers", answers)
     _checks.require_int("answers", answers)
     _per_sample("correct", correct, answers.numel())
+    _checks.require_same_device(answers=answers, correct=correct)
     r = _rewards64("correct", correct).cpu()
     k = _check_k(k)
     layout = group_layout(groups, answers.numel(), answers.device, what="answers")
     if layout.n_groups and k > layout.min_size:
         raise ValueError(f"k={k} is larger than the smallest problem's {layout.min_size} samples")
+    if _maj_dp_bytes(k, 1) > MAJ_AT_K_MAX_BYTES:  # the bound for the fewest distinct answers
+        raise ValueError(f"k={k} is too large for maj_at_k's exact dynamic programme: it needs about "
+                         f"{_maj_dp_bytes(k, 1) / 2**30:.1f} GiB or more (limit "
+                         f"{MAJ_AT_K_MAX_BYTES / 2**30:.0f} GiB, MAJ_AT_K_MAX_BYTES)")
     ans = answers.to(torch.int64).cpu()
     bounds = ([i * layout.group_size for i in range(layout.n_groups + 1)] if layout.fixed
               else layout.offsets.tolist())
     order = None if layout.order is None else layout.order.cpu()
-    out = []
+    problems = []  # (counts, mean rewards) per problem, all checked before any DP runs
     for g in range(layout.n_groups):
         idx = torch.arange(bounds[g], bounds[g + 1]) if order is None else order[bounds[g]:bounds[g + 1]]
         uniq, inverse, counts = torch.unique(ans[idx], return_inverse=True, return_counts=True)
+        if _maj_dp_bytes(k, uniq.numel()) > MAJ_AT_K_MAX_BYTES:
+            raise ValueError(f"k={k} is too large for maj_at_k's exact dynamic programme with {uniq.numel()} "
+                             f"distinct answers (problem {g}): it needs about "
+                             f"{_maj_dp_bytes(k, uniq.numel()) / 2**30:.1f} GiB (limit "
+                             f"{MAJ_AT_K_MAX_BYTES / 2**30:.0f} GiB, MAJ_AT_K_MAX_BYTES)")
         sums = torch.zeros(uniq.numel(), dtype=torch.float64).index_add_(0, inverse, r[idx])
-        out.append(_maj_at_k_one(counts.tolist(), (sums / counts).tolist(), k))
+        problems.append((counts.tolist(), (sums / counts).tolist()))
+    out = [_maj_at_k_one(counts, rewards, k) for counts, rewards in problems]
     return torch.tensor(out, dtype=torch.float64, device=answers.device)
