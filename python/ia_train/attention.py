@@ -14,6 +14,8 @@ from collections import Counter
 
 import torch
 
+from .optional import missing_message
+
 CALLS: Counter = Counter()  # which kernel actually ran, for the log
 
 
@@ -55,9 +57,23 @@ def choose_attention(requested: str, device: torch.device) -> str:
         else:
             requested = "sdpa"
     if requested == "fa4":
-        if not (cuda and major >= 9 and _has("flash_attn.cute")):
-            raise ValueError("--attention fa4 needs flash-attn-4 (pip install flash-attn-4) on a Hopper or newer GPU")
-        _register_fa4()
-    if requested == "flash_attention_2" and not (cuda and _has("flash_attn")):
-        raise ValueError("--attention flash_attention_2 needs the flash-attn package and a CUDA GPU")
+        if not cuda:
+            raise ValueError("--attention fa4 runs flash-attn-4, which needs a Hopper or newer CUDA GPU; "
+                             "use --attention sdpa on this machine")
+        if major < 9:
+            raise ValueError(f"--attention fa4 needs a Hopper or newer GPU (this one is sm_{major}x); "
+                             "use --attention flash_attention_2 or sdpa")
+        if not _has("flash_attn.cute"):
+            raise ValueError(missing_message("flash_attn.cute", "--attention fa4"))
+        try:
+            _register_fa4()
+        except ImportError as e:
+            raise ValueError(f"--attention fa4: flash-attn-4 is installed but does not import "
+                             f"({str(e).splitlines()[0][:120]}); reinstall it: pip install --pre -U flash-attn-4") from None
+    if requested == "flash_attention_2":
+        if not cuda:
+            raise ValueError("--attention flash_attention_2 runs flash-attn, which needs a CUDA GPU; "
+                             "use --attention sdpa on this machine")
+        if not _has("flash_attn"):
+            raise ValueError(missing_message("flash_attn", "--attention flash_attention_2"))
     return requested

@@ -1,37 +1,54 @@
-"""`ia-train` (train, the default) and `ia-train eval` (evaluate only): the command-line entry point. Configuration problems end the run before any work,
-with one line on stderr that says what to change, and exit status 2."""
+"""`ia-train` (train, the default) and `ia-train eval` (evaluate only): the command-line entry point.
+
+Configuration problems (a bad setting, a missing optional package, no usable checkpoint to resume)
+end the run before any work, with one line on stderr that says what to change, and exit status 2.
+A file that cannot be written mid-run (a full disk) or a run that diverges ends it with one line
+naming the path or the step, and exit status 1; the last good checkpoint stays usable.
+"""
 
 from __future__ import annotations
 
 import sys
 
 
+def _fail(prog: str, error: BaseException, code: int) -> int:
+    print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
     from .config import ConfigError, load_config
+    from .files import RunFileError
+    from .optional import MissingPackage
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["eval"]:  # `ia-train eval ...`: evaluation only (eval_cli.py)
-        from .eval_cli import parse, run_eval
+    evaluating = argv[:1] == ["eval"]
+    prog = "ia-train eval" if evaluating else "ia-train"
+    try:
+        if evaluating:  # `ia-train eval ...`: evaluation only (eval_cli.py)
+            from .eval_cli import parse
 
-        try:
             cfg, ks = parse(argv[1:])
-        except ConfigError as e:
-            print(f"ia-train eval: error: {e}", file=sys.stderr)
-            return 2
-        run_eval(cfg, ks)
-        return 0
-    try:
-        cfg = load_config(argv)
-    except ConfigError as e:
-        print(f"ia-train: error: {e}", file=sys.stderr)
-        return 2
-    from .train import run
+        else:
+            cfg = load_config(argv)
+    except (ConfigError, MissingPackage) as e:
+        return _fail(prog, e, 2)
+    from .eval_cli import run_eval
+    from .train import TrainingDiverged, run
 
     try:
-        run(cfg)
+        if evaluating:
+            run_eval(cfg, ks)
+        else:
+            run(cfg)
     except KeyboardInterrupt:
-        print("ia-train: interrupted; continue with --resume", file=sys.stderr)
+        print(f"{prog}: interrupted" + ("" if evaluating else "; continue with --resume"), file=sys.stderr)
         return 130
+    except (MissingPackage, CheckpointError) as e:
+        return _fail(prog, e, 2)
+    except (RunFileError, TrainingDiverged) as e:
+        return _fail(prog, e, 1)
     return 0
 
 

@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 OBJECTIVES = ("rloo", "grpo", "dr_grpo", "passk", "passk_chen", "majority")
+SEED_MAX = 2**32 - 1  # numpy's seed range; torch and reasoning-gym accept it too
+# Settings a resumed run may change (they do not change what is trained or measured); every other
+# setting must match the run's config.json.
+RESUME_MAY_CHANGE = ("steps", "checkpoint_every", "eval_batch", "threads", "tensorboard", "stop_after",
+                     "device", "attention", "backend", "out", "resume")
 
 
 class ConfigError(ValueError):
@@ -91,7 +99,10 @@ def _parse_optional(kind):
 def _parse_yaml_mapping(text: str) -> dict:
     import yaml
 
-    value = yaml.safe_load(text) or {}
+    try:
+        value = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise argparse.ArgumentTypeError(f"not valid YAML ({' '.join(str(e).split())[:160]}): {text!r}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a YAML mapping, got {text!r}")
     return value
@@ -104,8 +115,15 @@ def _arg_type(f: dataclasses.Field):
     return kinds[str(f.type)]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag raises ConfigError (one line) instead of printing the usage and exiting."""
+
+    def error(self, message: str):
+        raise ConfigError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="ia-train",
         description="Inference-aware RL fine-tuning with ia_kernels. With no arguments: the default "
                     "experiment (the bundled small model on reasoning-gym's chain_sum, before/after "
@@ -128,9 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _coerce(name: str, value: Any) -> Any:
     f = FIELDS[name]
-    if value is None:
-        return None
     kind = str(f.type)
+    if value is None:
+        if kind.startswith("Optional["):
+            return None
+        raise ConfigError(f"setting '{name}' cannot be null; give {'an' if kind == 'int' else 'a'} {kind} "
+                          f"(default: {getattr(Config(), name)!r})")
     try:
         if kind in ("int", "Optional[int]"):
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
@@ -157,18 +178,50 @@ def load_config(argv: list[str] | None = None) -> Config:
     if config_path is not None:
         values.update(read_yaml(config_path))
     values.update(args)
-    if values.get("resume"):
-        # A resumed run continues with the settings it was started with; flags given now still win.
-        saved = Path(values.get("out", Config.out)) / "config.json"
-        if saved.is_file():
-            import json
-
-            base = {k: v for k, v in json.loads(saved.read_text()).items()
-                    if k in FIELDS and k not in ("resume", "stop_after")}
-            values = {**base, **values}
+    if _coerce("resume", values.get("resume", False)):
+        values = {**saved_settings(values), **values}
     cfg = Config(**{name: _coerce(name, v) for name, v in values.items()})
     validate(cfg)
     return cfg
+
+
+def saved_settings(values: dict) -> dict:
+    """The settings in the resumed run's config.json; ConfigError when `values` (the settings given
+    now) would change the experiment (see RESUME_MAY_CHANGE)."""
+    from .files import RunFileError, read_json
+
+    out = str(values.get("out", Config.out))
+    path = Path(out) / "config.json"
+    if not path.exists():
+        return {}  # validate() says what is missing
+    try:
+        saved = read_json(path)
+    except RunFileError as e:
+        raise ConfigError(f"--resume: {e}; the run's settings are unknown, start a new run with another --out") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"--resume: {path} does not hold a mapping of settings; start a new run with another --out")
+    base = {k: v for k, v in saved.items() if k in FIELDS and k not in ("resume", "stop_after")}
+    changed = []
+    for name, value in values.items():
+        if name in base and name not in RESUME_MAY_CHANGE:
+            try:
+                differs = _coerce(name, value) != _coerce(name, base[name])
+            except ConfigError:
+                differs = True
+            if differs:
+                changed.append(f"--{name.replace('_', '-')} {base[name]!r} -> {value!r}")
+    if changed:
+        raise ConfigError(f"--resume: {', '.join(changed)} would change the experiment saved in {path}; "
+                          f"drop {'them' if len(changed) > 1 else 'it'} to continue the run, or start a new run "
+                          "with another --out (only these may change on resume: "
+                          f"{', '.join(n for n in RESUME_MAY_CHANGE if n not in ('out', 'resume'))})")
+    return base
+
+
+def resume_changes(saved: dict, cfg: Config) -> list[str]:
+    """'name old -> new' for each setting a resumed run changes (all in RESUME_MAY_CHANGE)."""
+    return [f"{name} {saved[name]!r} -> {getattr(cfg, name)!r}" for name in RESUME_MAY_CHANGE
+            if name in saved and name not in ("out", "resume", "stop_after") and saved[name] != getattr(cfg, name)]
 
 
 def read_yaml(path: str) -> dict:
@@ -178,9 +231,16 @@ def read_yaml(path: str) -> dict:
     if not p.is_file():
         raise ConfigError(f"--config {path}: no such file; give the path of a YAML settings file")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--config {path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                          "save the file as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"--config {path}: cannot be read ({e.strerror or e})") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"--config {path}: not valid YAML ({' '.join(str(e).split())[:160]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a mapping of settings, got {type(data).__name__}")
     unknown = sorted(set(data) - set(FIELDS))
@@ -194,6 +254,10 @@ def validate(cfg: Config) -> None:
     from .models import check_model_source
     from .tasks import check_task
 
+    for name, f in FIELDS.items():  # nan and inf pass every comparison below; refuse them first
+        value = getattr(cfg, name)
+        if "float" in str(f.type) and value is not None and not math.isfinite(value):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
     if cfg.objective not in OBJECTIVES:
         raise ConfigError(f"--objective {cfg.objective!r} is unknown; use one of: {', '.join(OBJECTIVES)}")
     positive = ("k", "n", "prompts_per_step", "max_new_tokens", "ppo_epochs", "minibatches", "grad_accum",
@@ -223,8 +287,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"--clip-high must be positive, got {cfg.clip_high}")
     if cfg.alpha < 0 or cfg.alpha > 1:
         raise ConfigError(f"--alpha must be in [0, 1], got {cfg.alpha}")
-    if cfg.kl_coef < 0 or cfg.lr <= 0:
-        raise ConfigError("--kl-coef must be >= 0 and --lr > 0")
+    if cfg.lr <= 0:
+        raise ConfigError(f"--lr must be positive, got {cfg.lr}")
+    for name in ("kl_coef", "weight_decay", "max_grad_norm"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(cfg, name)}")
+    if cfg.stop_after is not None and cfg.stop_after < 1:
+        raise ConfigError(f"--stop-after must be at least 1 (or left unset), got {cfg.stop_after}")
+    if not 0 <= cfg.seed <= SEED_MAX:
+        raise ConfigError(f"--seed must be in [0, {SEED_MAX}], got {cfg.seed}")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device {cfg.device!r} is unknown; use auto, cpu or cuda")
     if cfg.attention not in ("auto", "sdpa", "eager", "flash_attention_2", "fa4"):
@@ -240,10 +311,78 @@ def validate(cfg: Config) -> None:
         choose_attention(cfg.attention, device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    check_backend(cfg.backend, device)
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {cfg.out} is a file, not a directory; give a directory path (it is created if missing)")
-    if cfg.resume and not (out / "checkpoints" / "latest").is_dir():
-        raise ConfigError(f"--resume: no checkpoint in {cfg.out}/checkpoints/latest; drop --resume or point --out at the killed run")
+    check_output_dir(out)
+    if cfg.resume:
+        check_resume(cfg, out)
     check_task(cfg.task, cfg.task_options)
     check_model_source(cfg.model)
+
+
+# ops that ia-train calls with backend=cfg.backend
+BACKEND_OPS = ("linear_logprobs", "linear_ppo_loss")
+
+
+def check_backend(backend: str | None, device) -> None:
+    """ConfigError when --backend (or IA_KERNELS_BACKEND) cannot run the loss ops on `device`."""
+    import ia_kernels
+    from ia_kernels.backends import BACKEND_NAMES, ENV_VAR
+
+    source, name = ("--backend", backend) if backend is not None else (ENV_VAR, os.environ.get(ENV_VAR) or None)
+    if name is None:
+        return
+    if name not in BACKEND_NAMES:
+        raise ConfigError(f"{source} {name!r} is not a backend; use one of {', '.join(BACKEND_NAMES)}")
+    for op in BACKEND_OPS:
+        reasons = ia_kernels.available_backends(op, device)[op]
+        if name not in reasons:
+            if source == ENV_VAR:
+                continue  # the environment variable applies only to the ops that have that backend
+            raise ConfigError(f"--backend {name}: {op} has no {name} backend (it has {', '.join(reasons)}); "
+                              "choose another or leave --backend unset")
+        why = reasons[name]
+        if why is not None and not why.startswith("not chosen automatically"):
+            usable_here = [b for b, w in reasons.items() if w is None or w.startswith("not chosen automatically")]
+            raise ConfigError(f"{source} {name} cannot run on {device.type}: {why}; "
+                              f"available here: {', '.join(usable_here)} (or leave it unset)")
+
+
+def check_output_dir(out: Path) -> None:
+    """ConfigError unless `out` is, or can be created as, a directory this process can write to.
+    Nothing is created: the check writes a probe file in `out` or its nearest existing parent."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory; give a directory path (it is created if missing)")
+    existing = out
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file, so the directory cannot be created; give another path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ia-train-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        where = "" if existing == out else f" (cannot create it in {existing})"
+        raise ConfigError(f"--out {out} is not writable{where}: {(e.strerror or str(e)).lower()}; "
+                          "give a directory you can write to") from None
+
+
+def check_resume(cfg: Config, out: Path) -> None:
+    from . import checkpoint
+
+    folder, damaged = checkpoint.usable(out / "checkpoints")
+    if folder is None:
+        why = f"no usable checkpoint in {out / 'checkpoints'} ({'; '.join(damaged)})" if damaged \
+            else f"no checkpoint in {out / 'checkpoints'}"
+        raise ConfigError(f"--resume: {why}; "
+                          "drop --resume to start over, or point --out at the killed run")
+    if not (out / "config.json").is_file():
+        raise ConfigError(f"--resume: {out / 'config.json'} is missing, so the run's settings are unknown; "
+                          "restore it or start a new run with another --out")
+    step = checkpoint.step_of(folder)
+    if cfg.steps < step:
+        raise ConfigError(f"--steps {cfg.steps} is below the checkpoint's step {step} ({folder}); "
+                          f"give --steps {step} or more")

@@ -11,16 +11,19 @@ users compare against papers. Every other option is the training command's (`ia-
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import ConfigError, OneLineParser, build_parser, load_config
+
+# The training command's settings that `ia-train eval` uses; giving any other one is refused (it would
+# be ignored). A --config file may hold the others (a training recipe): they are validated, not used.
+EVAL_SETTINGS = ("model", "task", "task_options", "temperature", "max_new_tokens", "eval_problems", "eval_batch",
+                 "seed", "out", "device", "attention", "threads", "config")
 
 
 def parse(argv: list[str]):
     """(config, ks): --n and --k here; everything else goes to the training command's parser."""
-    parser = argparse.ArgumentParser(prog="ia-train eval", description=__doc__.split("\n\n")[0], add_help=False)
+    parser = OneLineParser(prog="ia-train eval", description=__doc__.split("\n\n")[0], add_help=False)
     parser.add_argument("--n", type=int, default=16, help="samples per problem (default 16)")
     parser.add_argument("--k", default="1,4,16", help="comma-separated k values, each <= n (default 1,4,16)")
     parser.add_argument("-h", "--help", action="store_true")
@@ -40,7 +43,15 @@ def parse(argv: list[str]):
         raise ConfigError(f"--n must be at least 1, got {args.n}")
     if ks[-1] > args.n:
         raise ConfigError(f"--k {ks[-1]} is larger than --n {args.n}: pass@k from n samples needs k <= n; raise --n")
-    if not any(a == "--out" or a.startswith("--out=") for a in rest):
+    given = vars(build_parser().parse_args(rest))
+    unused = [name for name in given if name not in EVAL_SETTINGS]
+    if unused:
+        flags = ", ".join("--" + name.replace("_", "-") for name in unused)
+        hint = " (use --n for the samples per problem)" if "eval_n" in unused else ""
+        raise ConfigError(f"{flags}: training setting{'s' if len(unused) > 1 else ''} that ia-train eval does not "
+                          f"use{hint}; drop {'them' if len(unused) > 1 else 'it'} (it takes: --n, --k, "
+                          f"{', '.join('--' + n.replace('_', '-') for n in EVAL_SETTINGS)})")
+    if "out" not in given:
         rest = [*rest, "--out", "runs/ia-train-eval"]
     # The training options are validated too (same parser); training-only ones keep their defaults,
     # made consistent with n so that validation passes.
@@ -65,13 +76,15 @@ def run_eval(cfg, ks: list[int]) -> dict:
     import torch
 
     from .evaluation import summarize
+    from .files import write_json, writing
     from .models import load_model
     from .attention import choose_attention
     from .tasks import load_task
     from .train import pick_device, sample_and_score, seed_everything
 
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     threads = torch.get_num_threads()
@@ -98,7 +111,7 @@ def run_eval(cfg, ks: list[int]) -> dict:
             results[f"{metric}@{k}_ci"] = s[f"{metric}@k_ci"]
         results["mean_tokens"], results["mean_tokens_ci"] = s["mean_tokens"], s["mean_tokens_ci"]
     print(table(results, ks, cfg.eval_n, len(problems)))
-    (out / "eval.json").write_text(json.dumps(results, indent=2))
-    (out / "samples_eval.json").write_text(json.dumps(samples[:50], indent=1))
+    write_json(out / "eval.json", results)
+    write_json(out / "samples_eval.json", samples[:50], indent=1)
     print(f"wrote {out / 'eval.json'}")
     return results

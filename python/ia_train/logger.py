@@ -1,42 +1,67 @@
 """Metrics: one JSON object per training step in <out>/metrics.jsonl, mirrored to TensorBoard when
 it is installed. On resume, lines past the checkpoint's step are dropped (the killed run may have
-logged steps that the resumed run repeats)."""
+logged steps that the resumed run repeats) and the file is rewritten atomically. A line that does
+not parse (a run killed mid-write leaves a partial last line) is skipped by the readers."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+
+from .files import write_text, writing
+from .optional import installed, missing_message
+
+
+def _rows(text: str) -> list[dict]:
+    rows = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:  # a partial line (the run was killed while writing it)
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 class MetricsLog:
     def __init__(self, out: Path, *, resume_step: int | None, tensorboard: bool):
         self.path = out / "metrics.jsonl"
         if resume_step is None:
-            self.path.write_text("")
+            write_text(self.path, "")
         elif self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        self._file = open(self.path, "a")
+            kept = [r for r in _rows(self.path.read_text(encoding="utf-8", errors="replace"))
+                    if isinstance(r.get("step"), int) and r["step"] <= resume_step]
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        with writing(self.path):
+            self._file = open(self.path, "a", encoding="utf-8")
         self._tb = None
         if tensorboard:
-            try:
+            if not installed("tensorboard"):  # optional: the run goes on without it, and says so
+                print(f"ia-train: note: {missing_message('tensorboard', 'TensorBoard logging')} "
+                      "(or --tensorboard false)", file=sys.stderr, flush=True)
+            else:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(str(out / "tensorboard"))
-            except ImportError:  # tensorboard is optional
-                self._tb = None
 
     def log(self, row: dict) -> None:
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        with writing(self.path):
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
         if self._tb is not None:
             for key, value in row.items():
                 if key != "step" and isinstance(value, (int, float)):
                     self._tb.add_scalar(key, value, row["step"])
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            pass
         if self._tb is not None:
             self._tb.close()
 
@@ -45,4 +70,4 @@ def read_metrics(out: Path) -> list[dict]:
     path = out / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _rows(path.read_text(encoding="utf-8", errors="replace"))

