@@ -3,6 +3,10 @@ enumeration). Their unbiasedness over whole policies is in test_advantages_unbia
 
 from __future__ import annotations
 
+import math
+import time
+from fractions import Fraction
+
 import pytest
 import torch
 
@@ -77,16 +81,55 @@ def test_maj_at_k_edge_cases():
         assert ik.maj_at_k(many, r, 10, k).item() == pytest.approx(r.mean().item(), abs=1e-14)
 
 
-def test_maj_at_k_large_problem_is_exact_and_fast_enough():
-    # 64 samples, 20 distinct answers, k = 16: C(64, 16) ~ 4.9e14 subsets, exact by the DP.
+def _maj_closed_form(counts, rewards, k):
+    """maj@k for 2 or 3 distinct answers, straight from the multivariate hypergeometric law: sum over
+    the votes (x, y, z) of each answer, x + y + z = k, of C(a, x) C(b, y) C(c, z) / C(n, k) times the
+    mean reward of the answers tied at the top. Exact rationals; shares nothing with the DP."""
+    counts = list(counts) + [0] * (3 - len(counts))
+    rewards = [Fraction(r) for r in rewards] + [Fraction(0)] * (3 - len(rewards))
+    a, b, c = counts
+    total = Fraction(0)
+    for x in range(min(a, k) + 1):
+        for y in range(min(b, k - x) + 1):
+            z = k - x - y
+            if z > c:
+                continue
+            votes = (x, y, z)
+            top = max(votes)
+            tied = [rewards[i] for i in range(3) if votes[i] == top and counts[i] > 0]
+            ways = math.comb(a, x) * math.comb(b, y) * math.comb(c, z)
+            total += ways * sum(tied, Fraction(0)) / len(tied)
+    return total / math.comb(a + b + c, k)
+
+
+@pytest.mark.parametrize("counts, rewards, k", [
+    ((1400, 1000, 600), (1.0, 0.0, 0.5), 101),
+    ((1400, 1000, 600), (0.0, 1.0, 0.25), 100),  # even k: two- and three-way ties
+    ((30, 31), (1.0, 0.0), 60),
+    ((50000, 49000), (1.0, 0.0), 64),  # large n, few distinct answers: fast
+])
+def test_maj_at_k_large_problem_is_exact_and_fast_enough(counts, rewards, k):
+    answers = torch.repeat_interleave(torch.tensor([11, -4, 7][:len(counts)]), torch.tensor(counts))
+    per_sample = torch.repeat_interleave(torch.tensor(rewards, dtype=torch.float64), torch.tensor(counts))
+    perm = torch.randperm(answers.numel(), generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    got = ik.maj_at_k(answers[perm], per_sample[perm], answers.numel(), k).item()
+    assert time.perf_counter() - start < 10
+    assert got == pytest.approx(float(_maj_closed_form(counts, rewards, k)), rel=1e-12, abs=1e-12)
+
+
+def test_maj_at_k_many_distinct_answers_by_symmetry():
+    # 20 answers with 4 samples each: the answers are exchangeable, so each wins the k = 16 vote
+    # (ties broken uniformly) with probability 1/20 and maj@k is the mean of the answers' rewards.
     gen = torch.Generator().manual_seed(2)
-    answers = torch.randint(0, 20, (64,), generator=gen)
-    rewards = (answers < 3).double()
-    v = ik.maj_at_k(answers, rewards, 64, 16).item()
-    assert 0.0 <= v <= 1.0
-    # consistency with a smaller exact case drawn from the same answers
-    small = ik.maj_at_k(answers[:9], rewards[:9], 9, 5).item()
-    assert small == pytest.approx(ref.maj_at_k(answers[:9].tolist(), rewards[:9].tolist(), 5), abs=1e-14)
+    per_answer = torch.rand(20, generator=gen, dtype=torch.float64)
+    answers = torch.arange(20).repeat_interleave(4)
+    perm = torch.randperm(80, generator=gen)
+    got = ik.maj_at_k(answers[perm], per_answer[answers][perm], 80, 16).item()
+    assert got == pytest.approx(per_answer.mean().item(), rel=1e-12)
+    # unequal counts break the symmetry: the same answers with one answer doubled must differ
+    lop = torch.cat([answers, torch.zeros(4, dtype=torch.int64)])
+    assert ik.maj_at_k(lop, per_answer[lop], 84, 16).item() != pytest.approx(per_answer.mean().item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("call,match", [

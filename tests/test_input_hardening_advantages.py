@@ -4,12 +4,20 @@ result; nothing crashes, allocates without bound or silently picks unexecuted co
 
 from __future__ import annotations
 
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from fractions import Fraction
+
 import pytest
 import torch
 
 import ia_kernels as ik
 from ia_kernels import _native, backends
 from ia_kernels.ops import advantages as adv_ops
+from ia_kernels.ops import eval_metrics
 
 
 # ---- E: unverified backends are not the default ---------------------------------------------------
@@ -230,3 +238,115 @@ def test_bad_chunk_size(chunk_size, match):
     hidden, weight, targets = torch.randn(4, 3), torch.randn(5, 3), torch.tensor([0, 1, 2, 3])
     with pytest.raises(ValueError, match=match):
         ik.linear_logprobs(hidden, weight, targets, backend="torch", chunk_size=chunk_size)
+
+
+# ---- C: pass_at_k at large n, in bounded memory -------------------------------------------------
+
+def _exact_miss(c, n, k):
+    """C(n-c, k) / C(n, k) in exact rational arithmetic (0 when n - c < k)."""
+    return Fraction(math.comb(n - c, k), math.comb(n, k))
+
+
+def _rel(got: float, exact: Fraction) -> float:
+    return float(abs(Fraction(got) - exact) / exact)
+
+
+@pytest.mark.parametrize("c, n, k", [
+    (1000, 10**6, 1000),       # pass@k ~ 0.63
+    (3000, 10**6, 2000),       # miss ~ 2.4e-3
+    (5 * 10**5, 10**6, 1000),  # miss ~ 5.7e-302: pass@k rounds to 1
+    (123, 5000, 4000), (30, 100, 70), (70, 100, 30), (40000, 10**7, 50000),
+])
+@pytest.mark.parametrize("form", ["product", "stirling"])
+def test_pass_at_k_matches_exact_rationals_at_large_n(monkeypatch, c, n, k, form):
+    if form == "stirling":  # every problem with more than 4 factors takes the log-gamma form
+        monkeypatch.setattr(eval_metrics, "_PRODUCT_MAX_WIDTH", 4)
+    exact = _exact_miss(c, n, k)
+    got = ik.pass_at_k(torch.tensor([c, c]), torch.tensor([n, n]), k)
+    assert got.tolist() == [got[0].item()] * 2
+    assert _rel(got[0].item(), 1 - exact) < 1e-13  # the public value, pass@k = 1 - miss
+    t = lambda v: torch.tensor([v])  # noqa: E731
+    if form == "product":  # the miss ratio itself, where 1 - pass@k would lose it to rounding
+        miss = eval_metrics._miss_product(t(n), t(c), k, t(min(c, k))).item()
+        assert _rel(miss, exact) < 1e-14
+    else:
+        log_exact = math.log(exact.numerator) - math.log(exact.denominator)
+        assert abs(eval_metrics._log_miss_wide(t(n), t(c), k).item() - log_exact) < 1e-10
+
+
+def test_pass_at_k_wide_problem_matches_an_exactly_summed_log():
+    # c = k = 1e5 > 65536: the Stirling form. Independent check: sum_j log1p(-c/(n-j)) summed exactly.
+    c, n, k = 10**5, 10**9, 10**5
+    log_miss = math.fsum(math.log1p(-c / (n - j)) for j in range(k))
+    got = ik.pass_at_k(c, n, k).item()
+    assert abs((1 - got) / math.exp(log_miss) - 1) < 1e-9
+
+
+def test_pass_at_k_block_boundaries_and_mixed_widths():
+    # Widths around the 4096-factor blocks and rows of very different widths in one call.
+    cs = [0, 1, 4095, 4096, 4097, 9000, 70000, 10**6 - 1000]
+    n, k = 10**6, 12000
+    got = ik.pass_at_k(torch.tensor(cs), n, k).tolist()
+    for c, g in zip(cs, got):
+        want = 1 - _exact_miss(c, n, k) if n - c >= k else Fraction(1)
+        assert abs(Fraction(g) - want) <= Fraction(1, 10**13) * max(want, 1 - want) + Fraction(1, 10**300), c
+
+
+def test_pass_at_k_huge_counts_run_in_bounded_memory():
+    # Before: a [G, max(c)] float64 matrix, 4 GB for c = 5e8. Now: under a 1 GiB address-space
+    # headroom, in seconds, with the exact value 1 - (n-c)(n-c-1)(n-c-2) / (n(n-1)(n-2)).
+    code = textwrap.dedent("""
+        import resource, torch, ia_kernels as ik
+        vm = [int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize')][0]
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), resource.RLIM_INFINITY))
+        a = ik.pass_at_k(5 * 10**8, 10**9, 3).item()
+        b = ik.pass_at_k(torch.tensor([6 * 10**4, 10**5, 3 * 10**8]), 10**9, 6 * 10**4).tolist()
+        print(repr(a), repr(b))
+    """)
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    a, b = (eval(x) for x in res.stdout.strip().split(" ", 1))
+    exact = 1 - Fraction((5 * 10**8) * (5 * 10**8 - 1) * (5 * 10**8 - 2), 10**9 * (10**9 - 1) * (10**9 - 2))
+    assert _rel(a, exact) < 1e-15
+    n, k = 10**9, 6 * 10**4
+    for c, got in zip([6 * 10**4, 10**5], b):  # miss = prod_{j<k} (1 - c/(n-j)), its log summed exactly
+        miss = math.exp(math.fsum(math.log1p(-c / (n - j)) for j in range(k)))
+        assert abs((1 - got) / miss - 1) < 1e-9
+    assert b[2] == 1.0  # a miss of ~e^-18000
+
+
+# ---- D: maj_at_k's bound ---------------------------------------------------------------------------
+
+def test_maj_at_k_refuses_k_whose_dp_needs_more_than_a_gib():
+    # Before: k = 1000 tried to allocate [1000, 1001, 1001] float64 arrays several times (~24 GiB).
+    with pytest.raises(ValueError, match=r"k=1000 is too large for maj_at_k's exact dynamic programme: it needs "
+                                         r"about 24\.4 GiB or more \(limit 1 GiB"):
+        ik.maj_at_k(torch.zeros(1000, dtype=torch.int64), torch.ones(1000), 1000, 1000)
+    # k = 300 fits with one distinct answer (0.67 GiB) but not with 300 (1.9 GiB): named per problem.
+    answers = torch.cat([torch.zeros(300, dtype=torch.int64), torch.arange(300)])
+    with pytest.raises(ValueError, match=r"k=300 is too large .* with 300 distinct answers \(problem 1\): it needs "
+                                         r"about 1\.9 GiB"):
+        ik.maj_at_k(answers, torch.ones(600), 300, 300)
+
+
+def test_maj_at_k_memory_model_matches_the_documented_bound():
+    limit = eval_metrics.MAJ_AT_K_MAX_BYTES
+    assert limit == 1 << 30
+    # the documented thresholds: k <= 343 with one distinct answer, k <= 243 when all differ
+    assert eval_metrics._maj_dp_bytes(343, 1) <= limit < eval_metrics._maj_dp_bytes(344, 1)
+    assert eval_metrics._maj_dp_bytes(243, 243) <= limit < eval_metrics._maj_dp_bytes(244, 244)
+
+
+def test_maj_at_k_dp_stays_within_its_memory_model():
+    # The model is the measured peak of the DP's numpy arrays: check it still covers the code.
+    tracemalloc = pytest.importorskip("tracemalloc")
+    for k, m in [(60, 3), (60, 60)]:
+        counts = [k // m + 1] * m
+        tracemalloc.start()
+        try:
+            eval_metrics._maj_at_k_one(counts, [1.0] * m, k)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak <= eval_metrics._maj_dp_bytes(k, m), (k, m, peak)

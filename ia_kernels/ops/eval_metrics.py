@@ -183,7 +183,7 @@ def group_pass_at_k(correct: torch.Tensor, groups, k: int) -> torch.Tensor:
 # for m distinct answers; measured: numpy's batched transition matrices, masks and state copies).
 # Above 1 GiB maj_at_k refuses: the DP would also take minutes per problem (O(m k^4) flops), and
 # ia_kernels targets maj@k for k in the tens to low hundreds (k <= ~340 with a few distinct answers,
-# k <= ~250 when every sample differs).
+# k <= 243 when every sample differs).
 MAJ_AT_K_MAX_BYTES = 1 << 30
 
 
@@ -255,7 +255,7 @@ def maj_at_k(answers: torch.Tensor, correct: torch.Tensor, groups, k: int) -> to
         groups: an int (samples per problem, contiguous) or an integer tensor [n] of problem ids.
         k: votes per majority, 1 <= k <= every problem's n. The exact computation needs
             ~26 k^3 + 48 k^2 min(m, k) bytes for m distinct answers; above 1 GiB
-            (MAJ_AT_K_MAX_BYTES: k above ~340, or ~250 when all answers differ) it raises a
+            (MAJ_AT_K_MAX_BYTES: k above 343, or above 243 when all answers differ) it raises a
             ValueError naming k and the memory instead of running out of memory.
 
     Returns:
