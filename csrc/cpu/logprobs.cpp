@@ -76,8 +76,13 @@ void logprob_rows_backward(std::uintptr_t logits, int64_t row_stride, int64_t n_
 }  // namespace
 
 void bind_logprobs(py::module_& m) {
+  // Named arguments: the Python callers pass them by keyword, so pybind11 checks every name.
   m.def("logprob_rows_forward", &logprob_rows_forward,
-        "Per-row logp, log-sum-exp and entropy of fp32 logits (raw pointers)");
+        "Per-row logp, log-sum-exp and entropy of fp32 logits (raw pointers)", py::arg("logits"),
+        py::arg("row_stride"), py::arg("n_rows"), py::arg("V"), py::arg("targets"), py::arg("temperature"),
+        py::arg("ignore_index"), py::arg("logp"), py::arg("lse"), py::arg("entropy"));
   m.def("logprob_rows_backward", &logprob_rows_backward,
-        "Overwrite fp32 logits with the gradient of g_logp*logp + g_entropy*entropy");
+        "Overwrite fp32 logits with the gradient of g_logp*logp + g_entropy*entropy", py::arg("logits"),
+        py::arg("row_stride"), py::arg("n_rows"), py::arg("V"), py::arg("targets"), py::arg("temperature"),
+        py::arg("ignore_index"), py::arg("lse"), py::arg("entropy"), py::arg("g_logp"), py::arg("g_entropy"));
 }

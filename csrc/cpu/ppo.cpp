@@ -170,8 +170,19 @@ void ppo_rows_fused(std::uintptr_t logits, int64_t row_stride, int64_t n_rows, i
 }  // namespace
 
 void bind_ppo(py::module_& m) {
+  // Named arguments: the Python callers pass them by keyword, so pybind11 checks every name.
   m.def("ppo_terms", &ppo_terms,
-        "Per-token PPO loss terms, w*dL/dlogp, w*dL/dentropy and ratios over [B, T] (raw pointers)");
+        "Per-token PPO loss terms, w*dL/dlogp, w*dL/dentropy and ratios over [B, T] (raw pointers)",
+        py::arg("B"), py::arg("T"), py::arg("logp"), py::arg("old_logp"), py::arg("ref_logp"), py::arg("entropy"),
+        py::arg("adv"), py::arg("adv_stride_b"), py::arg("adv_stride_t"), py::arg("mask"), py::arg("seq_scale"),
+        py::arg("clip_low"), py::arg("clip_high"), py::arg("dual_clip"), py::arg("kl_coef"), py::arg("kl_estimator"),
+        py::arg("entropy_coef"), py::arg("sequence_level"), py::arg("loss"), py::arg("g_logp"),
+        py::arg("g_entropy"), py::arg("ratio"));
   m.def("ppo_rows_fused", &ppo_rows_fused,
-        "Fused linear-PPO row pass: logp, entropy, loss terms; logits overwritten with their gradient");
+        "Fused linear-PPO row pass: logp, entropy, loss terms; logits overwritten with their gradient",
+        py::arg("logits"), py::arg("row_stride"), py::arg("n_rows"), py::arg("V"), py::arg("targets"),
+        py::arg("temperature"), py::arg("ignore_index"), py::arg("old_logp"), py::arg("adv"), py::arg("ref_logp"),
+        py::arg("weight"), py::arg("clip_low"), py::arg("clip_high"), py::arg("dual_clip"), py::arg("kl_coef"),
+        py::arg("kl_estimator"), py::arg("entropy_coef"), py::arg("logp"), py::arg("entropy"), py::arg("loss"),
+        py::arg("ratio"));
 }

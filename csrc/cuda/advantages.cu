@@ -16,6 +16,7 @@
 #include <string>
 
 #include "ia/advantages.h"
+#include "ia/cuda_launchers.h"
 
 namespace {
 

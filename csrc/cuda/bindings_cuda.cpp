@@ -3,23 +3,20 @@
 
 #include <cstdint>
 
-namespace py = pybind11;
+#include "ia/cuda_launchers.h"
 
-// csrc/cuda/logprobs.cu
-void logprob_rows_forward_cuda(std::uintptr_t logits, int64_t row_stride, int64_t n_rows, int64_t V,
-                               std::uintptr_t targets, double temperature, int64_t ignore_index,
-                               std::uintptr_t logp, std::uintptr_t lse, std::uintptr_t entropy,
-                               std::uintptr_t stream);
-void logprob_rows_backward_cuda(std::uintptr_t logits, int64_t row_stride, int64_t n_rows, int64_t V,
-                                std::uintptr_t targets, double temperature, int64_t ignore_index,
-                                std::uintptr_t lse, std::uintptr_t entropy, std::uintptr_t g_logp,
-                                std::uintptr_t g_entropy, std::uintptr_t stream);
+namespace py = pybind11;
 
 void bind_advantages_cuda(py::module_& m);  // csrc/cuda/advantages.cu
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "ia_kernels native CUDA kernels";
-  m.def("logprob_rows_forward", &logprob_rows_forward_cuda);
-  m.def("logprob_rows_backward", &logprob_rows_backward_cuda);
+  // Named arguments: the Python callers pass them by keyword, so pybind11 checks every name.
+  m.def("logprob_rows_forward", &logprob_rows_forward_cuda, py::arg("logits"), py::arg("row_stride"),
+        py::arg("n_rows"), py::arg("V"), py::arg("targets"), py::arg("temperature"), py::arg("ignore_index"),
+        py::arg("logp"), py::arg("lse"), py::arg("entropy"), py::arg("stream"));
+  m.def("logprob_rows_backward", &logprob_rows_backward_cuda, py::arg("logits"), py::arg("row_stride"),
+        py::arg("n_rows"), py::arg("V"), py::arg("targets"), py::arg("temperature"), py::arg("ignore_index"),
+        py::arg("lse"), py::arg("entropy"), py::arg("g_logp"), py::arg("g_entropy"), py::arg("stream"));
   bind_advantages_cuda(m);
 }

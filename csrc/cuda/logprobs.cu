@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "ia/cuda_launchers.h"
 #include "ia/logprob_row.h"
 #include "reduce.cuh"
 

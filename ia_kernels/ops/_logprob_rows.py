@@ -111,12 +111,13 @@ def _native_forward(z: torch.Tensor, targets: torch.Tensor, temperature: float, 
                     logp: torch.Tensor, lse: torch.Tensor, entropy: torch.Tensor) -> None:
     _check_row_pass_args("logprob_rows_forward", z, targets, temperature, ignore_index,
                          logp=logp, lse=lse, entropy=entropy)
-    args = (z.data_ptr(), z.stride(0), z.shape[0], z.shape[1], targets.data_ptr(), float(temperature),
-            int(ignore_index), logp.data_ptr(), lse.data_ptr(), entropy.data_ptr())
+    args = dict(logits=z.data_ptr(), row_stride=z.stride(0), n_rows=z.shape[0], V=z.shape[1],
+                targets=targets.data_ptr(), temperature=float(temperature), ignore_index=int(ignore_index),
+                logp=logp.data_ptr(), lse=lse.data_ptr(), entropy=entropy.data_ptr())
     if z.is_cuda:
-        _native.cuda_module().logprob_rows_forward(*args, _native.stream_of(z))
+        _native.cuda_module().logprob_rows_forward(**args, stream=_native.stream_of(z))
     else:
-        _native.cpu_module().logprob_rows_forward(*args)
+        _native.cpu_module().logprob_rows_forward(**args)
 
 
 @torch.library.custom_op("ia_kernels::logprob_rows_backward", mutates_args=("z",))
@@ -125,12 +126,14 @@ def _native_backward(z: torch.Tensor, targets: torch.Tensor, temperature: float,
                      g_entropy: torch.Tensor | None) -> None:
     _check_row_pass_args("logprob_rows_backward", z, targets, temperature, ignore_index,
                          lse=lse, entropy=entropy, g_logp=g_logp, g_entropy=g_entropy)
-    args = (z.data_ptr(), z.stride(0), z.shape[0], z.shape[1], targets.data_ptr(), float(temperature),
-            int(ignore_index), lse.data_ptr(), entropy.data_ptr(), g_logp.data_ptr(), _native.ptr(g_entropy))
+    args = dict(logits=z.data_ptr(), row_stride=z.stride(0), n_rows=z.shape[0], V=z.shape[1],
+                targets=targets.data_ptr(), temperature=float(temperature), ignore_index=int(ignore_index),
+                lse=lse.data_ptr(), entropy=entropy.data_ptr(), g_logp=g_logp.data_ptr(),
+                g_entropy=_native.ptr(g_entropy))
     if z.is_cuda:
-        _native.cuda_module().logprob_rows_backward(*args, _native.stream_of(z))
+        _native.cuda_module().logprob_rows_backward(**args, stream=_native.stream_of(z))
     else:
-        _native.cpu_module().logprob_rows_backward(*args)
+        _native.cpu_module().logprob_rows_backward(**args)
 
 
 def _triton_forward(*args):

@@ -71,9 +71,10 @@ def _torch_fused_rows(z, targets, temperature, ignore_index, old_logp, adv, ref_
 def _cpu_fused_rows(z, targets, temperature, ignore_index, old_logp, adv, ref_logp, weight, opts,
                     logp, entropy, loss, ratio):
     _native.cpu_module().ppo_rows_fused(
-        z.data_ptr(), z.stride(0), z.shape[0], z.shape[1], targets.data_ptr(), float(temperature), int(ignore_index),
-        old_logp.data_ptr(), adv.data_ptr(), _native.ptr(ref_logp), weight.data_ptr(), *opts.native_params(),
-        logp.data_ptr(), entropy.data_ptr(), loss.data_ptr(), ratio.data_ptr())
+        logits=z.data_ptr(), row_stride=z.stride(0), n_rows=z.shape[0], V=z.shape[1], targets=targets.data_ptr(),
+        temperature=float(temperature), ignore_index=int(ignore_index), old_logp=old_logp.data_ptr(),
+        adv=adv.data_ptr(), ref_logp=_native.ptr(ref_logp), weight=weight.data_ptr(), **opts.native_params(),
+        logp=logp.data_ptr(), entropy=entropy.data_ptr(), loss=loss.data_ptr(), ratio=ratio.data_ptr())
 
 
 def _triton_fused_rows(*args):

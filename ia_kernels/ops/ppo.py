@@ -70,10 +70,11 @@ class PpoOptions:
         return cls(clip_low, clip_high, dual_clip, kl_coef, kl_estimator, entropy_coef, aggregation, importance,
                    norm_length)
 
-    def native_params(self) -> tuple:
-        """(clip_low, clip_high, dual_clip or 0, kl_coef, kl code, entropy_coef): ia::PpoParams's fields."""
-        return (self.clip_low, self.clip_high, self.dual_clip or 0.0, self.kl_coef, KL_ESTIMATORS[self.kl_estimator],
-                self.entropy_coef)
+    def native_params(self) -> dict:
+        """ia::PpoParams's fields, as the keyword arguments of the native kernels (dual_clip 0: off)."""
+        return dict(clip_low=self.clip_low, clip_high=self.clip_high, dual_clip=self.dual_clip or 0.0,
+                    kl_coef=self.kl_coef, kl_estimator=KL_ESTIMATORS[self.kl_estimator],
+                    entropy_coef=self.entropy_coef)
 
 
 def _finite(name, value) -> float:
@@ -262,9 +263,11 @@ def _cpu_terms(logp, old_logp, adv, valid, seq_scale, ref_logp, entropy, opts: P
     out = torch.empty((4, B, T), dtype=torch.float32, device=logp.device)
     adv_strides = (adv.stride(0), 0) if adv.dim() == 1 else (adv.stride(0), adv.stride(1))
     _native.cpu_module().ppo_terms(
-        B, T, logp.data_ptr(), old_logp.data_ptr(), _native.ptr(ref_logp), _native.ptr(entropy), adv.data_ptr(),
-        *adv_strides, valid.data_ptr(), seq_scale.data_ptr(), *opts.native_params(), opts.importance == "sequence",
-        *(out[i].data_ptr() for i in range(4)))
+        B=B, T=T, logp=logp.data_ptr(), old_logp=old_logp.data_ptr(), ref_logp=_native.ptr(ref_logp),
+        entropy=_native.ptr(entropy), adv=adv.data_ptr(), adv_stride_b=adv_strides[0], adv_stride_t=adv_strides[1],
+        mask=valid.data_ptr(), seq_scale=seq_scale.data_ptr(), **opts.native_params(),
+        sequence_level=opts.importance == "sequence", loss=out[0].data_ptr(), g_logp=out[1].data_ptr(),
+        g_entropy=out[2].data_ptr(), ratio=out[3].data_ptr())
     return out.unbind(0)
 
 
