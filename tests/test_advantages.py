@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -104,15 +105,48 @@ def test_passk_chen_matches_bootstrap_enumeration(backend):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=f"k={k}")
 
 
+def _rho(values, m):
+    """E[max of m] estimated from `values`: the mean over every m-subset of its max (0 for m = 0)."""
+    if m == 0:
+        return Fraction(0)
+    subsets = list(itertools.combinations(values, m))
+    return sum((max(I) for I in subsets), Fraction(0)) / len(subsets)
+
+
+def _passk_from_the_api_definitions(rewards, k, variant):
+    """group_advantages' documented definitions, by enumeration written here (not the reference's
+    formulation): s_i = (1/C(n,k)) sum over the k-subsets I that hold i of max_I r;
+    "loo" = s_i - k/(n-1) rho(r without i, k); "loo-1" = s_i - (k/n) rho(r without i, k-1)."""
+    r = [Fraction(x) for x in rewards]
+    n = len(r)
+    out = []
+    for i in range(n):
+        with_i = [I for I in itertools.combinations(range(n), k) if i in I]
+        s_i = sum((max(r[j] for j in I) for I in with_i), Fraction(0)) / math.comb(n, k)
+        rest = r[:i] + r[i + 1:]
+        if variant == "s":
+            out.append(s_i)
+        elif variant == "loo":
+            out.append(s_i - Fraction(k, n - 1) * _rho(rest, k))
+        else:
+            out.append(s_i - Fraction(k, n) * _rho(rest, k - 1))
+    return [float(x) for x in out]
+
+
 def test_reference_closed_form_matches_enumeration():
+    # Both of the reference's forms (exact-binomial closed form, subset enumeration of PKPO's
+    # definitions) against the API's definitions enumerated independently in this file.
     gen = torch.Generator().manual_seed(11)
     for n in range(2, 8):
         for k in range(1, n + 1):
             r = torch.rand(n, generator=gen, dtype=torch.float64)
+            if n > 2:
+                r[2] = r[0]  # a tie
             for variant in ["s", "loo", "loo-1"] if k < n else ["s", "loo-1"]:
-                got = ref.group_advantages(r, n, estimator="passk", k=k, variant=variant)
-                want = ref.passk_by_enumeration(r.tolist(), k, variant)
-                assert got.tolist() == pytest.approx(want, abs=1e-15)
+                want = _passk_from_the_api_definitions(r.tolist(), k, variant)
+                closed = ref.group_advantages(r, n, estimator="passk", k=k, variant=variant)
+                assert closed.tolist() == pytest.approx(want, rel=0, abs=1e-15), (n, k, variant)
+                assert ref.passk_by_enumeration(r.tolist(), k, variant) == pytest.approx(want, rel=0, abs=1e-15)
 
 
 # ---- identities --------------------------------------------------------------------------------
@@ -187,6 +221,8 @@ def test_backends_match_reference_on_shuffled_group_ids(backend, estimator):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_large_groups_take_the_heapsort_path(backend):
+    # Groups of 45 > 32 samples: the native kernels sort them by heapsort instead of the rank sort
+    # (csrc/include/ia/advantages.h, sort_order), and the many ties test its order-invariance.
     gen = torch.Generator().manual_seed(2)
     r = (torch.randint(0, 9, (2 * 45,), generator=gen) / 8.0).double()  # many ties
     answers = torch.randint(0, 6, r.shape, generator=gen)
@@ -359,8 +395,23 @@ def test_cuda_matches_torch_backend_at_scale(estimator):
 
 
 def test_all_subsets_sum_check_for_the_brute_force_reference_itself():
-    # The enumeration reference must itself be right: on [1,0,0,1], k=2, every one of the 6
-    # subsets but {1,2} has max 1 -> pass@2 = 5/6, and each sample sits in 3 subsets.
-    subsets = list(itertools.combinations(range(4), 2))
-    assert sum(max([1, 0, 0, 1][j] for j in I) for I in subsets) / len(subsets) == pytest.approx(5 / 6)
-    assert ref.passk_by_enumeration([1, 0, 0, 1], 2, "s") == pytest.approx([1 / 2, 1 / 3, 1 / 3, 1 / 2])
+    # The enumeration references against values derived by hand from the definitions, on
+    # r = [1, 0, 0, 1], k = 2: the C(4, 2) = 6 pairs have maxima {0,1}:1 {0,2}:1 {0,3}:1 {1,2}:0
+    # {1,3}:1 {2,3}:1, so pass@2 = 5/6.
+    #   s_i = (1/6) * sum of the maxima of the 3 pairs holding i: s_0 = 3/6, s_1 = (1+0+1)/6 = 1/3.
+    #   loo-1: (1/6) sum over pairs I holding i of (max_I - max_{I without i}):
+    #          i=0: (1-0) + (1-0) + (1-1) = 2 -> 1/3;  i=1: (1-1) + (0-0) + (1-1) = 0.
+    #   loo:   s_i - (k/(n-1)) rho(r without i, 2): without 0, r = [0,0,1], pairs' maxima 0,1,1 ->
+    #          rho = 2/3 and A_0 = 1/2 - (2/3)(2/3) = 1/18; without 1, r = [1,0,1], every pair has
+    #          max 1 -> A_1 = 1/3 - 2/3 = -1/3.
+    #   Chen (eps = 0): the pair rewards have mean 5/6 and population std sqrt(5)/6; sample 0's pairs
+    #          all have 1 -> (1/6)/(sqrt(5)/6) = 1/sqrt(5); sample 1's: (1/6 - 5/6 + 1/6)/3 / (sqrt(5)/6)
+    #          = -1/sqrt(5).
+    r = [1, 0, 0, 1]
+    assert ref.passk_by_enumeration(r, 2, "s") == [1 / 2, 1 / 3, 1 / 3, 1 / 2]
+    assert ref.passk_by_enumeration(r, 2, "loo-1") == pytest.approx([1 / 3, 0, 0, 1 / 3], rel=0, abs=1e-16)
+    assert ref.passk_by_enumeration(r, 2, "loo") == pytest.approx([1 / 18, -1 / 3, -1 / 3, 1 / 18], rel=0, abs=1e-16)
+    chen = ref.passk_chen_by_enumeration(r, 2, eps=0.0)
+    assert chen == pytest.approx([5 ** -0.5, -(5 ** -0.5), -(5 ** -0.5), 5 ** -0.5], rel=1e-15)
+    assert float(ref.unbiased_max_at_k([Fraction(x) for x in r], 2)) == 5 / 6
+    assert sum(ref.passk_by_enumeration(r, 2, "s")) == pytest.approx(2 * 5 / 6, abs=1e-15)  # sum s_i = k pass@k

@@ -181,8 +181,8 @@ def group_pass_at_k(correct: torch.Tensor, groups, k: int) -> torch.Tensor:
 
 # maj@k's dynamic programme holds ~26 k (k+1)^2 + 48 k (k+1) T bytes at once (T = min(m, k) + 1
 # for m distinct answers; measured: numpy's batched transition matrices, masks and state copies).
-# Above 1 GiB maj_at_k refuses: the DP would also take minutes per problem (O(m k^4) flops), and
-# ia_kernels targets maj@k for k in the tens to low hundreds (k <= ~340 with a few distinct answers,
+# Above 1 GiB maj_at_k refuses: the DP would also take minutes per problem (O(m k^3 T) flops), and
+# ia_kernels targets maj@k for k in the tens to low hundreds (k <= 343 with one distinct answer,
 # k <= 243 when every sample differs).
 MAJ_AT_K_MAX_BYTES = 1 << 30
 
