@@ -350,3 +350,12 @@ def test_maj_at_k_dp_stays_within_its_memory_model():
         finally:
             tracemalloc.stop()
         assert peak <= eval_metrics._maj_dp_bytes(k, m), (k, m, peak)
+
+
+def test_eval_counts_name_the_argument_the_caller_passed():
+    with pytest.raises(ValueError, match=r"k=3 is larger than the smallest problem's 2 samples"):
+        ik.group_pass_at_k(torch.ones(4, dtype=torch.bool), 2, 3)
+    with pytest.raises(ValueError, match=r"num_correct must be an int or an integer tensor, got float"):
+        ik.pass_at_k(2.0, 4, 2)
+    with pytest.raises(ValueError, match=r"num_samples must be an int or an integer tensor, got list"):
+        ik.pass_at_k(2, [4], 2)

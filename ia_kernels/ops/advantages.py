@@ -205,7 +205,9 @@ def group_advantages(rewards: torch.Tensor, groups, *, estimator: str, k: int | 
             "s" none; "loo" s_i - k/(n-1) * rho(r without i, k) (needs k < n);
             "loo-1" (default) s_i - (k/n) * rho(r without i, k-1), where rho(g, m) is the unbiased
             estimate of E[max of m] from the values g.
-        backend: "torch", "cpu" or "cuda"; None picks the fastest for the device.
+        backend: "torch", "cpu" or "cuda"; None picks the fastest one verified on the device
+            (backends.VERIFIED: "cpu" on CPU tensors, "torch" on CUDA tensors until the CUDA
+            kernels have passed their tests on a GPU; backend="cuda" runs them regardless).
 
     Returns:
         [n] advantages, float64 for float64 rewards and float32 otherwise (computed in float64).
@@ -259,7 +261,9 @@ def length_penalized_rewards(correct: torch.Tensor, lengths: torch.Tensor, group
             integer values, negative included).
         alpha: the penalty's weight, a real number in [0, 1] (0: plain correctness; 1 keeps
             correct >= incorrect); bool, str and NaN are rejected.
-        backend: "torch", "cpu" or "cuda"; None picks the fastest for the device.
+        backend: "torch", "cpu" or "cuda"; None picks the fastest one verified on the device
+            (backends.VERIFIED: "cpu" on CPU tensors, "torch" on CUDA tensors until the CUDA
+            kernels have passed their tests on a GPU; backend="cuda" runs them regardless).
 
     Returns:
         [n] rewards, float64 when lengths is float64, else float32.

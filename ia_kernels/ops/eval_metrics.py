@@ -27,6 +27,8 @@ def _as_int_tensor(name: str, x) -> torch.Tensor:
         if not -_INT64_MAX - 1 <= x <= _INT64_MAX:
             raise ValueError(f"{name}={x} does not fit in int64")
         return torch.tensor(x, dtype=torch.int64)
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be an int or an integer tensor, got {type(x).__name__}")
     _checks.require_int(name, x)
     require_data(name, x)
     return x.to(torch.int64)
@@ -174,6 +176,9 @@ def group_pass_at_k(correct: torch.Tensor, groups, k: int) -> torch.Tensor:
     if bool(((r != 0) & (r != 1)).any()):
         raise ValueError("correct must hold only 0/1 (or be a bool tensor)")
     layout = group_layout(groups, r.numel(), r.device, what="samples")
+    k = _check_k(k)
+    if layout.n_groups and k > layout.min_size:
+        raise ValueError(f"k={k} is larger than the smallest problem's {layout.min_size} samples")
     index = None if layout.fixed else padded_index(layout, r.device)
     c = to_padded(r, layout, 0.0, index).sum(1).round().to(torch.int64)
     return pass_at_k(c, layout.sizes().to(r.device), k)
