@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import RunFileError, write_failed
+from .files import RunFileError, reason
 
 MANIFEST = "manifest.json"
 FILES = ("model.pt", "optimizer.pt", "state.pt")
@@ -118,11 +118,12 @@ def save(root: Path, step: int, model, optimizer, scheduler, extra: dict, keep: 
         os.replace(link_tmp, root / "latest")
         _fsync_dir(root)
     except (OSError, RuntimeError) as e:  # RuntimeError: torch.save's writer on a full disk
+        why = reason(e, current)  # before the partial checkpoint is removed (it shows the disk full)
         shutil.rmtree(tmp, ignore_errors=True)
         kept, _ = usable(root) if root.is_dir() else (None, [])
         hint = (f"; the last good checkpoint ({kept.name}) is intact: make room and continue with --resume"
                 if kept is not None else "; no usable checkpoint was written before")
-        raise write_failed(current, e, hint) from None
+        raise RunFileError(f"cannot write {current}: {why}{hint}") from None
     steps = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
     for old in steps[:-keep]:
         if old.resolve() != final.resolve():
@@ -197,7 +198,7 @@ def load(root: Path, model, optimizer, scheduler, warn=None) -> dict:
                 why = f"unreadable ({str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__})"
         if why is not None:
             damaged.append(f"{folder.name}: {why}")
-            warn(f"ia-train: checkpoint {folder} is damaged ({why}); trying the previous one")
+            warn(f"ia-train: checkpoint {folder} is damaged: {why}; trying the previous one")
             continue
         try:
             model.load_state_dict(weights)

@@ -36,6 +36,23 @@ def run_cli(argv, capsys):
     (["--model", "/no/such/dir"], "not 'tiny', 'smollm2' or an existing local model directory"),
     (["--task-options", "{prompt_format: latex}"], "prompt_format must be one of question, expression"),
     (["--temperature", "0"], "--temperature must be positive"),
+    (["--steps", "null"], "argument --steps: invalid int value: 'null'"),
+    (["--n", "four"], "argument --n: invalid int value: 'four'"),
+    (["--no-such-flag", "1"], "unrecognized arguments: --no-such-flag 1"),
+    (["--task-options", "{min_terms: 2"], "argument --task-options: not valid YAML"),
+    (["--lr", "inf"], "--lr must be a finite number, got inf"),
+    (["--lr", "nan"], "--lr must be a finite number, got nan"),
+    (["--alpha", "nan"], "--alpha must be a finite number, got nan"),
+    (["--temperature", "1e999"], "--temperature must be a finite number, got inf"),
+    (["--clip-high", "inf"], "--clip-high must be a finite number, got inf"),
+    (["--kl-coef=-inf"], "--kl-coef must be a finite number, got -inf"),
+    (["--lr", "0"], "--lr must be positive, got 0.0"),
+    (["--max-grad-norm", "-1"], "--max-grad-norm must be 0 or more, got -1.0"),
+    (["--weight-decay", "-0.1"], "--weight-decay must be 0 or more, got -0.1"),
+    (["--stop-after", "0"], "--stop-after must be at least 1"),
+    (["--seed", "-1"], "--seed must be in [0, 4294967295], got -1"),
+    (["--seed", str(2**64)], f"--seed must be in [0, 4294967295], got {2**64}"),
+    (["--backend", "nosuch"], "--backend 'nosuch' is not a backend; use one of torch, cpu, triton, cuda"),
 ])
 def test_bad_settings_give_one_line_and_exit_2(argv, needle, tmp_path, capsys):
     out = tmp_path / "run"
@@ -117,3 +134,68 @@ def test_resume_takes_the_saved_settings(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(saved))
     cfg = load_config(["--resume", "--out", str(tmp_path), "--steps", "9"])
     assert (cfg.objective, cfg.k, cfg.n, cfg.steps, cfg.stop_after, cfg.resume) == ("passk", 2, 4, 9, None, True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a backend that cannot run without a GPU")
+def test_backend_not_available_for_the_device(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "o"
+    code, err = run_cli(["--backend", "cuda", "--out", str(out)], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert "--backend cuda cannot run on cpu: runs on CUDA tensors only" in err[0] and "available here: torch" in err[0]
+    monkeypatch.setenv("IA_KERNELS_BACKEND", "gpu")
+    code, err = run_cli(["--out", str(out)], capsys)
+    assert code == 2 and len(err) == 1 and "IA_KERNELS_BACKEND 'gpu' is not a backend" in err[0], err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text,needle", [
+    (b"steps: null\n", "setting 'steps' cannot be null; give an int (default: 200)"),
+    (b"model: null\n", "setting 'model' cannot be null; give a str (default: 'tiny')"),
+    (b"task_options: null\n", "setting 'task_options' cannot be null"),
+    (b"resume: null\n", "setting 'resume' cannot be null"),
+    (b"lr: .inf\n", "--lr must be a finite number, got inf"),
+    (b"seed: 4294967296\n", "--seed must be in [0, 4294967295]"),
+    (b"objective: passk\n# caf\xe9 \xff\n", "not UTF-8 text (byte 0xe9 at offset 22); save the file as UTF-8"),
+    (b"objective: [passk\n", "not valid YAML"),
+])
+def test_bad_config_files_give_one_line_and_exit_2(text, needle, tmp_path, capsys):
+    y = tmp_path / "c.yaml"
+    y.write_bytes(text)
+    out = tmp_path / "run"
+    code, err = run_cli(["--config", str(y), "--out", str(out)], capsys)
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+    assert not out.exists()
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory this process cannot write to: chmod for a normal user; for root (whom chmod does not
+    stop), a read-only tmpfs, which needs mount privileges."""
+    import os
+
+    d = tmp_path / "ro"
+    d.mkdir()
+    if os.geteuid() != 0:
+        d.chmod(0o555)
+        yield d
+        d.chmod(0o755)
+        return
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(d)], capture_output=True).returncode:
+        pytest.skip("running as root without permission to mount a read-only tmpfs")
+    yield d
+    subprocess.run(["umount", str(d)], check=False)
+
+
+def test_output_dir_that_is_not_writable(read_only_dir, tmp_path, capsys):
+    for out in (read_only_dir, read_only_dir / "new" / "run"):
+        code, err = run_cli(["--out", str(out)], capsys)
+        assert code == 2 and len(err) == 1, err
+        assert f"--out {out} is not writable" in err[0], err
+    code, err = run_cli(["--out", str(read_only_dir / "new" / "run")], capsys)
+    assert f"(cannot create it in {read_only_dir})" in err[0]
+    f = tmp_path / "file"
+    f.write_text("x")
+    code, err = run_cli(["--out", str(f / "sub")], capsys)
+    assert code == 2 and len(err) == 1 and f"{f} is a file, so the directory cannot be created" in err[0], err
+    code, err = run_cli(["eval", "--out", str(read_only_dir)], capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith("ia-train eval: error: --out") and "not writable" in err[0]
