@@ -33,8 +33,20 @@ def test_eval_reports_every_k_consistently(tmp_path, capsys):
     (["--k", "one"], "give comma-separated integers"),
     (["--k", "0,2"], "every k must be at least 1"),
     (["--task", "no_such_task"], "no_such_task"),
+    (["--n", "four"], "argument --n: invalid int value: 'four'"),
+    (["--temperature", "nan"], "--temperature must be a finite number, got nan"),
+    (["--seed", "-3"], "--seed must be in [0, 4294967295], got -3"),
+    (["--eval-problems", "0"], "--eval-problems must be at least 1 for an evaluation"),
+    (["--lr", "0.1"], "--lr: training setting that ia-train eval does not use; drop it"),
+    (["--objective", "rloo", "--steps", "3"], "--objective, --steps: training settings that ia-train eval does "
+                                              "not use; drop them"),
+    (["--eval-n", "4"], "--eval-n: training setting that ia-train eval does not use (use --n for the samples "
+                        "per problem)"),
+    (["--resume"], "--resume: training setting that ia-train eval does not use"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
 ])
 def test_eval_configuration_errors(args, message, tmp_path, capsys):
     assert main(["eval", "--out", str(tmp_path / "x"), *args]) == 2
     err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1
+    assert err.startswith("ia-train eval: error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "x").exists()
