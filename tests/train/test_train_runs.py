@@ -3,6 +3,7 @@
 import json
 import math
 
+import ia_kernels
 import pytest
 import torch
 
@@ -22,22 +23,58 @@ def small_config(tmp_path, **over):
     return cfg
 
 
+class Spy:
+    """Records the calls ia_train makes to an ia_kernels function (arguments and result)."""
+
+    def __init__(self, monkeypatch, name):
+        self.real, self.calls = getattr(ia_kernels, name), []
+        monkeypatch.setattr(ia_kernels, name, self)
+
+    def __call__(self, *args, **kwargs):
+        out = self.real(*args, **kwargs)
+        self.calls.append((args, kwargs, out))
+        return out
+
+
 @pytest.mark.parametrize("objective", OBJECTIVES)
-def test_two_steps_of_every_objective(objective, tmp_path):
+def test_two_steps_of_every_objective(objective, tmp_path, monkeypatch):
     over = {"k": 4} if objective == "majority" else {}
     cfg = small_config(tmp_path, objective=objective, steps=2, **over)
+    advantages, losses = Spy(monkeypatch, "group_advantages"), Spy(monkeypatch, "linear_ppo_loss")
     run(cfg)
     rows = read_metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
         assert math.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1 and r["mean_tokens"] > 0
-    assert (tmp_path / "run" / "checkpoints" / "latest" / "model.pt").is_file()
+    # The named objective computed the advantages of each step: its estimator, with k where it has one,
+    # from the step's rewards (n per prompt), and with the answers for the majority vote.
+    assert len(advantages.calls) == 2
+    batch = cfg.prompts_per_step * cfg.n
+    for (rewards, n), kw, adv in advantages.calls:
+        assert kw["estimator"] == objective and n == cfg.n and rewards.shape == (batch,)
+        assert kw["k"] == (cfg.k if objective in ("passk", "passk_chen", "majority") else None)
+        assert (kw["answers"] is not None and kw["answers"].shape == (batch,)) == (objective == "majority")
+    # Those advantages, and nothing else, reached the loss: each step's minibatches hold them all once.
+    assert len(losses.calls) == 2 * cfg.minibatches
+    for step, (_, _, adv) in enumerate(advantages.calls):
+        seen = torch.cat([args[4].cpu() for args, _, _ in losses.calls[step * cfg.minibatches:(step + 1) * cfg.minibatches]])
+        assert torch.equal(seen.sort().values, adv.float().sort().values)
+        assert rows[step]["adv_abs"] == pytest.approx(float(adv.abs().mean()))
+    for _, kw, _ in losses.calls:  # Dr. GRPO's constant normaliser; the others the default aggregation
+        assert (kw.get("aggregation"), kw.get("norm_length")) == (
+            ("seq-mean-token-sum-norm", cfg.max_new_tokens) if objective == "dr_grpo" else (None, None))
+    # Two steps of updates happened and were saved: AdamW counted minibatches steps per step.
+    opt = torch.load(tmp_path / "run" / "checkpoints" / "latest" / "optimizer.pt")
+    assert {int(v["step"]) for v in opt["state"].values()} == {2 * cfg.minibatches}
+    assert torch.load(tmp_path / "run" / "checkpoints" / "latest" / "state.pt", weights_only=False)["step"] == 2
     assert (tmp_path / "run" / "training_curves.png").stat().st_size > 1000
 
 
-def test_length_penalty_kl_epochs_and_evaluation(tmp_path):
+def test_length_penalty_kl_epochs_and_evaluation(tmp_path, monkeypatch):
     cfg = small_config(tmp_path, objective="rloo", steps=2, alpha=0.2, kl_coef=0.05, ppo_epochs=2, grad_accum=2,
                        minibatches=1, eval_problems=3, eval_n=2)
+    penalty, advantages = Spy(monkeypatch, "length_penalized_rewards"), Spy(monkeypatch, "group_advantages")
+    losses = Spy(monkeypatch, "linear_ppo_loss")
     summary = run(cfg)
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     for when in ("before", "after"):
@@ -48,7 +85,45 @@ def test_length_penalty_kl_epochs_and_evaluation(tmp_path):
     assert saved["change"]["pass@1"] == pytest.approx(saved["after"]["pass@1"] - saved["before"]["pass@1"])
     assert (tmp_path / "run" / "before_after.png").is_file()
     rows = read_metrics(tmp_path / "run")
-    assert len(rows) == 2 and all("kl_ref" in r or "approx_kl" in r for r in rows)
+    assert len(rows) == 2
+    # The length penalty: applied every step with alpha, and its rewards are the ones the advantages use.
+    assert len(penalty.calls) == 2
+    for ((correct, lengths, n), kw, penalized), ((rewards, _), _, _), row in zip(penalty.calls, advantages.calls, rows):
+        assert kw["alpha"] == 0.2 and n == cfg.n
+        assert torch.equal(rewards.cpu(), penalized) and row["reward"] == pytest.approx(float(penalized.mean()))
+        # correct responses lose reward with length, wrong ones keep 0
+        assert torch.all(penalized[~correct] == 0) and torch.all(penalized[correct] <= 1)
+    # The KL penalty: every loss call gets the frozen reference's log-probs and kl_coef, and the step
+    # reports the KL against the reference.
+    assert len(losses.calls) == cfg.steps * cfg.ppo_epochs * cfg.minibatches * cfg.grad_accum
+    for _, kw, _ in losses.calls:
+        assert kw["kl_coef"] == 0.05 and kw["ref_logp"] is not None
+    assert all("kl_ref" in r and math.isfinite(r["kl_ref"]) for r in rows)
+    # Two PPO epochs over one minibatch of two micro-batches: each sequence is seen twice per step.
+    per_step = cfg.prompts_per_step * cfg.n
+    assert all(args[0].shape[0] == per_step // cfg.grad_accum for args, _, _ in losses.calls)
+
+
+def test_a_run_that_diverges_stops_before_writing_a_checkpoint(tmp_path, monkeypatch, capsys):
+    from ia_train import train
+    from ia_train.cli import main
+
+    real_update = train.ppo_update
+
+    def poisoned(model, *args, **kwargs):  # what an overflowing update does to the weights
+        out = real_update(model, *args, **kwargs)
+        with torch.no_grad():
+            model.lm_head.weight.fill_(float("nan")) if hasattr(model, "lm_head") else None
+        return out
+
+    monkeypatch.setattr(train, "ppo_update", poisoned)
+    out = tmp_path / "run"
+    code = main(["--steps", "2", "--checkpoint-every", "1", "--prompts-per-step", "2", "--n", "4", "--k", "2",
+                 "--max-new-tokens", "8", "--eval-problems", "0", "--tensorboard", "false", "--out", str(out)])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ia-train")]
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("ia-train: error: step 1: ") and "non-finite values; no checkpoint was written" in err[0]
+    assert not (out / "checkpoints").exists()
 
 
 def test_resume_repeats_the_uninterrupted_run(tmp_path):
