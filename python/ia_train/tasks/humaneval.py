@@ -109,7 +109,7 @@ def _solution(problem: Problem, response: str) -> tuple[str, str]:
 
 def build_program(problem: Problem, response: str) -> str:
     """The full test program for a response, as one file (for reading; scoring runs the solution and
-    the tests in separate processes, see `test_source`)."""
+    the tests in separate processes, see `check_source`)."""
     solution, _ = _solution(problem, response)
     return f"{solution}\n\n\n{problem.answer}\n\ncheck({problem.meta['entry_point']})\n"
 
@@ -119,7 +119,7 @@ def solution_source(problem: Problem, response: str) -> str:
     return _solution(problem, response)[0]
 
 
-def test_source(problem: Problem) -> str:
+def check_source(problem: Problem) -> str:
     """The trusted module the harness runs: the prompt's helpers (with a stub body for the entry
     point, which the tests never call directly) and the problem's `check`."""
     return f"{problem.meta['code_prompt']}    pass\n\n\n{problem.answer}\n"
@@ -155,7 +155,7 @@ class HumanEvalTask:
         """Sandbox results (status, reason, output) for each response, run in parallel."""
         if len(problems) != len(responses):
             raise ValueError(f"problems ({len(problems)}) and responses ({len(responses)}) differ in length")
-        cases = [(solution_source(p, r), test_source(p), p.meta["entry_point"]) for p, r in zip(problems, responses)]
+        cases = [(solution_source(p, r), check_source(p), p.meta["entry_point"]) for p, r in zip(problems, responses)]
         return self._sandbox_pool().map_tests(cases)
 
     def score(self, problem: Problem, response: str) -> float:
