@@ -108,7 +108,7 @@ def pass_at_k(num_correct, num_samples, k: int) -> torch.Tensor:
     pass@k = 1 - C(n-c, k) / C(n, k), the probability that a uniformly drawn k-subset of the n
     samples holds a correct one, and 1 when n - c < k. The ratio is computed as an exact product of
     w = min(c, k) factors in [0, 1] (prod_{j<k} (n-c-j)/(n-j), or prod_{j<c} (n-k-j)/(n-j) when
-    c < k; no large binomials; ~1e-15 relative error), block by block so that memory stays
+    c < k; no large binomials; relative error at most ~w * 1.1e-16), block by block so that memory stays
     bounded (about 32 MiB of factors at a time) whatever n and c are. Problems with w > 65536
     instead use Stirling's series for the log-factorials with the large terms combined
     analytically (log1p forms): time independent of w, and an absolute error of ~1e-11 on the
