@@ -1153,6 +1153,8 @@ def _run_in(base, files, argv, limits, harness, hidden_paths, python, uid, start
     if isinstance(report.get("procfs"), str):
         isolation += (str(report["procfs"]),)
     isolation += tuple(f"missing: {m}" for m in missing)
+    if group is None and applied:
+        isolation += ("no cgroup: per-process limits only",)
     if missing:
         key = tuple(missing)
         if key not in _warned:  # once per kind of shortfall (every result lists it in `isolation`)

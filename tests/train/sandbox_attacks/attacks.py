@@ -119,18 +119,27 @@ def _detail(result) -> str:
 
 
 def attack_environment():
+    """The caller's environment: a variable set in the process (inherited by subprocesses) and one
+    of its initial environment (what /proc/<pid>/environ shows)."""
     secret = f"s3cret-{time.time_ns()}"
     os.environ["IA_ATTACK_SECRET"] = secret
+    with open("/proc/self/environ", "rb") as f:
+        initial = [e.decode(errors="replace") for e in f.read().split(b"\0") if b"=" in e]
+    scrubbed = {"PATH", "HOME", "TMPDIR", "LANG", "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED", "OMP_NUM_THREADS",
+                "OPENBLAS_NUM_THREADS"}
+    marks = [secret] + [e for e in initial if e.split("=", 1)[0] not in scrubbed and len(e.split("=", 1)[1]) >= 4][:1]
     try:
         r = _run(
             "import os\nprint(dict(os.environ))\n"
             f"for pid in ({os.getpid()}, {os.getppid()}):\n"
-            "    try:\n        print(open(f'/proc/{pid}/environ', 'rb').read())\n"
-            "    except OSError as e:\n        print('denied', e)\n"
+            "    try:\n        print(open(f'/proc/{pid}/environ', 'rb').read().decode(errors='replace'))\n"
+            "    except OSError as e:\n        print('denied', e)\n",
+            SandboxLimits(wall_seconds=5.0, output_chars=1 << 16),
         )
     finally:
         del os.environ["IA_ATTACK_SECRET"]
-    return (not isinstance(r, Exception) and secret in r.stdout), _detail(r)
+    leaked = [m.split("=", 1)[0] for m in marks if not isinstance(r, Exception) and m in r.stdout]
+    return bool(leaked), f"leaked {leaked}; {_detail(r)}"
 
 
 def attack_tcp_localhost():
