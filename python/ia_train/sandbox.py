@@ -608,9 +608,12 @@ def _run_program(spec: dict, status_fd: int) -> int:
             report["proof"] = os.read(proof_r, 4096).decode("utf-8", "replace")
         except BlockingIOError:
             report["proof"] = ""
-    if spec["uid"] is not None:
-        _clear_keyrings(spec["uid"])
     os.write(status_fd, (json.dumps(report) + "\n").encode())
+    if spec["uid"] is not None:
+        try:  # best effort (the seccomp filter already refuses keyrings): the program's leftovers may
+            _clear_keyrings(spec["uid"])  # hold every process slot until init exits
+        except OSError:
+            pass
     return 0
 
 
@@ -870,7 +873,7 @@ class _Cgroup:
         group = cls(2, [path])
         try:
             _write_file(os.path.join(path, "memory.max"), str(memory))
-            _write_file(os.path.join(path, "pids.max"), str(limits.max_processes + 2))  # + launcher, init
+            _write_file(os.path.join(path, "pids.max"), str(limits.max_processes + 3))  # + launcher, init, its helper
             for name, value in (("memory.swap.max", "0"), ("cpu.max", f"{int(limits.cpu_cores * 100000)} 100000")):
                 if os.path.exists(os.path.join(path, name)):
                     _write_file(os.path.join(path, name), value)
@@ -906,7 +909,7 @@ class _Cgroup:
                     except OSError:
                         pass
                 elif controller == "pids":
-                    _write_file(os.path.join(path, "pids.max"), str(limits.max_processes + 2))
+                    _write_file(os.path.join(path, "pids.max"), str(limits.max_processes + 3))
                 else:
                     _write_file(os.path.join(path, "cpu.cfs_period_us"), "100000")
                     _write_file(os.path.join(path, "cpu.cfs_quota_us"), str(int(limits.cpu_cores * 100000)))

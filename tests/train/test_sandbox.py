@@ -482,3 +482,22 @@ def _world_readable(path: str) -> bool:
         if not st.st_mode & 0o005:
             return False
     return True
+
+
+def test_leftovers_holding_every_process_slot_still_give_a_result():
+    """Children left behind fill the run's process allowance: the sandbox still reports normally."""
+    filler = (
+        "import os, time\n"
+        "while True:\n"
+        "    try:\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(30)\n"
+        "            os._exit(0)\n"
+        "    except OSError:\n"
+        "        break\n"
+        "print('filled')\n"
+    )
+    limits = SandboxLimits(wall_seconds=5.0, cpu_seconds=2, max_processes=8)
+    result = run_python(filler, limits)
+    assert result.status == "passed" and "filled" in result.stdout, result
+    _assert_nothing_left(result)
