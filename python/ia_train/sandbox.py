@@ -59,6 +59,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import hmac
 import json
 import logging
 import os
@@ -864,6 +865,8 @@ class _Cgroup:
             if not {"memory", "pids"} <= set(enabled):
                 with open(os.path.join(parent, "cgroup.controllers")) as f:
                     available = set(f.read().split())
+                if not {"memory", "pids"} <= available:
+                    return None
                 wanted = [c for c in ("memory", "pids", "cpu") if c in available and c not in enabled]
                 _write_file(os.path.join(parent, "cgroup.subtree_control"), " ".join("+" + c for c in wanted))
             path = os.path.join(parent, cls._name())
@@ -1220,7 +1223,7 @@ def _verdict(proof, nonce: str):
         return None
     for line in proof.splitlines():
         head, _, rest = line.partition(" ")
-        if len(head) == len(nonce) and __import__("hmac").compare_digest(head, nonce):
+        if len(head) == len(nonce) and hmac.compare_digest(head, nonce):
             try:
                 verdict = json.loads(rest)
                 return verdict["ok"] is True, str(verdict["reason"])
