@@ -1,6 +1,6 @@
 """ia_kernels: fused kernels for inference-aware RL fine-tuning of language models.
 
-Public API (see README.md and DESIGN notes in the docstrings):
+Public API (see README.md and docs/design.md):
     linear_logprobs           per-token log-probs (and entropy) at the LM head, logits never stored
     ppo_loss                  clipped PPO / GRPO / DAPO / GSPO / Dr. GRPO loss and metrics, gradient made in forward
     linear_ppo_loss           the same loss from hidden states at the LM head, fully fused, logits never stored
@@ -11,6 +11,10 @@ Public API (see README.md and DESIGN notes in the docstrings):
 """
 
 from .backends import available_backends
+# The compiled row passes are public torch custom ops (torch.ops.ia_kernels.logprob_rows_*): they
+# exist from `import ia_kernels` on, not from the first call that selects their backend.
+from .kernels.cpu import logprobs as _cpu_logprob_ops  # noqa: F401
+from .kernels.cuda import logprobs as _cuda_logprob_ops  # noqa: F401
 from .ops.advantages import group_advantages, length_penalized_rewards
 from .ops.eval_metrics import group_pass_at_k, maj_at_k, pass_at_k
 from .ops.logprobs import linear_logprobs

@@ -1,15 +1,21 @@
-"""Backend registry and selection.
+"""Backend registry and selection: the one place that says which backend can serve which call.
 
-Every op family registers its implementations under the backend names below. Selection order:
-the call's `backend=` argument, else the `IA_KERNELS_BACKEND` environment variable (applied to the
-ops that implement the backend it names), else the fastest backend that can run on the tensors'
-device *and has been verified there* (VERIFIED below; "torch" is always eligible). Asking for a
-backend that an op lacks, or that cannot run here, raises a ValueError that names the ones that
-exist and why the others are out. An unverified backend still runs when asked for explicitly.
+Every op family registers, per backend, the module that implements it (ia_kernels/kernels/<backend>/
+<op>.py, imported on first use) and the compute dtypes it serves (`Impl`). What a backend needs
+of the device is declared once, below (`_WHY_NOT`), and which (op, backend, device) have passed
+their tests in `VERIFIED`.
+
+Selection: the call's `backend=` argument, else the `IA_KERNELS_BACKEND` environment variable
+(applied to the ops that implement the backend it names), else the fastest backend that can run on
+the tensors' device, serves the call's compute dtype, *and has been verified there* ("torch" is
+always eligible). A backend asked for by name that lacks the op, cannot run here, or cannot serve
+the dtype raises a ValueError that says why and names the alternatives: it is never silently
+replaced. An unverified backend still runs when asked for by name.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -107,18 +113,35 @@ _PREFERENCE = {
 
 
 @dataclass(frozen=True)
+class Impl:
+    """One backend's implementation of one op: the module (imported on first use, so that an
+    optional dependency such as triton is only needed when its backend runs) and the compute
+    dtypes it serves (ia_kernels.core.numerics.compute_dtype of the inputs)."""
+
+    module: str
+    dtypes: tuple[torch.dtype, ...]
+
+    def load(self):
+        return importlib.import_module(self.module)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+@dataclass(frozen=True)
 class OpBackends:
     """The implementations of one op family, keyed by backend name."""
 
     op: str
-    impls: dict[str, Callable]
+    impls: dict[str, Impl]
     # Per op, the GPU order can differ from the default (e.g. Triton beats the CUDA row pass).
     cuda_preference: tuple[str, ...] = _PREFERENCE["cuda"]
 
     def names(self) -> list[str]:
         return [name for name in BACKEND_NAMES if name in self.impls]
 
-    def _check(self, name: str, device: torch.device, source: str) -> Callable:
+    def _check(self, name: str, device: torch.device, dtype: torch.dtype | None, source: str):
         if name not in BACKEND_NAMES:
             raise ValueError(f"{source}={name!r} is not a backend; known backends: {', '.join(BACKEND_NAMES)}")
         if name not in self.impls:
@@ -128,7 +151,14 @@ class OpBackends:
         why = _WHY_NOT[name](device)
         if why is not None:
             raise ValueError(f"{self.op}: backend {name!r} ({source}) cannot run here: {why}; {self.describe(device)}")
-        return self.impls[name]
+        impl = self.impls[name]
+        if dtype is not None and dtype not in impl.dtypes:
+            serves = [b for b in self.names() if dtype in self.impls[b].dtypes]
+            raise ValueError(
+                f"{self.op}: backend {name!r} ({source}) computes in {', '.join(map(_dtype_name, impl.dtypes))} "
+                f"only, not {_dtype_name(dtype)}; for {_dtype_name(dtype)} inputs use backend="
+                f"{' or '.join(repr(b) for b in serves)} or backend=None")
+        return impl.load()
 
     def describe(self, device: torch.device) -> str:
         parts = []
@@ -143,27 +173,33 @@ class OpBackends:
         """The automatic choice's candidates on `device`, fastest first (before verification)."""
         return self.cuda_preference if device.type == "cuda" else _PREFERENCE.get(device.type, ("torch",))
 
-    def select(self, device: torch.device, backend: str | None = None) -> tuple[str, Callable]:
+    def select(self, device: torch.device, dtype: torch.dtype | None = None,
+               backend: str | None = None) -> tuple[str, object]:
+        """(name, module) of the backend that serves a call on `device` computing in `dtype`."""
         if backend is not None:
-            return backend, self._check(backend, device, "backend")
+            return backend, self._check(backend, device, dtype, "backend")
         env = os.environ.get(ENV_VAR)
         if env:
             if env not in BACKEND_NAMES:
                 raise ValueError(f"{ENV_VAR}={env!r} is not a backend; known backends: {', '.join(BACKEND_NAMES)}")
             if env in self.impls:
-                return env, self._check(env, device, ENV_VAR)
+                return env, self._check(env, device, dtype, ENV_VAR)
         for name in self.order(device):
-            if name in self.impls and _WHY_NOT[name](device) is None and is_verified(self.op, name, device.type):
-                return name, self.impls[name]
-        return "torch", self.impls["torch"]
+            impl = self.impls.get(name)
+            if (impl is not None and (dtype is None or dtype in impl.dtypes) and _WHY_NOT[name](device) is None
+                    and is_verified(self.op, name, device.type)):
+                return name, impl.load()
+        return "torch", self.impls["torch"].load()
 
 
 _OPS: dict[str, OpBackends] = {}
 
 
-def register(op: str, impls: dict[str, Callable], cuda_preference: tuple[str, ...] | None = None) -> OpBackends:
+def register(op: str, impls: dict[str, Impl], cuda_preference: tuple[str, ...] | None = None) -> OpBackends:
     if "torch" not in impls:
         raise ValueError(f"{op}: every op needs a 'torch' backend")
+    if not all(isinstance(i, Impl) for i in impls.values()):
+        raise TypeError(f"{op}: register each backend as an Impl(module, dtypes)")
     entry = OpBackends(op, dict(impls), cuda_preference or _PREFERENCE["cuda"])
     _OPS[op] = entry
     return entry

@@ -33,24 +33,24 @@ def cuda_module_built(monkeypatch):
                                 "linear_ppo_loss", "ppo_loss"])
 def test_cuda_tensors_default_to_torch_until_verified(cuda_module_built, op):
     entry = backends._OPS[op]
-    assert entry.select(torch.device("cuda"), None)[0] == "torch"
+    assert entry.select(torch.device("cuda"), backend=None)[0] == "torch"
     for name in ("cuda", "triton"):
         if name in entry.impls and backends._WHY_NOT[name](torch.device("cuda")) is None:
-            assert entry.select(torch.device("cuda"), name)[0] == name  # explicit still runs it
+            assert entry.select(torch.device("cuda"), backend=name)[0] == name  # explicit still runs it
 
 
 def test_explicit_cuda_backend_and_env_var_still_run_it(cuda_module_built, monkeypatch):
     cuda = torch.device("cuda")
-    assert adv_ops._OP.select(cuda, "cuda")[0] == "cuda"
-    assert adv_ops._LENGTH_OP.select(cuda, "cuda")[0] == "cuda"
+    assert adv_ops._OP.select(cuda, backend="cuda")[0] == "cuda"
+    assert adv_ops._LENGTH_OP.select(cuda, backend="cuda")[0] == "cuda"
     monkeypatch.setenv(backends.ENV_VAR, "cuda")
-    assert adv_ops._OP.select(cuda, None)[0] == "cuda"
+    assert adv_ops._OP.select(cuda, backend=None)[0] == "cuda"
 
 
 def test_a_verified_entry_becomes_the_default(cuda_module_built, monkeypatch):
     monkeypatch.setattr(backends, "VERIFIED", backends.VERIFIED | {("group_advantages", "cuda", "cuda")})
-    assert adv_ops._OP.select(torch.device("cuda"), None)[0] == "cuda"
-    assert adv_ops._LENGTH_OP.select(torch.device("cuda"), None)[0] == "torch"
+    assert adv_ops._OP.select(torch.device("cuda"), backend=None)[0] == "cuda"
+    assert adv_ops._LENGTH_OP.select(torch.device("cuda"), backend=None)[0] == "torch"
 
 
 def test_available_backends_says_why_cuda_is_not_the_default(cuda_module_built):
@@ -68,7 +68,7 @@ def test_available_backends_says_why_cuda_is_not_the_default(cuda_module_built):
 def test_cpu_tensors_still_default_to_the_native_cpu_backend(monkeypatch):
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
     if _native.has_cpu_module():
-        assert adv_ops._OP.select(torch.device("cpu"), None)[0] == "cpu"
+        assert adv_ops._OP.select(torch.device("cpu"), backend=None)[0] == "cpu"
 
 
 # ---- A: per-sample inputs and scalar arguments --------------------------------------------------
@@ -222,7 +222,7 @@ def test_malformed_chunk_bytes_variable_names_itself(monkeypatch, value):
 
 
 def test_chunk_bytes_variable_sets_the_rows(monkeypatch):
-    from ia_kernels.ops._lm_head import chunk_rows
+    from ia_kernels.core.chunks import chunk_rows
     monkeypatch.setenv("IA_KERNELS_CHUNK_BYTES", " 4000 ")
     assert chunk_rows(1000, 10, torch.device("cpu"), None) == 100  # 4000 bytes / (4 * 10)
     monkeypatch.setenv("IA_KERNELS_CHUNK_BYTES", "")

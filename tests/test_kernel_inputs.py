@@ -7,6 +7,7 @@ NaN / inf propagation, the sign of log-probs and entropies, empty dimensions, me
 ill-typed settings.
 """
 
+import importlib
 import subprocess
 import sys
 
@@ -15,8 +16,12 @@ import torch
 
 import ia_kernels as ik
 from ia_kernels import backends
-from ia_kernels.ops import linear_ppo, ppo
-from ia_kernels.ops._logprob_rows import ROW_PASSES
+from ia_kernels.ops import ppo
+
+
+def _kernels(backend: str, op: str):
+    """kernels/<backend>/<op>.py, the module the front-ends select."""
+    return importlib.import_module(f"ia_kernels.kernels.{backend}.{op}")
 
 TRITON = pytest.param("triton", marks=pytest.mark.skipif(
     not backends.triton_installed(), reason="triton is not installed"))
@@ -98,12 +103,12 @@ def test_row_pass_flags_bad_targets_with_nan_and_stays_in_its_row(backend):
     buf, z, guard = _guarded_logits(rows, V)
     targets = torch.tensor([3, -7, 11, 10**12, -100], dtype=torch.int64)
     logp, lse, ent = (torch.empty(rows) for _ in range(3))
-    rp = ROW_PASSES[backend]
-    rp.forward(z, targets, 1.0, -100, logp, lse, ent)
+    rp = _kernels(backend, "logprobs")
+    rp.rows_forward(z, targets, 1.0, -100, logp, lse, ent)
     assert logp[0] < 0 and logp[4] == 0
     assert torch.isnan(logp[1:4]).all()
     assert torch.isfinite(lse).all() and torch.isfinite(ent).all()
-    rp.backward(z, targets, 1.0, -100, lse, ent, torch.ones(rows), None)
+    rp.rows_backward(z, targets, 1.0, -100, lse, ent, torch.ones(rows), None)
     assert torch.isnan(z[1:4]).all() and torch.isfinite(z[0]).all() and (z[4] == 0).all()
     assert (buf[:guard] == 7.25).all() and (buf[guard + rows:] == 7.25).all()
 
@@ -115,7 +120,7 @@ def test_fused_ppo_row_pass_flags_bad_targets_with_nan_and_stays_in_its_row(back
     targets = torch.tensor([2, 9, -1, -100], dtype=torch.int64)
     opts = ppo.PpoOptions.from_kwargs()
     logp, ent, loss, ratio = (torch.empty(rows) for _ in range(4))
-    linear_ppo.ROW_BACKENDS[backend].fused_rows(
+    _kernels(backend, "ppo").fused_rows(
         z, targets, 1.0, -100, torch.full((rows,), -2.0), torch.ones(rows), None, torch.full((rows,), 0.25), opts,
         logp, ent, loss, ratio)
     assert torch.isfinite(torch.stack([logp[0], loss[0], ratio[0]])).all()
@@ -210,7 +215,7 @@ def test_non_finite_logits_give_nan_rows_and_leave_other_rows_alone(backend):
     targets = torch.tensor([1, 2, 5, 0, 6])
     want = torch.log_softmax(z.double(), -1)
     logp, lse, ent = (torch.empty(5) for _ in range(3))
-    ROW_PASSES[backend].forward(z.clone(), targets, 1.0, -100, logp, lse, ent)
+    _kernels(backend, "logprobs").rows_forward(z.clone(), targets, 1.0, -100, logp, lse, ent)
     for out in (logp, lse, ent):
         assert torch.isnan(out[1:4]).all(), out
     for r in (0, 4):

@@ -219,8 +219,33 @@ void length_penalized_rewards(std::uintptr_t correct, std::uintptr_t lengths, st
 }  // namespace
 
 void bind_advantages(py::module_& m) {
+  // Named arguments: the Python callers pass them by keyword, so pybind11 checks every name.
   m.def("group_advantages", &group_advantages,
-        "Per-group advantages (raw pointers); returns (error code, first offending sample index)");
+        "Per-group advantages (raw pointers); returns (error code, first offending sample index)",
+        py::arg("estimator"), py::arg("variant"), py::arg("is_double"), py::arg("rewards"), py::arg("answers"),
+        py::arg("out"), py::arg("n_groups"), py::arg("group_size"), py::arg("offsets"), py::arg("order"),
+        py::arg("max_group_size"), py::arg("k"), py::arg("eps"));
   m.def("length_penalized_rewards", &length_penalized_rewards,
-        "Arora & Zanette length-penalised rewards per group (raw pointers)");
+        "Arora & Zanette length-penalised rewards per group (raw pointers)", py::arg("correct"),
+        py::arg("lengths"), py::arg("out"), py::arg("is_double"), py::arg("n_groups"), py::arg("group_size"),
+        py::arg("offsets"), py::arg("order"), py::arg("max_group_size"), py::arg("alpha"));
+  // The enums' codes, so that the Python side's tables (ia_kernels/core/numerics.py) are checked
+  // against the header they mirror (tests/test_numerics_constants.py).
+  py::dict estimators;
+  estimators["reinforce"] = static_cast<int>(ia::adv::kReinforce);
+  estimators["rloo"] = static_cast<int>(ia::adv::kRloo);
+  estimators["grpo"] = static_cast<int>(ia::adv::kGrpo);
+  estimators["dr_grpo"] = static_cast<int>(ia::adv::kDrGrpo);
+  estimators["passk"] = static_cast<int>(ia::adv::kPassK);
+  estimators["passk_chen"] = static_cast<int>(ia::adv::kPassKChen);
+  estimators["majority"] = static_cast<int>(ia::adv::kMajority);
+  m.attr("ESTIMATOR_CODES") = estimators;
+  py::dict variants;
+  variants["s"] = static_cast<int>(ia::adv::kVariantS);
+  variants["loo"] = static_cast<int>(ia::adv::kVariantLoo);
+  variants["loo-1"] = static_cast<int>(ia::adv::kVariantLooMinus1);
+  m.attr("PASSK_VARIANT_CODES") = variants;
+  m.attr("REWARD_ERROR_CODES") = py::make_tuple(static_cast<int>(ia::adv::kNonFinite),
+                                                static_cast<int>(ia::adv::kOutsideUnit),
+                                                static_cast<int>(ia::adv::kNotBinary));
 }

@@ -170,6 +170,14 @@ void ppo_rows_fused(std::uintptr_t logits, int64_t row_stride, int64_t n_rows, i
 }  // namespace
 
 void bind_ppo(py::module_& m) {
+  // The constants ia_kernels/core/numerics.py mirrors (checked by tests/test_numerics_constants.py).
+  py::dict kl;
+  kl["k1"] = static_cast<int>(ia::kKlK1);
+  kl["k2"] = static_cast<int>(ia::kKlK2);
+  kl["k3"] = static_cast<int>(ia::kKlK3);
+  m.attr("KL_ESTIMATOR_CODES") = kl;
+  m.attr("MAX_LOG_RATIO") = static_cast<double>(ia::kPpoMaxLogRatio);
+  m.attr("SHIFTED_LOGIT_FLOOR") = static_cast<double>(ia::kShiftedLogitFloor);
   // Named arguments: the Python callers pass them by keyword, so pybind11 checks every name.
   m.def("ppo_terms", &ppo_terms,
         "Per-token PPO loss terms, w*dL/dlogp, w*dL/dentropy and ratios over [B, T] (raw pointers)",

@@ -2,11 +2,12 @@
 
 Layers: per-group maths (csrc/include/ia/advantages.h, run by the OpenMP kernel in
 csrc/cpu/advantages.cpp and the CUDA kernel in csrc/cuda/advantages.cu; vectorised PyTorch in
-ops/_advantages_torch.py) -> launchers (`_cpu_*`, `_cuda_*`, `_torch_*` below: group layout in,
-advantages out) -> public functions. No autograd: advantages are constants of the policy loss.
+kernels/torch/advantages.py) -> launchers (kernels/<backend>/advantages.py: group layout in,
+advantages out) -> public functions (validation, backend selection). No autograd: advantages are
+constants of the policy loss.
 
 Groups are an int (fixed size, contiguous) or a tensor of group ids in any order and sizes
-(ops/_groups.py turns ids into CSR offsets over one stable sort). The native kernels check the
+(core/groups.py turns ids into CSR offsets over one stable sort). The native kernels check the
 rewards as they read them (NaN/inf, passk's [0, 1], passk_chen's {0, 1}), so the checks cost no
 extra pass; the PyTorch path checks them with tensor ops. Either way a bad reward is a
 ValueError naming the first offending sample.
@@ -16,126 +17,34 @@ from __future__ import annotations
 
 import torch
 
-from .. import _native, backends
-from . import _advantages_torch, _checks
-from ._groups import GroupLayout, group_layout, require_data, require_number
+from .. import backends
+from ..core import checks as _checks
+from ..core.groups import GroupLayout, group_layout, require_data, require_number
+from ..core.numerics import (ESTIMATOR_CODES, ESTIMATORS_USING_K, FP32_FP64, PASSK_VARIANT_CODES, REWARD_NON_FINITE,
+                             REWARD_OUTSIDE_UNIT, compute_dtype)
 
-ESTIMATORS = ("reinforce", "rloo", "grpo", "dr_grpo", "passk", "passk_chen", "majority")
-PASSK_VARIANTS = ("s", "loo", "loo-1")
-_ESTIMATOR_CODE = {name: i for i, name in enumerate(ESTIMATORS)}  # ia::adv::Estimator
-_VARIANT_CODE = {name: i for i, name in enumerate(PASSK_VARIANTS)}  # ia::adv::PassKVariant
-_USES_K = ("passk", "passk_chen", "majority")
-
-# ia::adv::InputError codes -> what the rewards had to satisfy.
-_NON_FINITE, _OUTSIDE_UNIT, _NOT_BINARY = 1, 2, 3
+ESTIMATORS = tuple(ESTIMATOR_CODES)
+PASSK_VARIANTS = tuple(PASSK_VARIANT_CODES)
 
 
 def _reward_error(code: int, index: int, rewards: torch.Tensor) -> ValueError:
     value = rewards[index].item()
-    if code == _NON_FINITE:
+    if code == REWARD_NON_FINITE:
         return ValueError(f"rewards must be finite: it has NaN or inf (first at index {index}: {value})")
-    if code == _OUTSIDE_UNIT:
+    if code == REWARD_OUTSIDE_UNIT:
         return ValueError(f"rewards must lie in [0, 1] for estimator='passk' (the objective is the expected max "
                           f"of k rewards); found {value} at index {index}")
     return ValueError(f"rewards must be 0 or 1 for estimator='passk_chen' (binary rewards); "
                       f"found {value} at index {index}")
 
 
-def _torch_reward_check(rewards: torch.Tensor, estimator: str) -> tuple[int, int]:
-    """(code, first offending index) with the native kernels' semantics, or (0, -1)."""
-    code = (~torch.isfinite(rewards)).to(torch.int8) * _NON_FINITE
-    if estimator == "passk":
-        code = torch.where((code == 0) & ((rewards < 0) | (rewards > 1)), _OUTSIDE_UNIT, code)
-    elif estimator == "passk_chen":
-        code = torch.where((code == 0) & (rewards != 0) & (rewards != 1), _NOT_BINARY, code)
-    bad = code.nonzero()
-    if bad.numel() == 0:
-        return 0, -1
-    i = int(bad[0, 0])
-    return int(code[i]), i
+def _kernels() -> dict:
+    # Every backend computes in float32 or float64 (half-precision rewards are widened exactly).
+    return {b: backends.Impl(f"ia_kernels.kernels.{b}.advantages", FP32_FP64) for b in ("torch", "cpu", "cuda")}
 
 
-def _out_dtype(rewards: torch.Tensor) -> torch.dtype:
-    return torch.float64 if rewards.dtype == torch.float64 else torch.float32
-
-
-def _kernel_rewards(rewards: torch.Tensor) -> torch.Tensor:
-    # The kernels read float32 or float64; half types are widened once (exactly).
-    return rewards.to(_out_dtype(rewards)).contiguous()
-
-
-# ---- launchers: (rewards, answers, layout, estimator, k, variant, eps) -> (advantages, (code, index))
-
-def _torch_group_advantages(rewards, answers, layout, estimator, k, variant, eps):
-    err = _torch_reward_check(rewards, estimator)
-    if err[0]:
-        return None, err
-    out = _advantages_torch.group_advantages(rewards, answers, layout, estimator, k, variant, eps)
-    return out.to(_out_dtype(rewards)), err
-
-
-def _native_args(rewards, answers, layout: GroupLayout, estimator, k, variant, eps):
-    r = _kernel_rewards(rewards)
-    ans = None if answers is None else answers.to(torch.int64).contiguous()
-    out = torch.empty_like(r)
-    args = (_ESTIMATOR_CODE[estimator], _VARIANT_CODE[variant], r.dtype == torch.float64, r.data_ptr(),
-            _native.ptr(ans), out.data_ptr(), layout.n_groups, layout.group_size, _native.ptr(layout.offsets),
-            _native.ptr(layout.order))
-    return r, ans, out, args
-
-
-def _cpu_group_advantages(rewards, answers, layout, estimator, k, variant, eps):
-    r, ans, out, args = _native_args(rewards, answers, layout, estimator, k, variant, eps)
-    code, index = _native.cpu_module().group_advantages(*args, layout.max_size, int(k), float(eps))
-    return out, (code, index)
-
-
-def _cuda_group_advantages(rewards, answers, layout, estimator, k, variant, eps):
-    r, ans, out, args = _native_args(rewards, answers, layout, estimator, k, variant, eps)
-    n = r.numel() if estimator in ("passk", "majority") else 0  # the others need no scratch
-    scratch = torch.empty(6 * n, dtype=torch.float64, device=r.device)
-    idx = torch.empty(n, dtype=torch.int32, device=r.device)
-    ans_scratch = torch.empty(n if ans is not None else 0, dtype=torch.int64, device=r.device)
-    first_error = torch.full((1,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=r.device)
-    _native.cuda_module().group_advantages(*args, _native.ptr(scratch), _native.ptr(idx), _native.ptr(ans_scratch),
-                                           int(k), float(eps), first_error.data_ptr(), _native.stream_of(r))
-    packed = int(first_error.item())  # the one host sync: the reward checks' verdict
-    if packed == torch.iinfo(torch.int64).max:
-        return out, (0, -1)
-    return out, (packed % 4, packed // 4)
-
-
-def _torch_length_penalized(correct, lengths, layout, alpha, dtype):
-    return _advantages_torch.length_penalized_rewards(correct, lengths, layout, alpha).to(dtype)
-
-
-def _native_length_args(correct, lengths, layout, dtype):
-    out = torch.empty(lengths.shape, dtype=dtype, device=lengths.device)
-    c = correct.contiguous()
-    return c, out, (c.data_ptr(), lengths.data_ptr(), out.data_ptr(), dtype == torch.float64, layout.n_groups,
-                    layout.group_size, _native.ptr(layout.offsets), _native.ptr(layout.order))
-
-
-def _cpu_length_penalized(correct, lengths, layout, alpha, dtype):
-    c, out, args = _native_length_args(correct, lengths, layout, dtype)
-    _native.cpu_module().length_penalized_rewards(*args, layout.max_size, float(alpha))
-    return out
-
-
-def _cuda_length_penalized(correct, lengths, layout, alpha, dtype):
-    c, out, args = _native_length_args(correct, lengths, layout, dtype)
-    n = lengths.numel()
-    scratch = torch.empty(2 * n, dtype=torch.float64, device=lengths.device)
-    flags = torch.empty(n, dtype=torch.uint8, device=lengths.device)
-    _native.cuda_module().length_penalized_rewards(*args, scratch.data_ptr(), flags.data_ptr(), float(alpha),
-                                                   _native.stream_of(lengths))
-    return out
-
-
-_OP = backends.register("group_advantages", {
-    "torch": _torch_group_advantages, "cpu": _cpu_group_advantages, "cuda": _cuda_group_advantages})
-_LENGTH_OP = backends.register("length_penalized_rewards", {
-    "torch": _torch_length_penalized, "cpu": _cpu_length_penalized, "cuda": _cuda_length_penalized})
+_OP = backends.register("group_advantages", _kernels())
+_LENGTH_OP = backends.register("length_penalized_rewards", _kernels())
 
 
 # ---- validation ---------------------------------------------------------------------------------
@@ -146,9 +55,9 @@ def _require_1d(name: str, x: torch.Tensor) -> None:
 
 
 def _check_k(k, estimator: str, variant: str, layout: GroupLayout) -> int:
-    if estimator not in _USES_K:
+    if estimator not in ESTIMATORS_USING_K:
         if k is not None:
-            raise ValueError(f"k is only used by estimators {', '.join(_USES_K)}; estimator={estimator!r} "
+            raise ValueError(f"k is only used by estimators {', '.join(ESTIMATORS_USING_K)}; estimator={estimator!r} "
                              f"takes no k (got k={k!r})")
         return 0
     if estimator == "majority":
@@ -237,8 +146,8 @@ def group_advantages(rewards: torch.Tensor, groups, *, estimator: str, k: int | 
         raise ValueError(f"answers is only used by estimator='majority' (got estimator={estimator!r})")
     layout = group_layout(groups, rewards.numel(), rewards.device)
     k = _check_k(k, estimator, variant, layout)
-    _, impl = _OP.select(rewards.device, backend)
-    out, (code, index) = impl(rewards, answers, layout, estimator, k, variant, eps)
+    _, kernels = _OP.select(rewards.device, compute_dtype(rewards.dtype), backend)
+    out, (code, index) = kernels.group_advantages(rewards, answers, layout, estimator, k, variant, eps)
     if code:
         raise _reward_error(code, index, rewards)
     return out
@@ -294,5 +203,5 @@ def length_penalized_rewards(correct: torch.Tensor, lengths: torch.Tensor, group
                          f"{lengths64[i].item()} at index {i}")
     layout = group_layout(groups, correct.numel(), correct.device, what="responses")
     dtype = torch.float64 if lengths.dtype == torch.float64 else torch.float32
-    _, impl = _LENGTH_OP.select(correct.device, backend)
-    return impl(correct, lengths64, layout, alpha, dtype)
+    _, kernels = _LENGTH_OP.select(correct.device, dtype, backend)
+    return kernels.length_penalized_rewards(correct, lengths64, layout, alpha, dtype)

@@ -13,8 +13,8 @@ import math
 import numpy as np
 import torch
 
-from . import _checks
-from ._groups import group_layout, padded_index, require_data, to_padded
+from ..core import checks as _checks
+from ..core.groups import group_layout, padded_index, require_data, to_padded
 
 _INT64_MAX = torch.iinfo(torch.int64).max
 

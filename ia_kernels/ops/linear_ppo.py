@@ -1,9 +1,10 @@
 """linear_ppo_loss: hidden states in, PPO loss and all its gradients out, logits never stored.
 
-Layers: row passes (`ppo_rows_fused` in csrc/cpu/ppo.cpp and triton/ppo.py, `_torch_fused_rows`
-here; the log-prob row passes of ops/_logprob_rows.py) -> chunked launchers (`_token_level_pass`,
-`_sequence_level_one_pass`, `_sequence_level_two_phase`; GEMMs in ops/_lm_head.py) -> autograd
-Function (`LinearPpoLossFunction`) -> public `linear_ppo_loss`.
+Layers: row passes (`fused_rows` in kernels/<backend>/ppo.py; the log-prob row passes of
+kernels/<backend>/logprobs.py) -> the chunk driver (core/chunks.py: chunking, buffers, GEMMs), run
+by `_token_level_pass`, `_sequence_level_one_pass` or `_sequence_level_two_phase` -> autograd
+Function (`LinearPpoLossFunction`, its settings in one frozen `LinearPpoCall`) -> public
+`linear_ppo_loss`.
 
 Only valid tokens are computed: padding rows are dropped before the chunk GEMMs (`ValidRows`), the
 compaction sized by the one host sync that validation makes anyway.
@@ -20,74 +21,24 @@ known (the ratio is a mean over the sequence). When whole sequences fit in a chu
 at sequence boundaries and each chunk is finished in place: log-prob row pass, the [B, T] terms of
 its sequences, gradient row pass on the same logits, GEMMs (6 N H V). When one sequence is longer
 than a chunk, it runs in two phases, 8 N H V FLOPs: a stats pass over all chunks (logits GEMM +
-log-prob row pass: logp, lse, entropy), the per-token terms over [B, T] (ops/ppo.py's kernels),
+log-prob row pass: logp, lse, entropy), the per-token terms over [B, T] (the backend's `terms`),
 then a gradient pass that recomputes each chunk's logits and runs the log-prob gradient row pass and
 the two GEMMs — linear_logprobs's forward and backward.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-from .. import _native, backends
-from . import _checks, ppo
-from ._lm_head import LMHead, chunk_rows
-from ._logprob_rows import ROW_PASSES, RowPass
-from .logprobs import _chunked_backward, _chunked_forward, _validate
-
-
-@dataclass(frozen=True)
-class PpoRowBackend:
-    """The kernels one backend contributes to the fused linear PPO loss."""
-
-    name: str
-    fused_rows: Callable  # token-level fused row pass, signature of `_torch_fused_rows`
-    logprob_rows: RowPass  # stats and gradient row passes, for the two-phase sequence level
-    terms: Callable  # per-token PPO terms over [B, T] (ops/ppo.py)
-
-
-def _torch_fused_rows(z, targets, temperature, ignore_index, old_logp, adv, ref_logp, weight, opts,
-                      logp, entropy, loss, ratio):
-    """The fused row pass in PyTorch: log-prob rows, token terms (each row a one-token sequence of
-    weight `weight`), then the gradient rows. Same contract as the native kernels: ignored rows get
-    zero outputs (ratio 1) and a zero gradient row."""
-    rows_pass = ROW_PASSES["torch"]
-    lse = torch.empty_like(logp)
-    rows_pass.forward(z, targets, temperature, ignore_index, logp, lse, entropy)
-    valid = (targets != ignore_index)[:, None]
-    loss_tok, g_logp, g_entropy, ratio_tok = ppo._torch_terms(
-        logp[:, None], old_logp[:, None], adv, valid, weight, None if ref_logp is None else ref_logp[:, None],
-        entropy[:, None], opts)
-    loss.copy_(loss_tok[:, 0])
-    ratio.copy_(ratio_tok[:, 0])
-    entropy.masked_fill_(~valid[:, 0], 0.0)
-    rows_pass.backward(z, targets, temperature, ignore_index, lse, entropy, g_logp[:, 0],
-                       g_entropy[:, 0] if opts.entropy_coef != 0 else None)
-
-
-def _cpu_fused_rows(z, targets, temperature, ignore_index, old_logp, adv, ref_logp, weight, opts,
-                    logp, entropy, loss, ratio):
-    _native.cpu_module().ppo_rows_fused(
-        logits=z.data_ptr(), row_stride=z.stride(0), n_rows=z.shape[0], V=z.shape[1], targets=targets.data_ptr(),
-        temperature=float(temperature), ignore_index=int(ignore_index), old_logp=old_logp.data_ptr(),
-        adv=adv.data_ptr(), ref_logp=_native.ptr(ref_logp), weight=weight.data_ptr(), **opts.native_params(),
-        logp=logp.data_ptr(), entropy=entropy.data_ptr(), loss=loss.data_ptr(), ratio=ratio.data_ptr())
-
-
-def _triton_fused_rows(*args):
-    from ..triton import ppo as triton_ppo  # imported late: triton is optional
-
-    triton_ppo.ppo_rows_fused(*args)
-
-
-ROW_BACKENDS = {
-    "torch": PpoRowBackend("torch", _torch_fused_rows, ROW_PASSES["torch"], ppo.TERMS["torch"]),
-    "cpu": PpoRowBackend("cpu", _cpu_fused_rows, ROW_PASSES["cpu"], ppo.TERMS["cpu"]),
-    "triton": PpoRowBackend("triton", _triton_fused_rows, ROW_PASSES["triton"], ppo.TERMS["triton"]),
-}
+from .. import backends
+from ..core import checks as _checks
+from ..core.chunks import ChunkDriver, chunk_rows
+from ..core.numerics import FP32, FP32_FP64, compute_dtype
+from . import ppo
+from .logprobs import RowPassCall, _validate, chunked_backward, chunked_forward
 
 
 @dataclass
@@ -121,37 +72,43 @@ class ValidRows:
         return out.index_copy_(0, self.idx, x)
 
 
-def _grad_buffers(hidden, weight, bias, needs, dtype):
-    """grad_hidden in hidden's dtype; weight/bias gradients accumulate over chunks in fp32
-    (deterministic: no atomics) and are cast at the end by `_finish_grads`."""
-    need_h, need_w, need_b = needs
-    return (torch.empty_like(hidden) if need_h else None,
-            torch.zeros(weight.shape, dtype=dtype, device=weight.device) if need_w else None,
-            torch.zeros(bias.shape, dtype=dtype, device=bias.device) if need_b else None)
+@dataclass(frozen=True)
+class LinearPpoCall:
+    """Everything `LinearPpoLossFunction` needs besides hidden, weight and bias (the differentiable
+    inputs): the prepared per-token tensors, the options and the kernels. Per-token tensors are
+    contiguous, in the compute dtype; targets are int64 with ignore_index on invalid tokens."""
+
+    targets: torch.Tensor  # [B * T]
+    old_logp: torch.Tensor  # [B, T]
+    advantages: torch.Tensor  # [B] or [B, T]
+    ref_logp: torch.Tensor | None  # [B, T]
+    valid: torch.Tensor  # [B, T] bool
+    vrows: ValidRows
+    temperature: float
+    ignore_index: int
+    opts: ppo.PpoOptions
+    ppo_kernels: object  # kernels/<backend>/ppo.py: fused_rows, terms
+    logprob_kernels: object  # kernels/<backend>/logprobs.py: rows_forward, rows_backward
+    rows: int  # rows of logits per chunk
+    want_grads: bool  # False under torch.no_grad(): the row passes skip the gradient
+
+    def logprob_call(self, targets: torch.Tensor) -> RowPassCall:
+        return RowPassCall(self.logprob_kernels, targets, self.temperature, self.ignore_index, self.rows)
 
 
-def _finish_grads(grads, weight, bias):
-    gh, gw, gb = grads
-    return gh, None if gw is None else gw.to(weight.dtype), None if gb is None else gb.to(bias.dtype)
+def _token_level_pass(c: LinearPpoCall, driver: ChunkDriver, targets, old_logp, adv, ref_logp, token_weight):
+    """One pass over the chunks of valid rows: (logp, entropy, unweighted token loss, ratio) [n];
+    the gradients accumulate in the driver."""
+    n = driver.hidden.shape[0]
+    logp, entropy, loss_tok, ratio = torch.empty((4, n), dtype=driver.dtype, device=driver.hidden.device).unbind(0)
 
+    def row_pass(z, a, b):
+        c.ppo_kernels.fused_rows(z, targets[a:b], c.temperature, c.ignore_index, old_logp[a:b], adv[a:b],
+                                 None if ref_logp is None else ref_logp[a:b], token_weight[a:b], c.opts,
+                                 logp[a:b], entropy[a:b], loss_tok[a:b], ratio[a:b])
 
-def _token_level_pass(be: PpoRowBackend, hidden, weight, bias, head: LMHead, targets, temperature, ignore_index,
-                      old_logp, adv, ref_logp, token_weight, opts, rows, needs):
-    """One pass over the chunks: (logp, entropy, unweighted token loss, ratio) [n] and the gradients."""
-    n = hidden.shape[0]
-    logp, entropy, loss_tok, ratio = torch.empty((4, n), dtype=head.logits_dtype, device=hidden.device).unbind(0)
-    grad_hidden, grad_weight, grad_bias = _grad_buffers(hidden, weight, bias, needs, head.logits_dtype)
-    for start in range(0, n, rows):
-        sl = slice(start, min(start + rows, n))
-        z = head.logits(hidden[sl])
-        be.fused_rows(z, targets[sl], temperature, ignore_index, old_logp[sl], adv[sl],
-                      None if ref_logp is None else ref_logp[sl], token_weight[sl], opts,
-                      logp[sl], entropy[sl], loss_tok[sl], ratio[sl])
-        if any(needs):
-            head.backprop_chunk(z, hidden[sl], None if grad_hidden is None else grad_hidden[sl], grad_weight, grad_bias)
-        del z  # else the next chunk's logits are allocated while this chunk's are still referenced
-    grads = _finish_grads((grad_hidden, grad_weight, grad_bias), weight, bias)
-    return logp, entropy, loss_tok, ratio, grads
+    driver.run(row_pass)
+    return logp, entropy, loss_tok, ratio
 
 
 def _sequence_groups(lengths: list, rows: int):
@@ -169,56 +126,54 @@ def _sequence_groups(lengths: list, rows: int):
     return groups
 
 
-def _sequence_level_one_pass(be: PpoRowBackend, hidden, weight, bias, head: LMHead, targets, temperature,
-                             ignore_index, old_logp, adv, ref_logp, valid, vrows: ValidRows, groups, opts, needs):
+def _sequence_level_one_pass(c: LinearPpoCall, driver: ChunkDriver, targets, groups):
     """GSPO when every chunk holds whole sequences: per chunk, the log-prob row pass gives each of
     its sequences' logp, the [B, T] terms kernel their gradients, and the gradient row pass turns
     the same logits (still in memory) into dloss/dlogits: 6 N H V FLOPs, as at token level."""
-    B, T = valid.shape
-    dtype = head.logits_dtype
-    logp, entropy, loss_tok = torch.zeros((3, B, T), dtype=dtype, device=valid.device).unbind(0)
-    ratio = torch.ones((B, T), dtype=dtype, device=valid.device)
-    seq_scale = ppo.aggregation_scale(valid, opts, dtype)
-    grad_hidden, grad_weight, grad_bias = _grad_buffers(hidden, weight, bias, needs, dtype)
-    for b0, b1, r0, r1 in groups:
-        if r1 == r0:
-            continue  # only fully masked sequences: nothing to add
-        z = head.logits(hidden[r0:r1])
-        lp, lse, ent = torch.empty((3, r1 - r0), dtype=dtype, device=valid.device).unbind(0)
-        be.logprob_rows.forward(z, targets[r0:r1], temperature, ignore_index, lp, lse, ent)
-        local = vrows.idx[r0:r1] - b0 * T  # the rows' places in the [b0:b1, T] slab
+    B, T = c.valid.shape
+    dtype, device = driver.dtype, c.valid.device
+    logp, entropy, loss_tok = torch.zeros((3, B, T), dtype=dtype, device=device).unbind(0)
+    ratio = torch.ones((B, T), dtype=dtype, device=device)
+    seq_scale = ppo.aggregation_scale(c.valid, c.opts, dtype)
+    span_of = {(r0, r1): (b0, b1) for b0, b1, r0, r1 in groups}
+
+    def row_pass(z, r0, r1):
+        b0, b1 = span_of[(r0, r1)]
+        lp, lse, ent = torch.empty((3, r1 - r0), dtype=dtype, device=device).unbind(0)
+        c.logprob_kernels.rows_forward(z, targets[r0:r1], c.temperature, c.ignore_index, lp, lse, ent)
+        local = c.vrows.idx[r0:r1] - b0 * T  # the rows' places in the [b0:b1, T] slab
         logp[b0:b1].view(-1).index_copy_(0, local, lp)
         entropy[b0:b1].view(-1).index_copy_(0, local, ent)
-        loss_s, g_logp, g_ent, ratio_s = be.terms(
-            logp[b0:b1], old_logp[b0:b1], adv[b0:b1], valid[b0:b1], seq_scale[b0:b1],
-            None if ref_logp is None else ref_logp[b0:b1], entropy[b0:b1], opts)
+        loss_s, g_logp, g_ent, ratio_s = c.ppo_kernels.terms(
+            logp[b0:b1], c.old_logp[b0:b1], c.advantages[b0:b1], c.valid[b0:b1], seq_scale[b0:b1],
+            None if c.ref_logp is None else c.ref_logp[b0:b1], entropy[b0:b1], c.opts)
         loss_tok[b0:b1] = loss_s
         ratio[b0:b1] = ratio_s
-        if any(needs):
-            g_ent = g_ent.reshape(-1).index_select(0, local) if opts.entropy_coef != 0 else None
-            be.logprob_rows.backward(z, targets[r0:r1], temperature, ignore_index, lse, ent,
-                                     g_logp.reshape(-1).index_select(0, local), g_ent)
-            head.backprop_chunk(z, hidden[r0:r1], None if grad_hidden is None else grad_hidden[r0:r1], grad_weight,
-                                grad_bias)
-        del z  # one chunk of logits at a time
+        if driver.wants_grads:
+            g_ent = g_ent.reshape(-1).index_select(0, local) if c.opts.entropy_coef != 0 else None
+            c.logprob_kernels.rows_backward(z, targets[r0:r1], c.temperature, c.ignore_index, lse, ent,
+                                            g_logp.reshape(-1).index_select(0, local), g_ent)
+
+    driver.run(row_pass, spans=[(r0, r1) for _, _, r0, r1 in groups])
     loss = (loss_tok.sum(1) * seq_scale).sum()
-    return loss, logp, entropy, ratio, _finish_grads((grad_hidden, grad_weight, grad_bias), weight, bias)
+    return loss, logp, entropy, ratio
 
 
-def _sequence_level_two_phase(be: PpoRowBackend, hidden, weight, bias, head: LMHead, targets, temperature,
-                              ignore_index, old_logp, adv, ref_logp, valid, vrows: ValidRows, opts, rows, needs):
+def _sequence_level_two_phase(c: LinearPpoCall, hidden, weight, bias, targets, needs):
     """GSPO when a sequence is longer than a chunk (see the module docstring): stats pass over all
     chunks, [B, T] terms, gradient pass recomputing each chunk's logits: 8 N H V FLOPs."""
-    B, T = valid.shape
-    logp_v, lse_v, ent_v = _chunked_forward(be.logprob_rows, hidden, head, targets, temperature, ignore_index, rows)
-    logp = vrows.put(logp_v, 0.0, B * T).view(B, T)
-    entropy = vrows.put(ent_v, 0.0, B * T).view(B, T)
-    loss, g_logp, g_ent, ratio = ppo.loss_and_grads(be.terms, logp, old_logp, adv, valid, ref_logp, entropy, opts)
+    B, T = c.valid.shape
+    rp = c.logprob_call(targets)
+    logp_v, lse_v, ent_v = chunked_forward(rp, hidden, weight, bias)
+    logp = c.vrows.put(logp_v, 0.0, B * T).view(B, T)
+    entropy = c.vrows.put(ent_v, 0.0, B * T).view(B, T)
+    loss, g_logp, g_ent, ratio = ppo.loss_and_grads(c.ppo_kernels.terms, logp, c.old_logp, c.advantages, c.valid,
+                                                    c.ref_logp, entropy, c.opts)
     grads = (None, None, None)
     if any(needs):
-        g_ent = vrows.take(g_ent.reshape(-1)) if opts.entropy_coef != 0 else None
-        grads = _chunked_backward(be.logprob_rows, hidden, weight, bias, head, targets, temperature, ignore_index,
-                                  rows, lse_v, ent_v, vrows.take(g_logp.reshape(-1)), g_ent, needs)
+        g_ent = c.vrows.take(g_ent.reshape(-1)) if c.opts.entropy_coef != 0 else None
+        grads = chunked_backward(rp, hidden, weight, bias, lse_v, ent_v, c.vrows.take(g_logp.reshape(-1)), g_ent,
+                                 needs)
     return loss, logp, entropy, ratio, grads
 
 
@@ -231,42 +186,39 @@ def _graph_is_kept() -> bool:
 
 
 class LinearPpoLossFunction(torch.autograd.Function):
-    """Differentiable in hidden [N, H], weight and bias; every gradient is made in forward.
+    """Differentiable in hidden [B * T, H], weight and bias; every gradient is made in forward.
 
     backward scales the stored gradients in place and hands them over (no second [V, H] buffer),
     unless the graph is being retained (retain_graph=True, gradcheck): then it scales a copy.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, old_logp, adv, ref_logp, valid, vrows, temperature, ignore_index,
-                opts, be, rows, want_grads):
-        needs = (want_grads and ctx.needs_input_grad[0], want_grads and ctx.needs_input_grad[1],
-                 want_grads and bias is not None and ctx.needs_input_grad[2])
-        head = LMHead.prepare(weight, bias)
-        B, T = valid.shape
-        hidden_v, targets_v = vrows.take(hidden), vrows.take(targets)
-        groups = _sequence_groups(vrows.lengths, rows) if opts.importance == "sequence" else None
-        if opts.importance == "sequence" and groups is not None:
-            loss, logp, entropy, ratio, grads = _sequence_level_one_pass(
-                be, hidden_v, weight, bias, head, targets_v, temperature, ignore_index, old_logp, adv, ref_logp,
-                valid, vrows, groups, opts, needs)
-        elif opts.importance == "sequence":
-            loss, logp, entropy, ratio, grads = _sequence_level_two_phase(
-                be, hidden_v, weight, bias, head, targets_v, temperature, ignore_index, old_logp, adv, ref_logp,
-                valid, vrows, opts, rows, needs)
+    def forward(ctx, hidden, weight, bias, c: LinearPpoCall):
+        needs = (c.want_grads and ctx.needs_input_grad[0], c.want_grads and ctx.needs_input_grad[1],
+                 c.want_grads and bias is not None and ctx.needs_input_grad[2])
+        B, T = c.valid.shape
+        hidden_v, targets_v = c.vrows.take(hidden), c.vrows.take(c.targets)
+        groups = _sequence_groups(c.vrows.lengths, c.rows) if c.opts.importance == "sequence" else None
+        if c.opts.importance == "sequence" and groups is None:
+            loss, logp, entropy, ratio, grads = _sequence_level_two_phase(c, hidden_v, weight, bias, targets_v, needs)
         else:
-            seq_scale = ppo.aggregation_scale(valid, opts, head.logits_dtype)
-            token_weight = vrows.take(torch.where(valid, seq_scale[:, None], 0.0).reshape(-1))
-            adv_tok = vrows.take((adv[:, None].expand(B, T) if adv.dim() == 1 else adv).reshape(-1)).contiguous()
-            logp, entropy, loss_tok, ratio, grads = _token_level_pass(
-                be, hidden_v, weight, bias, head, targets_v, temperature, ignore_index,
-                vrows.take(old_logp.reshape(-1)), adv_tok,
-                None if ref_logp is None else vrows.take(ref_logp.reshape(-1)), token_weight, opts, rows, needs)
-            loss = (loss_tok * token_weight).sum()
-            logp, entropy = vrows.put(logp, 0.0, B * T).view(B, T), vrows.put(entropy, 0.0, B * T).view(B, T)
-            ratio = vrows.put(ratio, 1.0, B * T).view(B, T)
+            driver = ChunkDriver(hidden_v, weight, bias, c.rows, needs)
+            if c.opts.importance == "sequence":
+                loss, logp, entropy, ratio = _sequence_level_one_pass(c, driver, targets_v, groups)
+            else:
+                seq_scale = ppo.aggregation_scale(c.valid, c.opts, driver.dtype)
+                token_weight = c.vrows.take(torch.where(c.valid, seq_scale[:, None], 0.0).reshape(-1))
+                adv = c.advantages
+                adv_tok = c.vrows.take((adv[:, None].expand(B, T) if adv.dim() == 1 else adv).reshape(-1)).contiguous()
+                logp, entropy, loss_tok, ratio = _token_level_pass(
+                    c, driver, targets_v, c.vrows.take(c.old_logp.reshape(-1)), adv_tok,
+                    None if c.ref_logp is None else c.vrows.take(c.ref_logp.reshape(-1)), token_weight)
+                loss = (loss_tok * token_weight).sum()
+                logp, entropy = c.vrows.put(logp, 0.0, B * T).view(B, T), c.vrows.put(entropy, 0.0, B * T).view(B, T)
+                ratio = c.vrows.put(ratio, 1.0, B * T).view(B, T)
+            grads = driver.grads()
         if grads[0] is not None:
-            grads = (vrows.put(grads[0], 0.0, B * T), grads[1], grads[2])
+            grads = (c.vrows.put(grads[0], 0.0, B * T), grads[1], grads[2])
         ctx.grads = grads
         ctx.mark_non_differentiable(logp, entropy, ratio)
         return loss, logp, entropy, ratio
@@ -279,7 +231,7 @@ class LinearPpoLossFunction(torch.autograd.Function):
         else:
             grads, ctx.grads = ctx.grads, None
             scaled = [None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in grads]
-        return (*scaled, None, None, None, None, None, None, None, None, None, None, None, None)
+        return (*scaled, None)
 
 
 def _check_values(targets, valid, vocab, advantages, check_finite) -> list:
@@ -298,7 +250,11 @@ def _check_values(targets, valid, vocab, advantages, check_finite) -> list:
     return host[1:]
 
 
-_OP = backends.register("linear_ppo_loss", ROW_BACKENDS, cuda_preference=("triton", "torch"))
+_OP = backends.register("linear_ppo_loss", {
+    "torch": backends.Impl("ia_kernels.kernels.torch.ppo", FP32_FP64),
+    "cpu": backends.Impl("ia_kernels.kernels.cpu.ppo", FP32),
+    "triton": backends.Impl("ia_kernels.kernels.triton.ppo", FP32),
+}, cuda_preference=("triton", "torch"))
 
 
 def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, old_logp: torch.Tensor,
@@ -323,7 +279,8 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         check_finite: reject NaN/inf advantages. Either way the call makes one host sync, at
             validation: it checks the targets' range and counts each sequence's valid tokens, so
             that masked tokens are dropped before the GEMMs (padding costs no compute).
-        backend: "torch", "cpu" or "triton"; None picks the fastest for the device.
+        backend: "torch", "cpu" or "triton"; None picks the fastest verified one for the device and
+            dtype. cpu and triton compute in fp32: float64 inputs need "torch" (or None).
         chunk_size: rows of logits per chunk (None: IA_KERNELS_CHUNK_BYTES, 64 MiB on CPU).
 
     Returns:
@@ -349,10 +306,8 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         valid = valid & (mask != 0)
     valid = valid.contiguous()
     lengths = _check_values(targets, valid, weight.shape[0], advantages, check_finite)
-    _, be = _OP.select(device, backend)
-    if hidden.dtype == torch.float64:
-        be = ROW_BACKENDS["torch"]  # the compiled and Triton kernels are fp32-only
-    dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(hidden.dtype)
+    name, ppo_kernels = _OP.select(device, dtype, backend)
 
     def prep(x):
         return None if x is None else x.detach().to(dtype).contiguous()
@@ -360,11 +315,13 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     h2 = hidden.reshape(B * T, H)
     h2 = h2 if h2.is_contiguous() else h2.contiguous()
     w = weight if weight.stride(-1) == 1 else weight.contiguous()
-    t = torch.where(valid, targets, ignore_index).reshape(-1).contiguous()
-    old, adv, ref = prep(old_logp), prep(advantages), prep(ref_logp)
-    rows = chunk_rows(B * T, weight.shape[0], device, chunk_size)
-    loss, logp, entropy, ratio = LinearPpoLossFunction.apply(
-        h2, w, bias, t, old, adv, ref, valid, ValidRows.of(valid, lengths), temperature, ignore_index, opts, be, rows,
-        torch.is_grad_enabled())
-    metrics = ppo.ppo_metrics(ratio, logp, old, adv, valid, opts, entropy=entropy, ref_logp=ref)
+    call = LinearPpoCall(
+        targets=torch.where(valid, targets, ignore_index).reshape(-1).contiguous(), old_logp=prep(old_logp),
+        advantages=prep(advantages), ref_logp=prep(ref_logp), valid=valid, vrows=ValidRows.of(valid, lengths),
+        temperature=temperature, ignore_index=ignore_index, opts=opts, ppo_kernels=ppo_kernels,
+        logprob_kernels=importlib.import_module(f"ia_kernels.kernels.{name}.logprobs"),
+        rows=chunk_rows(B * T, weight.shape[0], device, chunk_size), want_grads=torch.is_grad_enabled())
+    loss, logp, entropy, ratio = LinearPpoLossFunction.apply(h2, w, bias, call)
+    metrics = ppo.ppo_metrics(ratio, logp, call.old_logp, call.advantages, valid, opts, entropy=entropy,
+                              ref_logp=call.ref_logp)
     return loss, metrics

@@ -1,86 +1,85 @@
 """linear_logprobs: per-token log-probs (and entropy) at the LM head without materialising logits.
 
-Layers: row-pass kernels (ops/_logprob_rows.py, csrc/, triton/) -> chunked launcher
-(`_chunked_forward` / `_chunked_backward`, GEMMs in ops/_lm_head.py) -> autograd Function
-(`LinearLogprobsFunction`) -> public function (`linear_logprobs`).
+Layers: row-pass kernels (kernels/<backend>/logprobs.py: torch, cpu, cuda, triton) -> the chunk
+driver (core/chunks.py: chunking, buffers, GEMMs) -> autograd Function (`LinearLogprobsFunction`)
+-> public function (`linear_logprobs`: validation, backend selection).
 
 Memory: one chunk of fp32 logits [rows, V] at a time, in forward and in backward. Backward
 recomputes each chunk's logits (the upstream gradient is unknown during forward), so forward +
-backward costs 8 N H V FLOPs; the fused PPO loss (ops/ppo.py) knows its gradient up front and
-costs 6 N H V.
+backward costs 8 N H V FLOPs; the fused PPO loss (ops/linear_ppo.py) knows its gradient up front
+and costs 6 N H V.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .. import backends
-from . import _checks
-from ._lm_head import LMHead, chunk_rows
-from ._logprob_rows import ROW_PASSES, RowPass
+from ..core import checks as _checks
+from ..core.chunks import ChunkDriver, chunk_rows
+from ..core.numerics import FP32, FP32_FP64, compute_dtype
 
 
-def _chunked_forward(row_pass: RowPass, hidden, head: LMHead, targets, temperature, ignore_index, rows):
-    n = hidden.shape[0]
-    out_dtype = head.logits_dtype
-    logp = torch.empty(n, dtype=out_dtype, device=hidden.device)
-    lse = torch.empty_like(logp)
-    entropy = torch.empty_like(logp)
-    for start in range(0, n, rows):
-        sl = slice(start, min(start + rows, n))
-        z = head.logits(hidden[sl])
-        row_pass.forward(z, targets[sl], temperature, ignore_index, logp[sl], lse[sl], entropy[sl])
-        del z  # else the next chunk's logits are allocated while this chunk's are still referenced
+@dataclass(frozen=True)
+class RowPassCall:
+    """What a log-prob row pass needs besides the logits: the backend's row-pass module and the
+    per-call settings (targets [N] int64, already validated)."""
+
+    kernels: object  # kernels/<backend>/logprobs.py: rows_forward, rows_backward
+    targets: torch.Tensor
+    temperature: float
+    ignore_index: int
+    rows: int  # rows of logits per chunk
+
+
+def chunked_forward(call: RowPassCall, hidden, weight, bias):
+    """(logp, lse, entropy) [N] in the logits' dtype: one row pass per chunk, no gradients."""
+    driver = ChunkDriver(hidden, weight, bias, call.rows)
+    logp, lse, entropy = torch.empty((3, hidden.shape[0]), dtype=driver.dtype, device=hidden.device).unbind(0)
+
+    def row_pass(z, a, b):
+        call.kernels.rows_forward(z, call.targets[a:b], call.temperature, call.ignore_index, logp[a:b], lse[a:b],
+                                  entropy[a:b])
+
+    driver.run(row_pass, backprop=False)
     return logp, lse, entropy
 
 
-def _chunked_backward(row_pass: RowPass, hidden, weight, bias, head: LMHead, targets, temperature,
-                      ignore_index, rows, lse, entropy, g_logp, g_entropy, needs):
-    n = hidden.shape[0]
-    need_h, need_w, need_b = needs
-    grad_hidden = torch.empty_like(hidden) if need_h else None
-    # Weight/bias gradients accumulate over chunks in fp32 (deterministic: no atomics), cast at the end.
-    acc_dtype = head.logits_dtype
-    grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if need_w else None
-    grad_bias = torch.zeros(bias.shape, dtype=acc_dtype, device=bias.device) if need_b else None
-    for start in range(0, n, rows):
-        sl = slice(start, min(start + rows, n))
-        z = head.logits(hidden[sl])
-        row_pass.backward(z, targets[sl], temperature, ignore_index, lse[sl], entropy[sl], g_logp[sl],
-                          None if g_entropy is None else g_entropy[sl])
-        head.backprop_chunk(z, hidden[sl], None if grad_hidden is None else grad_hidden[sl], grad_weight, grad_bias)
-        del z  # one chunk of logits at a time
-    if grad_weight is not None:
-        grad_weight = grad_weight.to(weight.dtype)
-    if grad_bias is not None:
-        grad_bias = grad_bias.to(bias.dtype)
-    return grad_hidden, grad_weight, grad_bias
+def chunked_backward(call: RowPassCall, hidden, weight, bias, lse, entropy, g_logp, g_entropy, needs):
+    """(grad_hidden, grad_weight, grad_bias) of sum g_logp * logp + g_entropy * entropy, recomputing
+    each chunk's logits (g_entropy may be None)."""
+    driver = ChunkDriver(hidden, weight, bias, call.rows, needs)
+
+    def row_pass(z, a, b):
+        call.kernels.rows_backward(z, call.targets[a:b], call.temperature, call.ignore_index, lse[a:b], entropy[a:b],
+                                   g_logp[a:b], None if g_entropy is None else g_entropy[a:b])
+
+    driver.run(row_pass)
+    return driver.grads()
 
 
 class LinearLogprobsFunction(torch.autograd.Function):
-    """Autograd over the chunked forward/backward; hidden is [N, H], targets [N] int64."""
+    """Autograd over the chunked forward/backward; hidden is [N, H]."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature, ignore_index, row_pass, rows):
-        head = LMHead.prepare(weight, bias)
-        logp, lse, entropy = _chunked_forward(row_pass, hidden, head, targets, temperature, ignore_index, rows)
-        ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy)
-        ctx.config = (temperature, ignore_index, row_pass, rows)
+    def forward(ctx, hidden, weight, bias, call: RowPassCall):
+        logp, lse, entropy = chunked_forward(call, hidden, weight, bias)
+        ctx.save_for_backward(hidden, weight, bias, lse, entropy)
+        ctx.call = call
         ctx.mark_non_differentiable(lse)
         return logp, entropy, lse
 
     @staticmethod
     def backward(ctx, g_logp, g_entropy, _g_lse):
-        hidden, weight, bias, targets, lse, entropy = ctx.saved_tensors
-        temperature, ignore_index, row_pass, rows = ctx.config
+        hidden, weight, bias, lse, entropy = ctx.saved_tensors
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
         dtype = lse.dtype
         g_logp = torch.zeros_like(lse) if g_logp is None else g_logp.to(dtype).contiguous()
         g_entropy = None if g_entropy is None else g_entropy.to(dtype).contiguous()
-        head = LMHead.prepare(weight, bias)
-        gh, gw, gb = _chunked_backward(row_pass, hidden, weight, bias, head, targets, temperature, ignore_index,
-                                       rows, lse, entropy, g_logp, g_entropy, needs)
-        return gh, gw, gb, None, None, None, None, None
+        gh, gw, gb = chunked_backward(ctx.call, hidden, weight, bias, lse, entropy, g_logp, g_entropy, needs)
+        return gh, gw, gb, None
 
 
 def _validate(hidden, weight, targets, bias, temperature):
@@ -128,23 +127,12 @@ def as_int64_targets(targets: torch.Tensor, vocab: int, ignore_index) -> tuple[t
     return t, ignore_index
 
 
-def _run(backend_impl, hidden, weight, targets, bias, temperature, ignore_index, chunk_size):
-    H = hidden.shape[-1]
-    lead = hidden.shape[:-1]
-    h2 = hidden.reshape(lead.numel(), H)  # not reshape(-1, H): H may be 0
-    if not h2.is_contiguous():
-        h2 = h2.contiguous()
-    t = targets.reshape(-1).contiguous()
-    w = weight if weight.stride(-1) == 1 else weight.contiguous()
-    rows = chunk_rows(h2.shape[0], weight.shape[0], hidden.device, chunk_size)
-    row_pass = backend_impl
-    if hidden.dtype == torch.float64:
-        row_pass = ROW_PASSES["torch"]  # the compiled and Triton row passes are fp32-only
-    logp, entropy, _ = LinearLogprobsFunction.apply(h2, w, bias, t, temperature, ignore_index, row_pass, rows)
-    return logp.reshape(lead), entropy.reshape(lead)
-
-
-_OP = backends.register("linear_logprobs", dict(ROW_PASSES), cuda_preference=("triton", "cuda", "torch"))
+_OP = backends.register("linear_logprobs", {
+    "torch": backends.Impl("ia_kernels.kernels.torch.logprobs", FP32_FP64),
+    "cpu": backends.Impl("ia_kernels.kernels.cpu.logprobs", FP32),
+    "triton": backends.Impl("ia_kernels.kernels.triton.logprobs", FP32),
+    "cuda": backends.Impl("ia_kernels.kernels.cuda.logprobs", FP32),
+}, cuda_preference=("triton", "cuda", "torch"))
 
 
 def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
@@ -160,8 +148,10 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         temperature: the sampling temperature T > 0; logits are divided by it.
         ignore_index: targets equal to it give logp 0 and no gradient through logp.
         return_entropy: also return the entropy of softmax(logits / T) per position.
-        backend: "torch", "cpu", "triton" or "cuda"; None picks the fastest for the device
-            (see ia_kernels.available_backends and the IA_KERNELS_BACKEND variable).
+        backend: "torch", "cpu", "triton" or "cuda"; None picks the fastest verified one for the
+            device and dtype (see ia_kernels.available_backends and the IA_KERNELS_BACKEND
+            variable). The compiled and Triton row passes compute in fp32: float64 inputs need
+            "torch" (or None); naming another backend for them is a ValueError.
         chunk_size: rows of logits per chunk; None sizes chunks to IA_KERNELS_CHUNK_BYTES
             (64 MiB on CPU, 1 GiB on CUDA).
 
@@ -171,6 +161,13 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     """
     temperature = _validate(hidden, weight, targets, bias, temperature)
     targets, ignore_index = as_int64_targets(targets, weight.shape[0], ignore_index)
-    _, impl = _OP.select(hidden.device, backend)
-    logp, entropy = _run(impl, hidden, weight, targets, bias, temperature, ignore_index, chunk_size)
+    _, kernels = _OP.select(hidden.device, compute_dtype(hidden.dtype), backend)
+    H, lead = hidden.shape[-1], hidden.shape[:-1]
+    h2 = hidden.reshape(lead.numel(), H)  # not reshape(-1, H): H may be 0
+    h2 = h2 if h2.is_contiguous() else h2.contiguous()
+    w = weight if weight.stride(-1) == 1 else weight.contiguous()
+    call = RowPassCall(kernels, targets.reshape(-1).contiguous(), temperature, ignore_index,
+                       chunk_rows(h2.shape[0], weight.shape[0], hidden.device, chunk_size))
+    logp, entropy, _ = LinearLogprobsFunction.apply(h2, w, bias, call)
+    logp, entropy = logp.reshape(lead), entropy.reshape(lead)
     return (logp, entropy) if return_entropy else logp

@@ -2,8 +2,8 @@
 
 Definitions: ia_kernels/reference/ppo.py (float64, autograd) and csrc/include/ia/ppo.h (per token).
 
-Layers: per-token kernels (`ppo_terms` in csrc/cpu/ppo.cpp and triton/ppo.py, `_torch_terms` here)
--> `loss_and_grads` (aggregation weights, kernel call, loss sum) -> autograd Function
+Layers: per-token kernels (`terms` in kernels/<backend>/ppo.py: torch, cpu, triton) ->
+`loss_and_grads` (aggregation weights, kernel call, loss sum) -> autograd Function
 (`PpoLossFunction`, whose backward only scales the stored gradients) -> public `ppo_loss`.
 
 The aggregation folds into one weight per sequence, `seq_scale[b]`, so the loss is
@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import _native, backends
-from . import _checks
+from .. import backends
+from ..core import checks as _checks
+from ..core.numerics import FP32, FP32_FP64, KL_ESTIMATOR_CODES, MAX_LOG_RATIO, compute_dtype
+from ..kernels.torch.ppo import kl_terms
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-KL_ESTIMATORS = {"k1": 1, "k2": 2, "k3": 3}  # codes of ia::KlEstimator
 IMPORTANCE_LEVELS = ("token", "sequence")
-MAX_LOG_RATIO = 20.0  # ia::kPpoMaxLogRatio
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,8 @@ class PpoOptions:
         if kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
         entropy_coef = _finite("entropy_coef", entropy_coef)
-        if kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}, got {kl_estimator!r}")
+        if kl_estimator not in KL_ESTIMATOR_CODES:
+            raise ValueError(f"kl_estimator must be one of {', '.join(KL_ESTIMATOR_CODES)}, got {kl_estimator!r}")
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
         if importance not in IMPORTANCE_LEVELS:
@@ -69,12 +69,6 @@ class PpoOptions:
                 raise ValueError(f"norm_length must be an int >= 1, got {norm_length!r}")
         return cls(clip_low, clip_high, dual_clip, kl_coef, kl_estimator, entropy_coef, aggregation, importance,
                    norm_length)
-
-    def native_params(self) -> dict:
-        """ia::PpoParams's fields, as the keyword arguments of the native kernels (dual_clip 0: off)."""
-        return dict(clip_low=self.clip_low, clip_high=self.clip_high, dual_clip=self.dual_clip or 0.0,
-                    kl_coef=self.kl_coef, kl_estimator=KL_ESTIMATORS[self.kl_estimator],
-                    entropy_coef=self.entropy_coef)
 
 
 def _finite(name, value) -> float:
@@ -183,7 +177,7 @@ def ppo_metrics(ratio, logp, old_logp, advantages, valid, opts: PpoOptions, *, e
     if entropy is not None:
         out["entropy_mean"] = mean(entropy)
     if ref_logp is not None:
-        out["kl_ref"] = mean(_kl_terms(torch.where(valid, logp, zero), torch.where(valid, ref_logp, zero),
+        out["kl_ref"] = mean(kl_terms(torch.where(valid, logp, zero), torch.where(valid, ref_logp, zero),
                                        opts.kl_estimator)[0])
     return out
 
@@ -195,100 +189,9 @@ def _valid_extreme(reduce, x, valid, fill, count, empty_value):
     return torch.where(count > 0, reduce(torch.where(valid, x, fill)), empty_value)
 
 
-# ---------------------------------------------------------------------------------------------
-# Per-token kernels: terms(logp, old_logp, adv, valid, seq_scale, ref_logp, entropy, opts)
-#   -> (loss [B,T] unweighted L, g_logp = w dL/dl, g_entropy = w dL/dh, ratio), 0/0/0/1 off the mask.
-
-
-def _kl_terms(logp, ref_logp, estimator):
-    """(kl, dkl/dlogp) of ia::kl_penalty."""
-    d = ref_logp - logp
-    if estimator == "k1":
-        return -d, torch.ones_like(d)
-    if estimator == "k2":
-        return 0.5 * d * d, -d
-    dc = d.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
-    e = torch.exp(dc)
-    return e - dc - 1, torch.where(d.abs() > MAX_LOG_RATIO, 0.0, 1 - e)
-
-
-def clipped_surrogate(ratio, adv, opts: PpoOptions):
-    """(loss, dloss/dratio) of ia::clipped_surrogate, elementwise."""
-    lo, hi = 1.0 - opts.clip_low, 1.0 + opts.clip_high
-    loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(lo, hi))
-    clip_active = ((adv > 0) & (ratio > hi)) | ((adv < 0) & (ratio < lo))
-    grad = torch.where(clip_active, 0.0, -adv)
-    if opts.dual_clip is not None:
-        bound = -adv * opts.dual_clip
-        dual = (adv < 0) & (loss > bound)
-        loss = torch.where(dual, bound, loss)
-        grad = torch.where(dual, 0.0, grad)
-    return loss, grad
-
-
-def _torch_terms(logp, old_logp, adv, valid, seq_scale, ref_logp, entropy, opts: PpoOptions):
-    B, T = logp.shape
-    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
-    adv = adv[:, None].expand(B, T) if adv.dim() == 1 else adv
-    adv = torch.where(valid, adv, zero)
-    w = torch.where(valid, seq_scale[:, None], zero)
-    logp_v = torch.where(valid, logp, zero)
-    log_ratio = logp_v - torch.where(valid, old_logp, zero)
-    if opts.importance == "sequence":
-        counts = valid.sum(1).clamp(min=1).to(logp.dtype)
-        log_ratio = (log_ratio.sum(1) / counts)[:, None].expand(B, T)
-    ratio = torch.exp(log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO))
-    dratio = torch.where(log_ratio.abs() > MAX_LOG_RATIO, 0.0, ratio)
-    loss, dloss_dratio = clipped_surrogate(ratio, adv, opts)
-    if opts.importance == "sequence":
-        # GSPO: every valid token of b carries (s_b / n_b) * sum_u w_bu dsurrogate_bu / ds_b.
-        g_seq = (w * dloss_dratio).sum(1) * dratio[:, 0] / counts
-        g_logp = torch.where(valid, g_seq[:, None], zero)
-    else:
-        g_logp = w * dloss_dratio * dratio
-    if opts.kl_coef != 0:
-        kl, dkl = _kl_terms(logp_v, torch.where(valid, ref_logp, zero), opts.kl_estimator)
-        loss = loss + opts.kl_coef * kl
-        g_logp = g_logp + w * (opts.kl_coef * dkl)
-    if opts.entropy_coef != 0:
-        loss = loss - opts.entropy_coef * torch.where(valid, entropy, zero)
-        g_entropy = w * -opts.entropy_coef
-    else:
-        g_entropy = torch.zeros_like(w)
-    return torch.where(valid, loss, zero), g_logp, g_entropy, torch.where(valid, ratio, 1.0)
-
-
-def _cpu_terms(logp, old_logp, adv, valid, seq_scale, ref_logp, entropy, opts: PpoOptions):
-    B, T = logp.shape
-    out = torch.empty((4, B, T), dtype=torch.float32, device=logp.device)
-    adv_strides = (adv.stride(0), 0) if adv.dim() == 1 else (adv.stride(0), adv.stride(1))
-    _native.cpu_module().ppo_terms(
-        B=B, T=T, logp=logp.data_ptr(), old_logp=old_logp.data_ptr(), ref_logp=_native.ptr(ref_logp),
-        entropy=_native.ptr(entropy), adv=adv.data_ptr(), adv_stride_b=adv_strides[0], adv_stride_t=adv_strides[1],
-        mask=valid.data_ptr(), seq_scale=seq_scale.data_ptr(), **opts.native_params(),
-        sequence_level=opts.importance == "sequence", loss=out[0].data_ptr(), g_logp=out[1].data_ptr(),
-        g_entropy=out[2].data_ptr(), ratio=out[3].data_ptr())
-    return out.unbind(0)
-
-
-def _triton_terms(*args):
-    from ..triton import ppo as triton_ppo  # imported late: triton is optional
-
-    return triton_ppo.ppo_terms(*args)
-
-
-TERMS = {"torch": _torch_terms, "cpu": _cpu_terms, "triton": _triton_terms}
-
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def loss_and_grads(terms, logp, old_logp, advantages, valid, ref_logp, entropy, opts: PpoOptions):
-    """(loss, g_logp, g_entropy, ratio) for prepared inputs: contiguous tensors in one compute dtype,
-    `valid` a contiguous bool [B, T]. The compiled kernels are fp32-only; float64 takes the torch terms."""
-    if logp.dtype == torch.float64:
-        terms = _torch_terms
+    """(loss, g_logp, g_entropy, ratio) for prepared inputs: contiguous tensors in one compute dtype
+    (one the backend's `terms` serves), `valid` a contiguous bool [B, T]."""
     seq_scale = aggregation_scale(valid, opts, logp.dtype)
     loss_tok, g_logp, g_entropy, ratio = terms(logp, old_logp, advantages, valid, seq_scale, ref_logp, entropy, opts)
     # Off-mask loss terms are exactly 0, so a per-sequence sum then the scale is the weighted sum.
@@ -301,7 +204,7 @@ class PpoLossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logp, entropy, old_logp, advantages, valid, ref_logp, opts, terms):
-        dtype = compute_dtype(logp)
+        dtype = compute_dtype(logp.dtype)
 
         def prep(x):
             return None if x is None else x.detach().to(dtype).contiguous()
@@ -323,7 +226,11 @@ class PpoLossFunction(torch.autograd.Function):
         return grad_logp, grad_entropy, None, None, None, None, None, None
 
 
-_OP = backends.register("ppo_loss", TERMS, cuda_preference=("triton", "torch"))
+_OP = backends.register("ppo_loss", {
+    "torch": backends.Impl("ia_kernels.kernels.torch.ppo", FP32_FP64),
+    "cpu": backends.Impl("ia_kernels.kernels.cpu.ppo", FP32),
+    "triton": backends.Impl("ia_kernels.kernels.triton.ppo", FP32),
+}, cuda_preference=("triton", "torch"))
 
 
 def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor | None = None,
@@ -356,7 +263,8 @@ def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tenso
             ratio / |y| * grad logp times the sequence's surrogate slope).
         check_finite: reject NaN/inf advantages on valid tokens with a ValueError (one host sync);
             False skips the check, leaving the call free of host synchronisation.
-        backend: "torch", "cpu" or "triton"; None picks the fastest for the device.
+        backend: "torch", "cpu" or "triton"; None picks the fastest verified one for the device and
+            dtype. cpu and triton compute in fp32: float64 logp needs "torch" (or None).
 
     Returns:
         (loss, metrics): loss a 0-d fp32 tensor (float64 for float64 logp); metrics a dict of
@@ -378,9 +286,9 @@ def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tenso
              else (mask != 0).contiguous())
     if check_finite and bool(nonfinite_advantages(advantages, valid)):
         raise_nonfinite_advantages(advantages, valid)
-    _, terms = _OP.select(device, backend)
-    loss, ratio = PpoLossFunction.apply(logp, entropy, old_logp, advantages, valid, ref_logp, opts, terms)
-    dtype = compute_dtype(logp)
+    dtype = compute_dtype(logp.dtype)
+    _, kernels = _OP.select(device, dtype, backend)
+    loss, ratio = PpoLossFunction.apply(logp, entropy, old_logp, advantages, valid, ref_logp, opts, kernels.terms)
     metrics = ppo_metrics(ratio, logp.detach().to(dtype), old_logp.detach().to(dtype), advantages.detach().to(dtype),
                           valid, opts, entropy=None if entropy is None else entropy.detach().to(dtype),
                           ref_logp=None if ref_logp is None else ref_logp.detach().to(dtype))

@@ -1,9 +1,10 @@
-"""Chunked LM-head GEMMs shared by the fused linear ops (log-probs, PPO loss).
+"""The chunk driver of the fused linear ops (log-probs, PPO loss): chunking, buffers and GEMMs.
 
-The fused ops never hold more than one chunk of logits: for each chunk of tokens they compute the
-fp32 logits with one GEMM, hand them to a row-pass kernel that overwrites them with their gradient,
-and turn that gradient into hidden/weight/bias gradients with two more GEMMs. This module owns the
-GEMM side so that every row pass (PyTorch, native CPU, Triton, CUDA) shares it.
+The fused ops never hold more than one chunk of logits: for each chunk of tokens `ChunkDriver`
+computes the fp32 logits with one GEMM (`LMHead.logits`), hands them to the op's row pass (which may
+overwrite them with dloss/dlogits), and turns that gradient into hidden / weight / bias gradients
+with two more GEMMs (`LMHead.backprop_chunk`). Each op supplies only its row pass; every row pass
+(PyTorch, native CPU, Triton, CUDA) shares this GEMM side.
 """
 
 from __future__ import annotations
@@ -139,3 +140,57 @@ class LMHead:
                 grad_weight.addmm_(dz.T, hc)
         if grad_bias is not None:
             grad_bias += grad_logits.sum(0, dtype=grad_bias.dtype)
+
+
+class ChunkDriver:
+    """Runs an op's row pass over the LM-head logits of `hidden` [N, H], one chunk of rows at a time.
+
+    `needs` says which of (hidden, weight, bias) get gradients. The driver allocates them: hidden's
+    in hidden's dtype (each chunk writes its own rows), weight's and bias's accumulated over chunks
+    in fp32 (fp64 for float64 inputs; deterministic, no atomics) and cast by `grads()`.
+    """
+
+    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: int,
+                 needs: tuple[bool, bool, bool] = (False, False, False)):
+        self.hidden, self.weight, self.bias, self.rows = hidden, weight, bias, rows
+        self.head = LMHead.prepare(weight, bias)
+        need_h, need_w, need_b = needs
+        acc = self.head.logits_dtype
+        self.grad_hidden = torch.empty_like(hidden) if need_h else None
+        self.grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        self.grad_bias = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_b and bias is not None else None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The logits' dtype: fp32, or fp64 for float64 inputs."""
+        return self.head.logits_dtype
+
+    @property
+    def wants_grads(self) -> bool:
+        return any(g is not None for g in (self.grad_hidden, self.grad_weight, self.grad_bias))
+
+    def even_spans(self) -> list[tuple[int, int]]:
+        n = self.hidden.shape[0]
+        return [(start, min(start + self.rows, n)) for start in range(0, n, self.rows)]
+
+    def run(self, row_pass, spans: list[tuple[int, int]] | None = None, backprop: bool = True) -> None:
+        """For each span [start, stop) of rows (default: chunks of `rows`), `row_pass(z, start, stop)`
+        gets the chunk's logits z [stop - start, V]; with `backprop` and gradients wanted, z must
+        then hold dloss/dlogits, which the driver turns into the chunk's gradients. z is released
+        before the next chunk's GEMM: one chunk of logits exists at a time."""
+        for start, stop in self.even_spans() if spans is None else spans:
+            if stop == start:
+                continue
+            h = self.hidden[start:stop]
+            z = self.head.logits(h)
+            row_pass(z, start, stop)
+            if backprop and self.wants_grads:
+                gh = None if self.grad_hidden is None else self.grad_hidden[start:stop]
+                self.head.backprop_chunk(z, h, gh, self.grad_weight, self.grad_bias)
+            del z
+
+    def grads(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """(grad_hidden, grad_weight, grad_bias), the last two cast to the weight's / bias's dtype."""
+        gw = None if self.grad_weight is None else self.grad_weight.to(self.weight.dtype)
+        gb = None if self.grad_bias is None else self.grad_bias.to(self.bias.dtype)
+        return self.grad_hidden, gw, gb

@@ -1,4 +1,4 @@
-"""Input validation shared by the op families: every error names the offending argument."""
+"""Input validation shared by the op front-ends: every error is a ValueError that names the offending argument."""
 
 from __future__ import annotations
 
@@ -77,3 +77,32 @@ def require_finite(name: str, x: torch.Tensor) -> None:
     if x.numel() and not bool(torch.isfinite(x).all()):
         bad = (~torch.isfinite(x)).nonzero()[0].tolist()
         raise ValueError(f"{name} must be finite: it has NaN or inf (first at index {tuple(bad)})")
+
+
+def row_pass_args(op: str, z: torch.Tensor, targets: torch.Tensor, temperature: float,
+                  ignore_index: int, **per_row: torch.Tensor | None) -> None:
+    """The arguments of a native row pass. The registered ops are public (torch.ops.ia_kernels.*) and
+    hand raw pointers to native code: everything the kernels assume is checked here, each error
+    naming the op and the argument."""
+    if not (isinstance(z, torch.Tensor) and z.dtype == torch.float32 and z.dim() == 2):
+        raise ValueError(f"{op}: z must be a 2-D float32 tensor [rows, V] of logits, got "
+                         f"{getattr(z, 'dtype', type(z).__name__)} {tuple(getattr(z, 'shape', ()))}")
+    rows, vocab = z.shape
+    if z.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{op}: z must be on a CPU or CUDA device, got {z.device}")
+    if rows and (z.stride(1) != 1 or z.stride(0) < vocab):
+        raise ValueError(f"{op}: z's rows must be contiguous (strides ({vocab} or more, 1)), got {z.stride()}")
+    if not (isinstance(targets, torch.Tensor) and targets.dtype == torch.int64 and tuple(targets.shape) == (rows,)):
+        raise ValueError(f"{op}: targets must be an int64 tensor of shape ({rows},), got "
+                         f"{getattr(targets, 'dtype', type(targets).__name__)} {tuple(getattr(targets, 'shape', ()))}")
+    if not (isinstance(temperature, float) and temperature > 0 and temperature != float("inf")):
+        raise ValueError(f"{op}: temperature must be a finite float > 0, got {temperature!r}")
+    for name, t in {"targets": targets, **per_row}.items():
+        if t is None:
+            continue
+        if name != "targets" and not (t.dtype == torch.float32 and tuple(t.shape) == (rows,)):
+            raise ValueError(f"{op}: {name} must be a float32 tensor of shape ({rows},), got {t.dtype} {tuple(t.shape)}")
+        if t.device != z.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but z is on {z.device}")
+        if not t.is_contiguous():
+            raise ValueError(f"{op}: {name} must be contiguous")

@@ -1,8 +1,9 @@
-"""Triton kernels of the PPO loss: per-token terms over [B, T], and the fused linear-PPO row pass.
+"""The triton backend of the PPO loss: per-token terms over [B, T], and the fused linear-PPO row pass.
+Interface: see kernels/torch/ppo.py.
 
 The per-token maths mirrors csrc/include/ia/ppo.h function for function (Triton cannot include
-C++); the row sweeps are triton/logprobs.py's. Options that switch terms on or off are constexpr,
-so a kernel compiled without a KL penalty or entropy bonus never loads their inputs.
+C++); the row sweeps are kernels/triton/logprobs.py's. Options that switch terms on or off are
+constexpr, so a kernel compiled without a KL penalty or entropy bonus never loads their inputs.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ...core.numerics import KL_ESTIMATOR_CODES, MAX_LOG_RATIO
 from .logprobs import _block_v, finish_row_stats, row_stats, write_row_grad
+
+_MAX_LOG_RATIO = tl.constexpr(MAX_LOG_RATIO)
 
 
 @triton.jit
@@ -28,10 +32,10 @@ def _max_keep_nan(a, b):
 
 @triton.jit
 def _ratio_from_log(log_ratio):
-    """exp(clamp(log_ratio, +-20)) and its derivative in log_ratio (0 where clamped)."""
-    c = _clamp_keep_nan(log_ratio, -20.0, 20.0)
+    """exp(clamp(log_ratio, +-MAX_LOG_RATIO)) and its derivative in log_ratio (0 where clamped)."""
+    c = _clamp_keep_nan(log_ratio, -_MAX_LOG_RATIO, _MAX_LOG_RATIO)
     r = tl.exp(c)
-    return r, tl.where((log_ratio > 20.0) | (log_ratio < -20.0), 0.0, r)
+    return r, tl.where((log_ratio > _MAX_LOG_RATIO) | (log_ratio < -_MAX_LOG_RATIO), 0.0, r)
 
 
 @triton.jit
@@ -67,10 +71,10 @@ def _regularisers(logp, ref, ent, w, kl_coef, entropy_coef, HAS_KL: tl.constexpr
             kl = 0.5 * d * d
             dkl = -d
         else:
-            dc = _clamp_keep_nan(d, -20.0, 20.0)
+            dc = _clamp_keep_nan(d, -_MAX_LOG_RATIO, _MAX_LOG_RATIO)
             e = tl.exp(dc)
             kl = e - dc - 1.0
-            dkl = tl.where((d > 20.0) | (d < -20.0), 0.0, 1.0 - e)
+            dkl = tl.where((d > _MAX_LOG_RATIO) | (d < -_MAX_LOG_RATIO), 0.0, 1.0 - e)
         loss += kl_coef * kl
         g += w * kl_coef * dkl
     if HAS_ENTROPY:
@@ -214,14 +218,14 @@ def _ppo_rows_fused_kernel(
 
 def _flags(opts):
     return dict(HAS_DUAL=opts.dual_clip is not None, HAS_KL=opts.kl_coef != 0,
-                KL_ESTIMATOR={"k1": 1, "k2": 2, "k3": 3}[opts.kl_estimator], HAS_ENTROPY=opts.entropy_coef != 0)
+                KL_ESTIMATOR=KL_ESTIMATOR_CODES[opts.kl_estimator], HAS_ENTROPY=opts.entropy_coef != 0)
 
 
 def _params(opts):
     return (opts.clip_low, opts.clip_high, opts.dual_clip or 0.0, opts.kl_coef, opts.entropy_coef)
 
 
-def ppo_terms(logp, old_logp, adv, valid, seq_scale, ref_logp, entropy, opts):
+def terms(logp, old_logp, adv, valid, seq_scale, ref_logp, entropy, opts):
     """Per-token terms over [B, T] (contiguous fp32 inputs): (loss, g_logp, g_entropy, ratio)."""
     B, T = logp.shape
     out = torch.empty((4, B, T), dtype=torch.float32, device=logp.device)
@@ -239,7 +243,7 @@ def ppo_terms(logp, old_logp, adv, valid, seq_scale, ref_logp, entropy, opts):
     return out.unbind(0)
 
 
-def ppo_rows_fused(z, targets, temperature, ignore_index, old_logp, adv, ref_logp, weight, opts,
+def fused_rows(z, targets, temperature, ignore_index, old_logp, adv, ref_logp, weight, opts,
                    logp, entropy, loss, ratio):
     """Fused row pass of the linear PPO loss (token-level importance) over a chunk of fp32 logits."""
     rows, V = z.shape

@@ -1,4 +1,5 @@
-"""Triton row pass of the fused linear log-prob op: one program per row of fp32 logits.
+"""The triton backend of the log-prob row pass: one program per row of fp32 logits. Interface
+(rows_forward, rows_backward): see kernels/torch/logprobs.py.
 
 Same maths as csrc/include/ia/logprob_row.h: forward is one online sweep over the row (running
 max, sum of exp, sum of exp * (x - max)); backward overwrites the row with its gradient.
@@ -11,9 +12,9 @@ import triton
 import triton.language as tl
 
 
-# exp(x - m) underflows to 0 below -104: shifted logits are floored so that a -inf logit adds 0, not
-# 0 * -inf = NaN (ia::kShiftedLogitFloor).
-SHIFTED_LOGIT_FLOOR: tl.constexpr = -1e4
+from ...core.numerics import SHIFTED_LOGIT_FLOOR as _FLOOR
+
+SHIFTED_LOGIT_FLOOR = tl.constexpr(_FLOOR)  # see core/numerics.py
 
 
 @triton.jit

@@ -1,5 +1,12 @@
 """The `torch` backend of group_advantages and length_penalized_rewards: vectorised PyTorch.
 
+Every backend's advantages module offers the same two functions:
+  group_advantages(rewards, answers, layout, estimator, k, variant, eps) -> (advantages, (code, index))
+      the advantages in the rewards' compute dtype, or (None, (code, index)) where a reward fails the
+      estimator's domain (code: ia::adv::InputError, index: the first offending sample);
+  length_penalized_rewards(correct, lengths, layout, alpha, dtype) -> rewards [n] in `dtype`
+      (correct: bool [n]; lengths: float64 [n], finite and >= 0, checked by the front-end).
+
 No Python loop over groups: samples are laid out as a padded [G, L] matrix (a free view when the
 groups have a fixed size), and every estimator is a handful of row-wise tensor ops in float64.
 Binomial ratios use log-gamma (torch.lgamma) where the native kernels use exact ratio recursions;
@@ -11,7 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from ._groups import GroupLayout, from_padded, padded_index, padded_mask, to_padded
+from ...core.groups import GroupLayout, from_padded, padded_index, padded_mask, to_padded
+from ...core.numerics import REWARD_NON_FINITE, REWARD_NOT_BINARY, REWARD_OUTSIDE_UNIT, compute_dtype
 
 
 def _log_binom(a: torch.Tensor, b) -> torch.Tensor:
@@ -103,7 +111,7 @@ def _majority(R, M, answers, n):
     return torch.where(valid, f_all - f_rest, 0.0)
 
 
-def group_advantages(rewards: torch.Tensor, answers: torch.Tensor | None, layout: GroupLayout, estimator: str,
+def _group_advantages(rewards: torch.Tensor, answers: torch.Tensor | None, layout: GroupLayout, estimator: str,
                      k: int, variant: str, eps: float) -> torch.Tensor:
     """float64 [n] advantages; rewards already checked, any float dtype."""
     r = rewards.to(torch.float64)
@@ -126,7 +134,7 @@ def group_advantages(rewards: torch.Tensor, answers: torch.Tensor | None, layout
     return from_padded(A, layout, index)
 
 
-def length_penalized_rewards(correct: torch.Tensor, lengths: torch.Tensor, layout: GroupLayout,
+def _length_penalized_rewards(correct: torch.Tensor, lengths: torch.Tensor, layout: GroupLayout,
                              alpha: float) -> torch.Tensor:
     """float64 [n] rewards; correct bool [n], lengths float64 [n]."""
     if layout.n_groups == 0:
@@ -139,3 +147,29 @@ def length_penalized_rewards(correct: torch.Tensor, lengths: torch.Tensor, layou
     sd = torch.sqrt(torch.where(C, (Ln - mu) ** 2, 0.0).sum(1, keepdim=True) / cnt)
     r = torch.where(C, 1.0 - alpha * torch.sigmoid((Ln - mu) / (sd + 1e-7)), 0.0)
     return from_padded(r, layout, index)
+
+
+def _reward_check(rewards: torch.Tensor, estimator: str) -> tuple[int, int]:
+    """(code, first offending index) with the native kernels' semantics, or (0, -1)."""
+    code = (~torch.isfinite(rewards)).to(torch.int8) * REWARD_NON_FINITE
+    if estimator == "passk":
+        code = torch.where((code == 0) & ((rewards < 0) | (rewards > 1)), REWARD_OUTSIDE_UNIT, code)
+    elif estimator == "passk_chen":
+        code = torch.where((code == 0) & (rewards != 0) & (rewards != 1), REWARD_NOT_BINARY, code)
+    bad = code.nonzero()
+    if bad.numel() == 0:
+        return 0, -1
+    i = int(bad[0, 0])
+    return int(code[i]), i
+
+
+def group_advantages(rewards, answers, layout, estimator, k, variant, eps):
+    err = _reward_check(rewards, estimator)
+    if err[0]:
+        return None, err
+    out = _group_advantages(rewards, answers, layout, estimator, k, variant, eps)
+    return out.to(compute_dtype(rewards.dtype)), err
+
+
+def length_penalized_rewards(correct, lengths, layout, alpha, dtype):
+    return _length_penalized_rewards(correct, lengths, layout, alpha).to(dtype)

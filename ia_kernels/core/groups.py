@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _checks
+from . import checks
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,9 @@ def group_layout(groups, n: int, device: torch.device, name: str = "groups", wha
             raise ValueError(f"{name}={groups} does not divide the {n} {what} into whole groups "
                              f"({n} % {groups} = {n % groups})")
         return GroupLayout(n, n // groups, groups, None, None, groups if n else 0, groups if n else 0)
-    _checks.require_int(name, groups)
+    checks.require_int(name, groups)
     require_data(name, groups)
-    _checks.require_shape(name, groups, (n,), f"one group id per element of {what}")
+    checks.require_shape(name, groups, (n,), f"one group id per element of {what}")
     if groups.device != device:
         raise ValueError(f"{name} is on {groups.device} but {what} is on {device}: move them to one device")
     if n == 0:

@@ -1,0 +1,9 @@
+"""The kernels, one package per backend and one module per op in each (the grid of ops x backends):
+
+    kernels/<backend>/<op>.py     backend in torch, cpu, cuda, triton; op in logprobs, ppo, advantages
+
+Every module of an op offers the same functions with the same signatures (see the op's front-end
+in ia_kernels/ops/). cpu and cuda are thin launchers of the compiled modules (csrc/cpu, csrc/cuda);
+triton holds the Triton kernels and their launchers; torch is vectorised PyTorch. Nothing here
+validates user input: the front-ends do, once.
+"""

@@ -1,0 +1,1 @@
+"""The cpu backend: launchers of the OpenMP kernels in ia_kernels._C (csrc/cpu/)."""

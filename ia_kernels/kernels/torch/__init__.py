@@ -1,0 +1,1 @@
+"""The torch backend: vectorised PyTorch, every op, every device and dtype (float64 included)."""

@@ -1,1 +1,0 @@
-"""Triton kernels (GPU; on CPU tensors they run under TRITON_INTERPRET=1). Imported lazily."""
