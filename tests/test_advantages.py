@@ -33,7 +33,7 @@ def _adv(rewards, groups, backend, **kw):
     return ik.group_advantages(rewards.to(dev), groups, backend=backend, **kw).cpu()
 
 
-# ---- worked examples (DESIGN.md) ------------------------------------------------------------------
+# ---- worked examples (docs/design.md) ------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_design_worked_examples(backend):

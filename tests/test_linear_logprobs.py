@@ -1,6 +1,6 @@
 """linear_logprobs against a float64 reference, for every backend and input dtype.
 
-Error rule (DESIGN.md): a kernel's error against float64 is at most 2x the error of plain PyTorch in
+Error rule (docs/design.md, "Numerics"): a kernel's error against float64 is at most 2x the error of plain PyTorch in
 the same input dtype, plus a small atol. "Plain PyTorch" is what users write: logits in the input
 dtype, then log_softmax in fp32.
 """

@@ -123,7 +123,7 @@ def test_matches_float64_reference(backend, name):
 
 @pytest.mark.parametrize("name", ["default", "gspo-everything"])
 def test_bf16_error_within_twice_eager(name):
-    """DESIGN's rule: error vs float64 at most 2x plain PyTorch's in the same dtype (bf16 GEMM,
+    """docs/design.md's rule: error vs float64 at most 2x plain PyTorch's in the same dtype (bf16 GEMM,
     fp32 log-softmax and loss), plus a small atol."""
     p = make_problem(dtype=torch.bfloat16, H=64, V=301)
 

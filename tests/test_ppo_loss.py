@@ -295,7 +295,7 @@ def test_nan_advantage_check_can_be_skipped():
 # TRL's GRPO loss (trl.trainer.grpo_trainer.GRPOTrainer._compute_loss), called on a stand-in trainer
 # whose model call returns our log-probs and entropies: the exact lines TRL trains with.
 #
-# Where TRL differs from ia_kernels' definitions (DESIGN / reference/ppo.py), the batch avoids it:
+# Where TRL differs from ia_kernels' definitions (docs/design.md / reference/ppo.py), the batch avoids it:
 # - TRL's seq-mean losses ("grpo", "dr_grpo") divide by the batch size B, counting fully masked
 #   sequences; ia_kernels counts only sequences with a valid token. The batches have none empty.
 # - TRL's entropy bonus is always a token mean, whatever the loss type; ia_kernels aggregates it

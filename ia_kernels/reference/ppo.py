@@ -1,7 +1,7 @@
 """Reference of the clipped PPO loss and the fused linear PPO loss, run in float64 by tests.
 
 Written for clarity, with autograd supplying every gradient: this is the definition the kernels
-(ia_kernels/ops/ppo.py, ops/linear_ppo.py, csrc/include/ia/ppo.h, triton/ppo.py) must match.
+(ia_kernels/kernels/<backend>/ppo.py, csrc/include/ia/ppo.h) must match.
 
 Per valid token (mask true) with log-prob l, behaviour log-prob l_old, advantage a:
     r   = exp(clamp(l - l_old, -20, 20))                     importance="token"

@@ -4,7 +4,7 @@
 // compute in double whatever the input dtype.
 //
 // Notation: a group holds n samples with rewards r_0..r_{n-1}; k is the number of samples the
-// inference-time objective uses. The estimators (DESIGN.md, "The estimators"):
+// inference-time objective uses. The estimators (docs/design.md, "The estimators"):
 //   reinforce  A_i = r_i
 //   rloo       A_i = r_i - mean_{j != i} r_j                     (0 for a group of one)
 //   grpo       A_i = (r_i - mean) / (std + eps), Bessel std      (0 for a group of one)

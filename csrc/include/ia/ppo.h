@@ -1,6 +1,6 @@
 // Per-token maths of the clipped PPO loss, shared by the CPU and CUDA kernels.
-// ia_kernels/triton/ppo.py mirrors these functions (Triton cannot include C++), and
-// ia_kernels/ops/ppo.py has the vectorised PyTorch form; the float64 reference in
+// ia_kernels/kernels/triton/ppo.py mirrors these functions (Triton cannot include C++), and
+// ia_kernels/kernels/torch/ppo.py has the vectorised PyTorch form; the float64 reference in
 // ia_kernels/reference/ppo.py defines them all.
 //
 // For one valid token with log-prob l, behaviour log-prob l_old, advantage a, reference log-prob
