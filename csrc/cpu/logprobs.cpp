@@ -45,7 +45,8 @@ void logprob_rows_forward(std::uintptr_t logits, int64_t row_stride, int64_t n_r
 }
 
 // Overwrites each row of logits with d(loss)/d(logits): g_logp[i] * dlogp_i + g_entropy[i] *
-// dentropy_i. g_entropy may be 0 (null) when the entropy was not used. Ignored rows get zeros.
+// dentropy_i. g_entropy may be 0 (null) when the entropy was not used. An ignored row has no target
+// term: its row is -g p - ge p (log p + H) (zero when the caller passes g = ge = 0).
 void logprob_rows_backward(std::uintptr_t logits, int64_t row_stride, int64_t n_rows, int64_t V,
                            std::uintptr_t targets, double temperature, int64_t ignore_index,
                            std::uintptr_t lse_in, std::uintptr_t entropy_in,
@@ -66,10 +67,11 @@ void logprob_rows_backward(std::uintptr_t logits, int64_t row_stride, int64_t n_
       std::fill(row, row + V, std::numeric_limits<float>::quiet_NaN());
       continue;
     }
-    const float gi = ignored ? 0.f : g[i];
-    // The entropy of an ignored row still has a gradient if the caller used it.
+    // An ignored row has no target term ([j == t]) but keeps g's -p_j term: a vocabulary shard
+    // whose rows' targets live on another shard passes them as ignored (ops/logprobs.py zeroes g
+    // for rows that get no gradient at all).
     const float gei = ge ? ge[i] : 0.f;
-    ia::cpu::write_row_grad(row, V, ignored ? -1 : t[i], lse[i], ent[i], gi, gei, inv_temp);
+    ia::cpu::write_row_grad(row, V, ignored ? -1 : t[i], lse[i], ent[i], g[i], gei, inv_temp);
   }
 }
 

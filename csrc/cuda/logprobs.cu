@@ -61,7 +61,7 @@ __global__ void logprob_rows_backward_kernel(float* __restrict__ z, int64_t row_
     for (int64_t j = threadIdx.x; j < V; j += blockDim.x) zr[j] = NAN;
     return;
   }
-  const float g = ignored ? 0.f : g_logp[row];
+  const float g = g_logp[row];  // an ignored row keeps -g p_j, only its target term is dropped
   const float ge = g_entropy ? g_entropy[row] : 0.f;
   const float lse_r = lse[row], ent_r = entropy[row];
   for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {

@@ -76,7 +76,9 @@ class LinearLogprobsFunction(torch.autograd.Function):
         hidden, weight, bias, lse, entropy = ctx.saved_tensors
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
         dtype = lse.dtype
-        g_logp = torch.zeros_like(lse) if g_logp is None else g_logp.to(dtype).contiguous()
+        # Ignored positions get no gradient through logp (the row passes only drop their target term).
+        g_logp = (torch.zeros_like(lse) if g_logp is None
+                  else torch.where(ctx.call.targets == ctx.call.ignore_index, 0.0, g_logp.to(dtype)).contiguous())
         g_entropy = None if g_entropy is None else g_entropy.to(dtype).contiguous()
         gh, gw, gb = chunked_backward(ctx.call, hidden, weight, bias, lse, entropy, g_logp, g_entropy, needs)
         return gh, gw, gb, None

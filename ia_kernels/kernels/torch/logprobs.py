@@ -4,7 +4,9 @@ A row pass takes a contiguous chunk of logits z [rows, V] (fp32, or fp64 for flo
   rows_forward(z, targets, temperature, ignore_index, logp, lse, entropy)   writes the three [rows] outputs
   rows_backward(z, targets, temperature, ignore_index, lse, entropy, g_logp, g_entropy)
                                                                              overwrites z with dLoss/dz
-g_entropy may be None. Every backend's module offers these two functions; the maths is in
+g_entropy may be None. A row whose target is ignore_index has logp 0 and no target term in its
+gradient, which is -g p - ge p (log p + H): callers pass g = 0 for rows that get no gradient (a
+vocabulary shard passes the rows whose targets live on another shard as ignored, with their g). Every backend's module offers these two functions; the maths is in
 csrc/include/ia/logprob_row.h, with its guarantees (logp <= 0, entropy >= 0, NaN rows for NaN / +inf
 logits or bad targets, -inf logits as probability 0).
 """
@@ -43,7 +45,7 @@ def rows_forward(z, targets, temperature, ignore_index, logp, lse, entropy):
 def rows_backward(z, targets, temperature, ignore_index, lse, entropy, g_logp, g_entropy):
     ignored = targets == ignore_index
     in_range = (targets >= 0) & (targets < z.shape[1])
-    g = torch.where(ignored, torch.zeros_like(g_logp), g_logp)
+    g = g_logp
     z.div_(temperature)  # z now holds x = z / T
     z.sub_(lse[:, None]).clamp_(min=SHIFTED_LOGIT_FLOOR)  # log p
     p = torch.exp(z)

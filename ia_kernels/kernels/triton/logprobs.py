@@ -67,7 +67,7 @@ def write_row_grad(
     z_row,  # pointer to one row of fp32 logits, overwritten with dLoss/dz
     V,  # vocabulary size
     t,  # the row's target id
-    ignored,  # true: no logp term (the caller also zeroes g)
+    ignored,  # true: no target term (g still scales -p_j)
     lse,  # log-sum-exp of the row of x = z / T
     ent,  # entropy of softmax(x)
     g,  # upstream gradient of logp
@@ -120,7 +120,7 @@ def _logprob_rows_backward_kernel(
     V,  # vocabulary size
     targets_ptr,  # [rows] int64 target ids
     inv_temp,  # 1 / temperature
-    ignore_index,  # ignored rows get no gradient through logp
+    ignore_index,  # ignored rows: no target term
     lse_ptr,  # [rows] fp32 from forward
     entropy_ptr,  # [rows] fp32 from forward
     g_logp_ptr,  # [rows] fp32 upstream gradient of logp
@@ -134,7 +134,8 @@ def _logprob_rows_backward_kernel(
     ignored = t == ignore_index
     # A target outside [0, V) that is not ignored: a NaN gradient row (g = NaN), nothing outside it.
     bad = (~ignored) & ((t < 0) | (t >= V))
-    g = tl.where(ignored, 0.0, tl.where(bad, float("nan"), tl.load(g_logp_ptr + row)))
+    # An ignored row keeps -g p_j; only its target term is dropped (see kernels/torch/logprobs.py).
+    g = tl.where(bad, float("nan"), tl.load(g_logp_ptr + row))
     if HAS_G_ENTROPY:
         ge = tl.load(g_entropy_ptr + row)
     else:
