@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted" + ("" if evaluating else "; continue with --resume"), file=sys.stderr)
         return 130
-    except (MissingPackage, CheckpointError) as e:
+    except (ConfigError, MissingPackage, CheckpointError) as e:  # found once the model or data loads
         return _fail(prog, e, 2)
     except (RunFileError, TrainingDiverged) as e:
         return _fail(prog, e, 1)

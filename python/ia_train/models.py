@@ -55,7 +55,21 @@ def check_model_source(model: str) -> None:
 
 
 def load_model(source: str, *, device: torch.device, attention: str):
-    """(model, tokenizer) in float32 on `device`, tokenizer padding on the left (for generate)."""
+    """(model, tokenizer) in float32 on `device`, tokenizer padding on the left (for generate).
+    A model whose files cannot be read (missing or damaged weights) raises ConfigError (one line)."""
+    from .config import ConfigError
+    from .optional import MissingPackage
+
+    try:
+        return _load_model(source, device=device, attention=attention)
+    except MissingPackage:
+        raise
+    except Exception as e:  # noqa: BLE001 - transformers, safetensors and gguf each raise their own types
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"--model {source}: cannot be loaded ({first})") from None
+
+
+def _load_model(source: str, *, device: torch.device, attention: str):
     if source == "smollm2":
         from .smollm2 import load_smollm2  # written alongside the benchmark tasks; heavy, so lazy
 

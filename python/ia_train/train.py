@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from . import checkpoint, plots
 from .attention import CALLS as ATTENTION_CALLS
 from .attention import choose_attention
-from .config import Config, resume_changes
+from .config import Config, ConfigError, resume_changes
 from .evaluation import METRICS, answer_ids, change, summarize
 from .files import RunFileError, read_json, write_json, writing
 from .logger import MetricsLog
@@ -71,7 +71,7 @@ def split_problems(task, cfg: Config) -> tuple[list, list]:
     held_prompts = {p.prompt for p in held}
     train = [p for p in pool if p.prompt not in held_prompts][:need]
     if not train:
-        raise ValueError(f"every training problem of {cfg.task} is also a held-out problem; lower --eval-problems")
+        raise ConfigError(f"every training problem of {cfg.task} is also a held-out problem; lower --eval-problems")
     return train, held
 
 

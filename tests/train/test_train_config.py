@@ -199,3 +199,21 @@ def test_output_dir_that_is_not_writable(read_only_dir, tmp_path, capsys):
     assert code == 2 and len(err) == 1 and f"{f} is a file, so the directory cannot be created" in err[0], err
     code, err = run_cli(["eval", "--out", str(read_only_dir)], capsys)
     assert code == 2 and len(err) == 1 and err[0].startswith("ia-train eval: error: --out") and "not writable" in err[0]
+
+
+def test_model_dir_with_damaged_weights(tmp_path, capsys):
+    import shutil
+
+    from ia_train.models import TINY_DIR
+
+    d = tmp_path / "model"
+    shutil.copytree(TINY_DIR, d)
+    with open(d / "model.safetensors", "r+b") as f:
+        f.truncate(5000)
+    for command in ([], ["eval"]):
+        code, err = run_cli([*command, "--model", str(d), "--steps", "1", "--eval-problems", "1", "--out",
+                             str(tmp_path / "o")] if not command else
+                            [*command, "--model", str(d), "--eval-problems", "1", "--out", str(tmp_path / "o")], capsys)
+        err = [line for line in err if line.startswith("ia-train")]
+        assert code == 2 and len(err) == 1, err
+        assert f"--model {d}: cannot be loaded (Error while deserializing header" in err[0], err
