@@ -248,6 +248,8 @@ def _run(cfg: Config) -> dict:
         if eval_problems:
             try:
                 before = read_json(before_file)
+                if not isinstance(before, dict) or not all(m in before for m in (*METRICS, "per_problem")):
+                    raise RunFileError(f"{before_file} does not hold an evaluation summary")
             except RunFileError as e:  # evaluate the initial model again, before the checkpoint loads
                 print(f"ia-train: {e}; evaluating the initial model again", file=sys.stderr, flush=True)
                 before, samples = evaluate(model, tokenizer, task, eval_problems, cfg, "before")

@@ -238,3 +238,18 @@ def test_resume_without_config_json_is_refused(finished_run, tmp_path, capsys):
     (out / "config.json").write_bytes(b"\xff\xfe{")
     code, _, err = ia_train(out, "--resume", capsys=capsys)
     assert code == 2 and len(err) == 1 and "config.json is unreadable" in err[0], err
+
+
+def test_resume_evaluates_the_initial_model_again_when_eval_before_is_lost(tmp_path, capsys):
+    """eval_before.json holds the untrained model's figures; if it is lost or damaged, a resumed run
+    evaluates the initial model again (before loading the checkpoint), not the trained one."""
+    args = ["--steps", "2", "--eval-problems", "3", "--eval-n", "2"]
+    full, out = tmp_path / "full", tmp_path / "run"
+    assert ia_train(full, *args) == 0
+    assert ia_train(out, *args, "--stop-after", "2") == 0
+    (out / "eval_before.json").write_text('{"pass@1": 0.5, "pass')
+    code, _, err = ia_train(out, *args, "--resume", capsys=capsys)
+    assert code == 0 and err == [f"ia-train: {out}/eval_before.json is unreadable (Unterminated string starting at: "
+                                 "line 1 column 17 (char 16)); evaluating the initial model again"], err
+    a, b = json.loads((full / "summary.json").read_text()), json.loads((out / "summary.json").read_text())
+    assert a["before"] == b["before"] and a["after"] == b["after"]
