@@ -37,8 +37,9 @@ from .. import backends
 from ..core import checks as _checks
 from ..core.chunks import ChunkDriver, chunk_rows
 from ..core.numerics import FP32, FP32_FP64, compute_dtype
+from ..core.vocab_parallel import VocabShard, resolve_weight
 from . import ppo
-from .logprobs import RowPassCall, _validate, chunked_backward, chunked_forward
+from .logprobs import RowPassCall, _validate, chunked_backward, chunked_forward, row_pass_call
 
 
 @dataclass
@@ -89,11 +90,13 @@ class LinearPpoCall:
     opts: ppo.PpoOptions
     ppo_kernels: object  # kernels/<backend>/ppo.py: fused_rows, terms
     logprob_kernels: object  # kernels/<backend>/logprobs.py: rows_forward, rows_backward
-    rows: int  # rows of logits per chunk
+    rows: int  # rows of logits per chunk (the same on every rank of a vocabulary-parallel group)
     want_grads: bool  # False under torch.no_grad(): the row passes skip the gradient
+    shard: VocabShard | None = None  # this rank's vocabulary block, when the LM head is sharded
 
     def logprob_call(self, targets: torch.Tensor) -> RowPassCall:
-        return RowPassCall(self.logprob_kernels, targets, self.temperature, self.ignore_index, self.rows)
+        return row_pass_call(self.logprob_kernels, targets, self.temperature, self.ignore_index, self.rows,
+                             self.shard)
 
 
 def _token_level_pass(c: LinearPpoCall, driver: ChunkDriver, targets, old_logp, adv, ref_logp, token_weight):
@@ -106,6 +109,39 @@ def _token_level_pass(c: LinearPpoCall, driver: ChunkDriver, targets, old_logp, 
         c.ppo_kernels.fused_rows(z, targets[a:b], c.temperature, c.ignore_index, old_logp[a:b], adv[a:b],
                                  None if ref_logp is None else ref_logp[a:b], token_weight[a:b], c.opts,
                                  logp[a:b], entropy[a:b], loss_tok[a:b], ratio[a:b])
+
+    driver.run(row_pass)
+    return logp, entropy, loss_tok, ratio
+
+
+def _token_level_pass_sharded(c: LinearPpoCall, driver: ChunkDriver, targets, old_logp, adv, ref_logp,
+                              token_weight):
+    """The token-level pass over this rank's vocabulary block: per chunk, the log-prob row pass on
+    the block's logits, the rows' statistics combined across ranks (two all-reduces of a few floats
+    per token), the token terms, then the gradient row pass on the same logits: still 6 N H V FLOPs
+    in all, split over the ranks."""
+    n = driver.hidden.shape[0]
+    dtype, device = driver.dtype, driver.hidden.device
+    logp, entropy, loss_tok, ratio = torch.empty((4, n), dtype=dtype, device=device).unbind(0)
+    local = c.shard.localise(targets, c.ignore_index)
+
+    def col(x, a, b):
+        return None if x is None else x[a:b, None]
+
+    def row_pass(z, a, b):
+        lp, lse, ent = torch.empty((3, b - a), dtype=dtype, device=device).unbind(0)
+        c.logprob_kernels.rows_forward(z, local[a:b], c.temperature, c.ignore_index, lp, lse, ent)
+        lp, lse, ent = c.shard.combine(lp, lse, ent, local[a:b], c.ignore_index)
+        # Each row is a one-token sequence of weight token_weight (as kernels/torch/ppo.py's fused_rows).
+        every = torch.ones((b - a, 1), dtype=torch.bool, device=device)
+        loss_s, g_logp, g_ent, ratio_s = c.ppo_kernels.terms(
+            lp[:, None].contiguous(), col(old_logp, a, b), adv[a:b], every, token_weight[a:b],
+            col(ref_logp, a, b), ent[:, None].contiguous(), c.opts)
+        logp[a:b], entropy[a:b], loss_tok[a:b], ratio[a:b] = lp, ent, loss_s[:, 0], ratio_s[:, 0]
+        if driver.wants_grads:
+            c.logprob_kernels.rows_backward(z, local[a:b], c.temperature, c.ignore_index, lse, ent,
+                                            g_logp[:, 0].contiguous(),
+                                            g_ent[:, 0].contiguous() if c.opts.entropy_coef != 0 else None)
 
     driver.run(row_pass)
     return logp, entropy, loss_tok, ratio
@@ -198,7 +234,10 @@ class LinearPpoLossFunction(torch.autograd.Function):
                  c.want_grads and bias is not None and ctx.needs_input_grad[2])
         B, T = c.valid.shape
         hidden_v, targets_v = c.vrows.take(hidden), c.vrows.take(c.targets)
-        groups = _sequence_groups(c.vrows.lengths, c.rows) if c.opts.importance == "sequence" else None
+        # Under a vocabulary-parallel head, GSPO takes the two-phase path (its per-chunk sequence terms
+        # would need the combined statistics of whole sequences before any gradient row).
+        groups = (_sequence_groups(c.vrows.lengths, c.rows)
+                  if c.opts.importance == "sequence" and c.shard is None else None)
         if c.opts.importance == "sequence" and groups is None:
             loss, logp, entropy, ratio, grads = _sequence_level_two_phase(c, hidden_v, weight, bias, targets_v, needs)
         else:
@@ -210,13 +249,16 @@ class LinearPpoLossFunction(torch.autograd.Function):
                 token_weight = c.vrows.take(torch.where(c.valid, seq_scale[:, None], 0.0).reshape(-1))
                 adv = c.advantages
                 adv_tok = c.vrows.take((adv[:, None].expand(B, T) if adv.dim() == 1 else adv).reshape(-1)).contiguous()
-                logp, entropy, loss_tok, ratio = _token_level_pass(
+                token_pass = _token_level_pass if c.shard is None else _token_level_pass_sharded
+                logp, entropy, loss_tok, ratio = token_pass(
                     c, driver, targets_v, c.vrows.take(c.old_logp.reshape(-1)), adv_tok,
                     None if c.ref_logp is None else c.vrows.take(c.ref_logp.reshape(-1)), token_weight)
                 loss = (loss_tok * token_weight).sum()
                 logp, entropy = c.vrows.put(logp, 0.0, B * T).view(B, T), c.vrows.put(entropy, 0.0, B * T).view(B, T)
                 ratio = c.vrows.put(ratio, 1.0, B * T).view(B, T)
             grads = driver.grads()
+            if c.shard is not None:  # every rank's block contributes to every token's hidden gradient
+                c.shard.sum_over_ranks(grads[0])
         if grads[0] is not None:
             grads = (c.vrows.put(grads[0], 0.0, B * T), grads[1], grads[2])
         ctx.grads = grads
@@ -263,7 +305,8 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
                     clip_low: float = 0.2, clip_high: float | None = None, dual_clip: float | None = None,
                     kl_coef: float = 0.0, kl_estimator: str = "k3", entropy_coef: float = 0.0,
                     aggregation: str = "token-mean", importance: str = "token", norm_length: int | None = None,
-                    check_finite: bool = True, backend: str | None = None, chunk_size: int | None = None):
+                    check_finite: bool = True, backend: str | None = None, chunk_size: int | None = None,
+                    tp_group=None):
     """The PPO loss of `ppo_loss` on the log-probs of `targets` under the LM head, fully fused.
 
     Equals `ppo_loss(linear_logprobs(hidden, weight, targets, ...), old_logp, advantages, mask,
@@ -282,6 +325,11 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         backend: "torch", "cpu" or "triton"; None picks the fastest verified one for the device and
             dtype. cpu and triton compute in fp32: float64 inputs need "torch" (or None).
         chunk_size: rows of logits per chunk (None: IA_KERNELS_CHUNK_BYTES, 64 MiB on CPU).
+        tp_group: a process group over which the LM head is sharded by vocabulary, as in
+            `linear_logprobs` (or a DTensor weight placed Shard(0)). Every rank passes the same
+            hidden states and per-token inputs and gets the same loss and metrics; the weight
+            gradient is this rank's block's. Token level stays one pass (6 N H V over the ranks);
+            GSPO takes the two-phase path (8 N H V).
 
     Returns:
         (loss, metrics) as `ppo_loss`, with `entropy_mean` always present. Gradients with respect
@@ -293,6 +341,7 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     _checks.require_float("hidden", hidden)
     if hidden.dim() != 3:
         raise ValueError(f"hidden must have shape [B, T, H], got {tuple(hidden.shape)}")
+    weight, tp_group = resolve_weight(weight, tp_group)
     temperature = _validate(hidden, weight, targets, bias, temperature)
     B, T, H = hidden.shape
     ppo.validate_token_inputs((B, T), old_logp, advantages, mask, ref_logp, None, opts)
@@ -305,7 +354,9 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     if mask is not None:
         valid = valid & (mask != 0)
     valid = valid.contiguous()
-    lengths = _check_values(targets, valid, weight.shape[0], advantages, check_finite)
+    shard = None if tp_group is None else VocabShard.of(weight.shape[0], tp_group, device)
+    vocab = weight.shape[0] if shard is None else shard.total
+    lengths = _check_values(targets, valid, vocab, advantages, check_finite)
     dtype = compute_dtype(hidden.dtype)
     name, ppo_kernels = _OP.select(device, dtype, backend)
 
@@ -320,7 +371,7 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         advantages=prep(advantages), ref_logp=prep(ref_logp), valid=valid, vrows=ValidRows.of(valid, lengths),
         temperature=temperature, ignore_index=ignore_index, opts=opts, ppo_kernels=ppo_kernels,
         logprob_kernels=importlib.import_module(f"ia_kernels.kernels.{name}.logprobs"),
-        rows=chunk_rows(B * T, weight.shape[0], device, chunk_size), want_grads=torch.is_grad_enabled())
+        rows=chunk_rows(B * T, vocab, device, chunk_size), want_grads=torch.is_grad_enabled(), shard=shard)
     loss, logp, entropy, ratio = LinearPpoLossFunction.apply(h2, w, bias, call)
     metrics = ppo.ppo_metrics(ratio, logp, call.old_logp, call.advantages, valid, opts, entropy=entropy,
                               ref_logp=call.ref_logp)

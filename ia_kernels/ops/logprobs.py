@@ -20,18 +20,27 @@ from .. import backends
 from ..core import checks as _checks
 from ..core.chunks import ChunkDriver, chunk_rows
 from ..core.numerics import FP32, FP32_FP64, compute_dtype
+from ..core.vocab_parallel import VocabShard, resolve_weight
 
 
 @dataclass(frozen=True)
 class RowPassCall:
     """What a log-prob row pass needs besides the logits: the backend's row-pass module and the
-    per-call settings (targets [N] int64, already validated)."""
+    per-call settings."""
 
     kernels: object  # kernels/<backend>/logprobs.py: rows_forward, rows_backward
-    targets: torch.Tensor
+    targets: torch.Tensor  # [N] int64 ids the kernels read: global, or within this rank's block
     temperature: float
     ignore_index: int
-    rows: int  # rows of logits per chunk
+    rows: int  # rows of logits per chunk (the same on every rank of a vocabulary-parallel group)
+    ignored: torch.Tensor  # [N] bool: positions whose (global) target is ignore_index
+    shard: VocabShard | None = None  # this rank's vocabulary block, when the LM head is sharded
+
+
+def row_pass_call(kernels, targets, temperature, ignore_index, rows, shard=None) -> RowPassCall:
+    """A RowPassCall for validated int64 global targets [N]."""
+    kernel_targets = targets if shard is None else shard.localise(targets, ignore_index)
+    return RowPassCall(kernels, kernel_targets, temperature, ignore_index, rows, targets == ignore_index, shard)
 
 
 def chunked_forward(call: RowPassCall, hidden, weight, bias):
@@ -44,6 +53,9 @@ def chunked_forward(call: RowPassCall, hidden, weight, bias):
                                   entropy[a:b])
 
     driver.run(row_pass, backprop=False)
+    if call.shard is not None:  # this block's statistics -> the whole vocabulary's (two all-reduces)
+        logp, lse, entropy = call.shard.combine(logp, lse, entropy, call.targets, call.ignore_index)
+        logp = torch.where(call.ignored, 0.0, logp)
     return logp, lse, entropy
 
 
@@ -57,7 +69,10 @@ def chunked_backward(call: RowPassCall, hidden, weight, bias, lse, entropy, g_lo
                                    g_logp[a:b], None if g_entropy is None else g_entropy[a:b])
 
     driver.run(row_pass)
-    return driver.grads()
+    gh, gw, gb = driver.grads()
+    if call.shard is not None:  # each rank's block contributes to every position's hidden gradient
+        call.shard.sum_over_ranks(gh)
+    return gh, gw, gb
 
 
 class LinearLogprobsFunction(torch.autograd.Function):
@@ -78,7 +93,7 @@ class LinearLogprobsFunction(torch.autograd.Function):
         dtype = lse.dtype
         # Ignored positions get no gradient through logp (the row passes only drop their target term).
         g_logp = (torch.zeros_like(lse) if g_logp is None
-                  else torch.where(ctx.call.targets == ctx.call.ignore_index, 0.0, g_logp.to(dtype)).contiguous())
+                  else torch.where(ctx.call.ignored, 0.0, g_logp.to(dtype)).contiguous())
         g_entropy = None if g_entropy is None else g_entropy.to(dtype).contiguous()
         gh, gw, gb = chunked_backward(ctx.call, hidden, weight, bias, lse, entropy, g_logp, g_entropy, needs)
         return gh, gw, gb, None
@@ -139,7 +154,8 @@ _OP = backends.register("linear_logprobs", {
 
 def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
                     bias: torch.Tensor | None = None, temperature: float = 1.0, ignore_index: int = -100,
-                    return_entropy: bool = False, backend: str | None = None, chunk_size: int | None = None):
+                    return_entropy: bool = False, backend: str | None = None, chunk_size: int | None = None,
+                    tp_group=None):
     """Log-probabilities of `targets` under the LM head, without materialising the logits.
 
     Args:
@@ -156,20 +172,29 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
             "torch" (or None); naming another backend for them is a ValueError.
         chunk_size: rows of logits per chunk; None sizes chunks to IA_KERNELS_CHUNK_BYTES
             (64 MiB on CPU, 1 GiB on CUDA).
+        tp_group: a torch.distributed process group over which the LM head is sharded by
+            vocabulary: `weight` (and `bias`) are this rank's contiguous block of rows (blocks in
+            rank order, sizes may differ), `targets` are global ids, and every rank gets the full
+            outputs. A DTensor weight placed Shard(0) on a 1-D mesh brings its own group. Per
+            chunk a few floats per token are all-reduced (never the logits); backward all-reduces
+            the hidden gradient; the weight gradient is this rank's block's. core/vocab_parallel.py.
 
     Returns:
         fp32 logp [...] (float64 for float64 inputs), and entropy [...] if return_entropy.
         Differentiable w.r.t. hidden, weight and bias.
     """
+    weight, tp_group = resolve_weight(weight, tp_group)
     temperature = _validate(hidden, weight, targets, bias, temperature)
-    targets, ignore_index = as_int64_targets(targets, weight.shape[0], ignore_index)
+    shard = None if tp_group is None else VocabShard.of(weight.shape[0], tp_group, hidden.device)
+    vocab = weight.shape[0] if shard is None else shard.total
+    targets, ignore_index = as_int64_targets(targets, vocab, ignore_index)
     _, kernels = _OP.select(hidden.device, compute_dtype(hidden.dtype), backend)
     H, lead = hidden.shape[-1], hidden.shape[:-1]
     h2 = hidden.reshape(lead.numel(), H)  # not reshape(-1, H): H may be 0
     h2 = h2 if h2.is_contiguous() else h2.contiguous()
     w = weight if weight.stride(-1) == 1 else weight.contiguous()
-    call = RowPassCall(kernels, targets.reshape(-1).contiguous(), temperature, ignore_index,
-                       chunk_rows(h2.shape[0], weight.shape[0], hidden.device, chunk_size))
+    call = row_pass_call(kernels, targets.reshape(-1).contiguous(), temperature, ignore_index,
+                         chunk_rows(h2.shape[0], vocab, hidden.device, chunk_size), shard)
     logp, entropy, _ = LinearLogprobsFunction.apply(h2, w, bias, call)
     logp, entropy = logp.reshape(lead), entropy.reshape(lead)
     return (logp, entropy) if return_entropy else logp
