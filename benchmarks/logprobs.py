@@ -3,6 +3,10 @@
 Each case runs forward + backward of sum(logp * g) for a random upstream gradient g. FLOP basis:
 6 N H V (one GEMM forward, two backward) — the work eager does; the fused op recomputes the logits
 in backward (8 N H V), so its "GFLOP/s on the 6NHV basis" is the useful rate users feel.
+
+--tp P: the vocabulary-parallel op (tp_group=...) on P processes (gloo on CPU, nccl on GPU), each
+holding V/P rows of the LM head, against the single-process op on the same total threads, with the
+bytes each rank all-reduces per token (the row statistics and the hidden gradient).
 """
 
 from __future__ import annotations
@@ -75,10 +79,93 @@ def _case(name, fn, N, H, V, dtype, device, repeats, reference):
     return row, logp
 
 
+def _tp_rank(rank: int, world: int, port: int, N: int, H: int, V: int, repeats: int, threads: int, queue) -> None:
+    """One rank of the --tp run: times the sharded op and tallies the bytes it all-reduces."""
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    hidden = torch.randn(N, H).requires_grad_()
+    weight = torch.randn(V, H) / H**0.5
+    block = torch.tensor_split(torch.arange(V), world)[rank]
+    w = weight[block[0]:block[-1] + 1].clone().requires_grad_()
+    targets = torch.randint(0, V, (N,))
+    g = torch.randn(N)
+    tally = {"bytes": 0}
+    all_reduce = dist.all_reduce
+
+    def counting_all_reduce(t, *a, **k):
+        tally["bytes"] += t.numel() * t.element_size()
+        return all_reduce(t, *a, **k)
+
+    dist.all_reduce = counting_all_reduce
+
+    def step():
+        hidden.grad = w.grad = None
+        (ik.linear_logprobs(hidden, w, targets, tp_group=dist.group.WORLD) * g).sum().backward()
+
+    step()
+    tally["bytes"] = 0
+    step()
+    bytes_per_call = tally["bytes"]
+    dist.barrier()
+    timing = time_fn(step, warmup=0, repeats=repeats)
+    dist.all_reduce = all_reduce
+    queue.put({"rank": rank, "median_ms": timing["median_ms"], "bytes_per_token": bytes_per_call / N})
+    dist.destroy_process_group()
+
+
+def _tp_main(args, P: int) -> list[dict]:
+    """The single-process op on all threads, then the same work split over P processes."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    if torch.device(args.device).type != "cpu":
+        raise SystemExit("--tp runs on CPU processes here (gloo); on GPUs launch the op under torchrun with nccl")
+    N, H, V = (256, 128, 4099) if args.quick else FULL["cpu"][0]
+    repeats = args.repeats or (2 if args.quick else 3)
+    total = torch.get_num_threads()
+    row, _ = _case("single-process", lambda h, w, t: ik.linear_logprobs(h, w, t), N, H, V, torch.float32, "cpu",
+                   repeats, None)
+    rows = [{"impl": "single-process", "P": 1, "threads_per_rank": total, "N": N, "H": H, "V": V,
+             "median_ms": row["median_ms"], "bytes_per_token": 0.0}]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    threads = max(1, total // P)
+    procs = [ctx.Process(target=_tp_rank, args=(r, P, port, N, H, V, repeats, threads, queue)) for r in range(P)]
+    for p in procs:
+        p.start()
+    ranks = sorted((queue.get(timeout=1800) for _ in procs), key=lambda r: r["rank"])
+    for p in procs:
+        p.join()
+    slowest = max(r["median_ms"] for r in ranks)
+    rows.append({"impl": f"tp (gloo, {P} processes)", "P": P, "threads_per_rank": threads, "N": N, "H": H, "V": V,
+                 "median_ms": slowest, "bytes_per_token": ranks[0]["bytes_per_token"],
+                 "speedup_vs_single": rows[0]["median_ms"] / slowest})
+    report("logprobs-tp", rows, ["impl", "P", "threads_per_rank", "N", "H", "V", "median_ms", "speedup_vs_single",
+                                 "bytes_per_token"], device="cpu", json_path=args.json)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks logprobs", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks logprobs", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser, dtype=True)
+    parser.add_argument("--tp", type=int, default=0,
+                        help="run the vocabulary-parallel op on this many processes against one process")
     args = parser.parse_args(argv)
+    if args.tp:
+        if args.tp < 2:
+            parser.error(f"--tp must be at least 2, got {args.tp}")
+        return _tp_main(args, args.tp)
     device = args.device
     dtype = input_dtype(args)
     shapes = QUICK if args.quick else FULL[torch.device(device).type]
