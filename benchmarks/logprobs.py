@@ -1,4 +1,5 @@
-"""Fused linear log-probs vs eager PyTorch (and Liger-Kernel's fused linear cross-entropy on GPU).
+"""Fused linear log-probs vs eager PyTorch (and, on GPU where installed, Liger-Kernel's fused linear
+cross-entropy and cut-cross-entropy's linear_cross_entropy).
 
 Each case runs forward + backward of sum(logp * g) for a random upstream gradient g. FLOP basis:
 6 N H V (one GEMM forward, two backward) — the work eager does; the fused op recomputes the logits
@@ -36,15 +37,23 @@ def liger_logprobs(hidden, weight, targets):
     return -LigerFusedLinearCrossEntropyLoss(reduction="none")(weight, hidden, targets)
 
 
+def cce_logprobs(hidden, weight, targets):
+    # cut-cross-entropy (Apple, Wijmans et al. 2024): per-token CE = -logp, logits never stored.
+    from cut_cross_entropy import linear_cross_entropy
+
+    return -linear_cross_entropy(hidden, weight, targets, reduction="none").float()
+
+
 def _candidates(device: str):
     cands = {"eager": eager_logprobs, "ia_kernels": lambda h, w, t: ik.linear_logprobs(h, w, t)}
     if torch.device(device).type == "cuda":
-        try:
-            import liger_kernel  # noqa: F401
-
-            cands["liger"] = liger_logprobs
-        except ImportError:
-            pass
+        for module, name, fn in (("liger_kernel", "liger", liger_logprobs),
+                                 ("cut_cross_entropy", "cut_cross_entropy", cce_logprobs)):
+            try:
+                __import__(module)
+                cands[name] = fn
+            except ImportError:
+                pass
     return cands
 
 
