@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import itertools
 import os
 import re
@@ -30,7 +31,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -121,12 +121,24 @@ def recording(modules):
             setattr(mod, name, obj)
 
 
+# Values of the loss options that reach a Triton constexpr; every bool field of PpoOptions is also
+# tried both ways, so a new switch is enumerated without listing it here.
+OPTION_VALUES = {"dual_clip": (None, 3.0), "kl_coef": (0.0, 0.1), "kl_estimator": ("k1", "k2", "k3"),
+                 "entropy_coef": (0.0, 0.01), "importance": ("token", "sequence")}
+
+
 def _options_domain():
-    """Every combination of the loss options that reaches a Triton constexpr."""
-    for dual, kl, est, ent, imp in itertools.product((None, 3.0), (0.0, 0.1), ("k1", "k2", "k3"), (0.0, 0.01),
-                                                     ("token", "sequence")):
-        yield SimpleNamespace(clip_low=0.2, clip_high=0.28, dual_clip=dual, kl_coef=kl, kl_estimator=est,
-                              entropy_coef=ent, importance=imp)
+    """Every combination of the loss options (ia_kernels.ops.ppo.PpoOptions) in OPTION_VALUES."""
+    from ia_kernels.ops.ppo import PpoOptions
+
+    base = PpoOptions(clip_low=0.2, clip_high=0.28)
+    values = dict(OPTION_VALUES)
+    for f in dataclasses.fields(PpoOptions):
+        if isinstance(getattr(base, f.name), bool):
+            values[f.name] = (False, True)
+    names = list(values)
+    for combo in itertools.product(*(values[n] for n in names)):
+        yield dataclasses.replace(base, **dict(zip(names, combo)))
 
 
 # Shapes: production vocabularies (Qwen2.5 151936, divisible by 16; GPT-2 50257, not) and small ones
@@ -140,6 +152,9 @@ QUICK_LENGTHS = (4096, 1000)
 
 def enumerate_triton_launches(quick: bool = False) -> list[Launch]:
     """Calls each launcher of kernels/triton over the domain; returns the recorded launches."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise RuntimeError("gpu-build compiles the kernels: run it without TRITON_INTERPRET (the kernels are "
+                           "interpreter functions under it)")
     from ia_kernels.kernels.triton import logprobs as tlp
     from ia_kernels.kernels.triton import ppo as tppo
 
@@ -179,8 +194,10 @@ def enumerate_triton_launches(quick: bool = False) -> list[Launch]:
 
 
 def _opts_text(o) -> str:
-    return (f"dual={o.dual_clip is not None} kl={o.kl_coef != 0}:{o.kl_estimator} ent={o.entropy_coef != 0} "
+    text = (f"dual={o.dual_clip is not None} kl={o.kl_coef != 0}:{o.kl_estimator} ent={o.entropy_coef != 0} "
             f"imp={o.importance}")
+    flags = [f.name for f in dataclasses.fields(o) if getattr(o, f.name) is True]
+    return text + (" " + " ".join(flags) if flags else "")
 
 
 def _concrete(arg):
@@ -253,11 +270,7 @@ def distinct_variants(launches: list[Launch], by_ir: bool = True) -> list[Launch
         for group in groups:
             by_hash.setdefault(ttir_hash(group[0]), []).extend(group)
         groups = list(by_hash.values())
-    out = []
-    for group in groups:
-        group[0].covers = len(group)
-        out.append(group[0])
-    return out
+    return [dataclasses.replace(group[0], covers=len(group)) for group in groups]
 
 
 # --------------------------------------------------------------------------- Triton: compile

@@ -13,12 +13,15 @@ backward):
 - `unfused` — what ia_kernels does today on CUDA: cuBLAS GEMM -> fp32 logits in HBM -> Triton row
   pass (two sweeps, dlogits written in place) -> cast dlogits to bf16 -> two GEMMs; fp32 weight-
   gradient accumulator; the ChunkDriver's default chunk (1 GiB of fp32 logits).
-- `unfused-2GB` — the same with the memory scheme that keeps the call under 2 GB (see
-  LMHead.new_weight_grad_accumulator): the weight gradient accumulated in the weight's dtype (bf16)
-  with fp32 accumulation inside each chunk's GEMM, and a 320 MiB chunk.
-- `bf16-dz` — unfused-2GB whose row pass writes dlogits in bf16 directly (no cast pass).
+- `bf16-acc` — the same with the memory scheme of LMHead.new_weight_grad_accumulator: the weight
+  gradient accumulated in the weight's dtype (bf16; fp32 sums inside each chunk's GEMM, one
+  rounding per chunk, allowed up to 10 chunks), so no fp32 accumulator and no cast copy.
+- `bf16-acc+bf16-dz` — bf16-acc whose row pass writes dlogits in bf16 (over the first half of each
+  fp32 row, which it has already read) instead of a separate cast pass and copy.
 - `epilogue-recompute` — the cut-cross-entropy design: row statistics in the GEMM epilogue (no
   logits in HBM), so the gradient needs the logits again: 8 N H V FLOPs.
+Memory is the peak a call allocates beyond its inputs, given with and without the gradients it
+returns (grad_hidden, grad_weight: the caller holds those whichever implementation runs).
 The per-token side data (targets, log-probs, advantages, mask; ~33 bytes/token) is counted in the
 row pass. `predict()` is what benchmarks/gpu_check.sh prints beside each GPU measurement.
 """
@@ -42,7 +45,7 @@ HBM_EFFICIENCY = 0.9  # a streaming kernel reaches ~90% of the HBM bandwidth
 GOAL_TFLOPS = 600.0
 DEFAULT_SHAPE = {"N": 16384, "H": 4096, "V": 151936}
 MEMORY_GOAL = 2e9  # bytes
-CHUNK_BYTES = {"unfused": 1 << 30, "unfused-2GB": 320 << 20, "bf16-dz": 320 << 20, "epilogue-recompute": 320 << 20}
+CHUNK_BYTES = {"unfused": 1 << 30, "bf16-acc": 1 << 30, "bf16-acc+bf16-dz": 1 << 30, "epilogue-recompute": 1 << 30}
 SIDE_BYTES_PER_TOKEN = 33
 
 
@@ -70,10 +73,10 @@ def chunk_rows(N: int, V: int, chunk_bytes: int) -> int:
 
 def kernels(op: str, design: str, N: int, H: int, V: int, in_bytes: int = 2) -> tuple[list[Kernel], int]:
     """The kernels of one call (per chunk, with launch counts) and the rows per chunk."""
-    R = chunk_rows(N, V, CHUNK_BYTES[design])
-    K = math.ceil(N / R)
+    K = math.ceil(N / chunk_rows(N, V, CHUNK_BYTES[design]))
+    R = N / K  # rows of the average chunk: K chunks cover exactly N rows (each reads all of W)
     acc_bytes = 4 if design == "unfused" else in_bytes  # weight-gradient accumulator element
-    dz_bytes = in_bytes if design in ("bf16-dz",) else 4
+    dz_bytes = in_bytes if design == "bf16-acc+bf16-dz" else 4
     b = in_bytes
     side = SIDE_BYTES_PER_TOKEN * R
     logits = Kernel("GEMM z = h W^T (fp32 out)", "gemm", 2 * R * H * V, b * R * H + b * V * H + 4 * R * V, K)
@@ -91,7 +94,7 @@ def kernels(op: str, design: str, N: int, H: int, V: int, in_bytes: int = 2) -> 
         g_hidden_e = Kernel("GEMM dh = dz W", "gemm", 2 * R * H * V, b * R * V + b * V * H + b * R * H, K)
         g_weight_e = Kernel("GEMM dW += dz^T h (bf16 acc)", "gemm", 2 * R * H * V,
                             b * R * V + b * R * H + 2 * b * V * H, K)
-        return [fwd, rec, g_hidden_e, g_weight_e], R
+        return [fwd, rec, g_hidden_e, g_weight_e], chunk_rows(N, V, CHUNK_BYTES[design])
     if op == "linear_ppo_loss":
         row = Kernel(f"row pass: stats + loss + dz ({'bf16' if dz_bytes == 2 else 'fp32'} dz)", "pass",
                      0, 4 * R * V + 4 * R * V + dz_bytes * R * V + side, K)
@@ -104,23 +107,24 @@ def kernels(op: str, design: str, N: int, H: int, V: int, in_bytes: int = 2) -> 
         out = [logits, fwd, recompute, bwd] + ([cast] if dz_bytes == 4 else []) + [g_hidden, g_weight]
     else:
         raise ValueError(op)
-    return out, R
+    return out, chunk_rows(N, V, CHUNK_BYTES[design])
 
 
 def memory_bytes(design: str, N: int, H: int, V: int, in_bytes: int = 2) -> dict:
-    """Peak device memory a call allocates beyond its inputs, by buffer (outputs included)."""
+    """Peak device memory a call allocates beyond its inputs, by buffer; "(returned)" marks the
+    gradients handed back to the caller."""
     R = chunk_rows(N, V, CHUNK_BYTES[design])
-    mem = {"grad_hidden": in_bytes * N * H, "per-token vectors": 64 * N}
+    mem = {"grad_hidden (returned)": in_bytes * N * H, "per-token vectors": 64 * N}
     if design == "unfused":
         mem["grad_weight fp32 accumulator"] = 4 * V * H
-        mem["grad_weight cast to bf16 (grads())"] = in_bytes * V * H
+        mem["grad_weight cast to bf16 (returned)"] = in_bytes * V * H
     else:
-        mem["grad_weight (bf16 accumulator = the output)"] = in_bytes * V * H
+        mem["grad_weight bf16 accumulator (returned)"] = in_bytes * V * H
     if design == "epilogue-recompute":
         mem["dz tile (bf16, per chunk)"] = in_bytes * R * V
     else:
         mem["fp32 logits chunk"] = 4 * R * V
-        if design != "bf16-dz":
+        if design != "bf16-acc+bf16-dz":
             mem["bf16 dz copy"] = in_bytes * R * V
     return mem
 
@@ -151,7 +155,8 @@ def predict(op: str, device: str, design: str = "unfused", N: int | None = None,
         "roofline_ms": t_roof * 1e3, "attainable_ms": t_att * 1e3,
         "roofline_tflops": useful / t_roof / 1e12, "attainable_tflops": useful / t_att / 1e12,
         "meets_600": useful / t_att / 1e12 >= GOAL_TFLOPS,
-        "memory_gb": sum(mem.values()) / 1e9, "bottleneck": bottleneck, "largest_kernel": worst.name,
+        "memory_gb": sum(mem.values()) / 1e9,
+        "workspace_gb": sum(v for k, v in mem.items() if "(returned)" not in k) / 1e9, "bottleneck": bottleneck, "largest_kernel": worst.name,
         "memory_bound_kernels": mem_bound,
         "kernels": [{"name": k.name, "flops_per_chunk": k.flops, "bytes_per_chunk": k.bytes, "launches": k.count,
                      "bound": k.bound(dev), "attainable_ms": k.time_s(dev, True) * 1e3} for k in ks],
@@ -160,7 +165,44 @@ def predict(op: str, device: str, design: str = "unfused", N: int | None = None,
 
 
 OPS = ("linear_ppo_loss", "linear_logprobs")
-DESIGNS = ("unfused", "unfused-2GB", "bf16-dz", "epilogue-recompute")
+
+# Which modelled design a measured implementation runs (benchmarks/gpu_check.sh, --annotate).
+_MODELLED_IMPL = {"ia_kernels": "unfused", "cut_cross_entropy": "epilogue-recompute"}
+_SUITE_OP = {"ppo": "linear_ppo_loss", "logprobs": "linear_logprobs"}
+
+
+def device_key(name: str) -> str | None:
+    """The DEVICES entry for a torch.cuda device name ("NVIDIA H200" -> "H200-SXM"), else None."""
+    for key in DEVICES:
+        if key.split("-")[0] in (name or "").upper():
+            return key
+    return None
+
+
+def annotate(paths: list[str]) -> list[dict]:
+    """Each measured row of the benchmark JSON files at `paths` beside the model's prediction."""
+    import json
+
+    out = []
+    for path in paths:
+        payload = json.loads(open(path).read())
+        op = _SUITE_OP.get(payload.get("suite"))
+        dev = device_key(payload.get("env", {}).get("device", ""))
+        for r in payload.get("rows", []):
+            if op is None or "median_ms" not in r:
+                continue
+            row = {"suite": payload["suite"], "case": r.get("case", ""), "impl": r["impl"], "N": r["N"],
+                   "H": r["H"], "V": r["V"], "measured_ms": r["median_ms"],
+                   "measured_tflops": 6 * r["N"] * r["H"] * r["V"] / (r["median_ms"] * 1e9)}
+            design = _MODELLED_IMPL.get(r["impl"])
+            if dev and design:
+                tokens = r.get("valid_tokens") or r["N"]  # padding rows never reach the GEMMs
+                p = predict(op, dev, design, tokens, r["H"], r["V"])
+                row.update(model_device=dev, design=design, predicted_ms=p["attainable_ms"],
+                           roofline_ms=p["roofline_ms"], measured_vs_predicted=r["median_ms"] / p["attainable_ms"])
+            out.append(row)
+    return out
+DESIGNS = ("unfused", "bf16-acc", "bf16-acc+bf16-dz", "epilogue-recompute")
 
 
 def main(argv: list[str]) -> int:
@@ -174,7 +216,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--device", default=None, help="ignored (the model covers H100 and H200)")
     parser.add_argument("--repeats", default=None, help="ignored")
     parser.add_argument("--dtype", default=None, help="ignored (bf16 inputs)")
+    parser.add_argument("--annotate", nargs="+", default=None, metavar="JSON",
+                        help="benchmark JSON files (logprobs, ppo) to print beside the model's prediction")
     args = parser.parse_args(argv)
+    if args.annotate:
+        rows = annotate(args.annotate)
+        harness.report("model-vs-measured", rows, ["suite", "case", "impl", "N", "H", "V", "measured_ms",
+                                                   "measured_tflops", "model_device", "design", "predicted_ms",
+                                                   "roofline_ms", "measured_vs_predicted"], json_path=args.json)
+        return 0
     rows = [predict(op, dev, design, args.N, args.H, args.V)
             for op in OPS for dev in ("H100-SXM", "H200-SXM") for design in DESIGNS]
     print(f"N={args.N} H={args.H} V={args.V}, bf16 inputs; 6NHV = {6 * args.N * args.H * args.V / 1e15:.1f} PFLOP; "
@@ -188,7 +238,7 @@ def main(argv: list[str]) -> int:
                                                    "attainable_ms"])
                 print()
     harness.report("model", rows, ["op", "device", "design", "rows_per_chunk", "hbm_bytes", "roofline_ms",
-                                   "roofline_tflops", "attainable_ms", "attainable_tflops", "meets_600", "memory_gb",
+                                   "roofline_tflops", "attainable_ms", "attainable_tflops", "meets_600", "memory_gb", "workspace_gb",
                                    "bottleneck"], json_path=args.json,
                    extra={"devices": DEVICES, "gemm_efficiency": GEMM_EFFICIENCY, "hbm_efficiency": HBM_EFFICIENCY,
                           "goal_tflops": GOAL_TFLOPS})
