@@ -16,16 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .errors import ConfigError
+
 OBJECTIVES = ("rloo", "grpo", "dr_grpo", "passk", "passk_chen", "majority")
 SEED_MAX = 2**32 - 1  # numpy's seed range; torch and reasoning-gym accept it too
 # Settings a resumed run may change (they do not change what is trained or measured); every other
 # setting must match the run's config.json.
 RESUME_MAY_CHANGE = ("steps", "checkpoint_every", "eval_batch", "threads", "tensorboard", "stop_after",
                      "device", "attention", "backend", "out", "resume")
-
-
-class ConfigError(ValueError):
-    """A bad setting; the message is one line that names the setting and what to change."""
 
 
 @dataclass

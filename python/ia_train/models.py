@@ -12,13 +12,13 @@ from pathlib import Path
 
 import torch
 
+from .errors import ConfigError
+
 TINY_DIR = Path(__file__).resolve().parent / "assets" / "tiny"
 
 
 def check_model_source(model: str) -> None:
     """Raise ConfigError (one line) when `model` cannot name a causal LM; reads config.json only."""
-    from .config import ConfigError
-
     if model == "tiny":
         if not (TINY_DIR / "model.safetensors").is_file():
             raise ConfigError(f"--model tiny: the bundled model is missing from {TINY_DIR}; "
@@ -57,7 +57,6 @@ def check_model_source(model: str) -> None:
 def load_model(source: str, *, device: torch.device, attention: str):
     """(model, tokenizer) in float32 on `device`, tokenizer padding on the left (for generate).
     A model whose files cannot be read (missing or damaged weights) raises ConfigError (one line)."""
-    from .config import ConfigError
     from .optional import MissingPackage
 
     try:

@@ -13,6 +13,7 @@ import platform
 import random
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ia_kernels
@@ -23,10 +24,11 @@ from tqdm.auto import tqdm
 from . import checkpoint, plots
 from .attention import CALLS as ATTENTION_CALLS
 from .attention import choose_attention
-from .config import Config, ConfigError, resume_changes
+from .config import Config, resume_changes
+from .errors import ConfigError
 from .evaluation import METRICS, answer_ids, change, summarize
 from .files import RunFileError, read_json, write_json, writing
-from .logger import MetricsLog
+from .logger import MetricsLog, read_metrics
 from .models import body_and_head, format_prompt, load_model
 from .rollout import Rollout, sample
 from .tasks import load_task
@@ -63,11 +65,9 @@ def split_problems(task, cfg: Config) -> tuple[list, list]:
     training problems whose prompt is in it are skipped (small generated problem spaces repeat
     problems across seeds), so training never sees a held-out prompt and the held-out set stays
     an unbiased sample of the task."""
-    from .tasks.reasoning_gym import ReasoningGymTask
-
     held = list(task.problems("eval", cfg.eval_problems, cfg.seed)) if cfg.eval_problems else []
     need = max(1, cfg.steps) * cfg.prompts_per_step
-    pool = task.problems("train", 2 * need if isinstance(task, ReasoningGymTask) else need, cfg.seed)
+    pool = task.problems("train", 2 * need if getattr(task, "repeats_problems", False) else need, cfg.seed)
     held_prompts = {p.prompt for p in held}
     train = [p for p in pool if p.prompt not in held_prompts][:need]
     if not train:
@@ -119,8 +119,9 @@ def trim(ro: Rollout) -> tuple[Rollout, torch.Tensor]:
                    ro.response_mask[:, :last - ro.prompt_width], ro.texts, ro.lengths), pos
 
 
-def response_hidden(body, ro: Rollout, device: torch.device) -> torch.Tensor:
-    """Final hidden states at the positions that predict the response tokens: [B, T, H]."""
+def response_hidden(body, ro: Rollout, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(hidden [B, T, H], targets [B, T], mask [B, T]): the final hidden states at the positions that
+    predict the response tokens, those tokens, and which of them are real (not padding)."""
     ro, pos = trim(ro)
     ids, amask = ro.input_ids.to(device), ro.attention_mask.to(device)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -189,10 +190,11 @@ def ppo_update(model, optimizer, scheduler, ro: Rollout, old_logp, ref_logp, adv
 
 
 # ------------------------------------------------------------------------------------------------
-# the run
+# the run, in stages: setup -> resume -> start the log -> evaluate before -> train -> finish
 
 
-def print_table(summary: dict) -> str:
+def summary_table(summary: dict) -> str:
+    """The before / after / change table of a summary, as text."""
     k = summary["k"]
     lines = [f"held-out problems: {summary['before']['problems']}, n = {summary['n']} samples each, k = {k}; "
              f"95% bootstrap intervals over problems (paired for the change)",
@@ -208,6 +210,28 @@ def print_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class Run:
+    """Everything the stages of a run share."""
+
+    cfg: Config
+    out: Path
+    device: torch.device
+    attention: str
+    model: torch.nn.Module
+    tokenizer: object
+    ref_model: torch.nn.Module | None
+    task: object
+    train_problems: list
+    eval_problems: list
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    t_start: float
+    start_step: int = 0
+    before: dict | None = None  # the evaluation of the initial model
+    info: dict = field(default_factory=dict)
+
+
 def run(cfg: Config) -> dict:
     """The whole experiment (see the module doc); returns the summary written to summary.json."""
     threads = torch.get_num_threads()
@@ -220,6 +244,20 @@ def run(cfg: Config) -> dict:
 
 
 def _run(cfg: Config) -> dict:
+    r = setup(cfg)
+    resume(r)
+    log = start_log(r)
+    evaluate_before(r)
+    row, train_seconds = train(r, log)
+    if cfg.stop_after is not None and cfg.stop_after < cfg.steps:
+        print(f"stopped after step {cfg.stop_after} (--stop-after); continue with --resume", flush=True)
+        return {"stopped_at": cfg.stop_after, "last": row}
+    return finish(r, row, train_seconds)
+
+
+def setup(cfg: Config) -> Run:
+    """The output directory, the model (and the frozen reference model for the KL penalty), the task
+    and its training / held-out problems, the optimiser and the learning-rate schedule."""
     t_start = time.time()
     out = Path(cfg.out)
     with writing(out):
@@ -229,129 +267,171 @@ def _run(cfg: Config) -> dict:
     attention = choose_attention(cfg.attention, device)
     model, tokenizer = load_model(cfg.model, device=device, attention=attention)
     model.train()
-    ref_model = None
-    if cfg.kl_coef > 0:
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
     task = load_task(cfg.task, cfg.task_options)
-    per_step = cfg.prompts_per_step
     train_problems, eval_problems = split_problems(task, cfg)
-
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     warmup = max(1, cfg.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    return Run(cfg, out, device, attention, model, tokenizer, ref_model, task, train_problems, eval_problems,
+               optimizer, scheduler, t_start)
 
-    before_file = out / "eval_before.json"
-    before = None
-    start_step = 0
-    if cfg.resume:
-        saved = read_json(out / "config.json")  # validate() checked it is there and matches
-        if eval_problems:
-            try:
-                before = read_json(before_file)
-                if not isinstance(before, dict) or not all(m in before for m in (*METRICS, "per_problem")):
-                    raise RunFileError(f"{before_file} does not hold an evaluation summary")
-            except RunFileError as e:  # evaluate the initial model again, before the checkpoint loads
-                print(f"ia-train: {e}; evaluating the initial model again", file=sys.stderr, flush=True)
-                before, samples = evaluate(model, tokenizer, task, eval_problems, cfg, "before")
-                write_json(before_file, before)
-                write_json(out / "samples_before.json", samples[:50], indent=1)
-        state = checkpoint.load(out / "checkpoints", model, optimizer, scheduler)
-        start_step = state["step"]
-        changes = resume_changes(saved, cfg)
-        print(f"ia-train: resuming at step {start_step} from {state['checkpoint']}"
-              + (f"; changed settings: {', '.join(changes)}" if changes else ""), flush=True)
-    write_json(out / "config.json", cfg.to_dict())
-    log = MetricsLog(out, resume_step=start_step if cfg.resume else None, tensorboard=cfg.tensorboard)
-    info = {"device": str(device), "attention": attention, "torch": torch.__version__, "python": platform.python_version(),
-            "threads": torch.get_num_threads(),
-            "parameters": sum(p.numel() for p in model.parameters())}
-    print(f"ia-train: model {cfg.model} ({info['parameters'] / 1e6:.2f} M parameters), task {cfg.task}, "
-          f"objective {cfg.objective} (k={cfg.k}, n={cfg.n}, alpha={cfg.alpha}), device {device}, "
-          f"attention {attention}", flush=True)
 
-    if eval_problems:
-        if before is None:
-            before, samples = evaluate(model, tokenizer, task, eval_problems, cfg, "before")
-            write_json(before_file, before)
-            write_json(out / "samples_before.json", samples[:50], indent=1)
-        print(f"before: pass@1 {before['pass@1']:.3f}  pass@{cfg.k} {before['pass@k']:.3f}  "
-              f"maj@{cfg.k} {before['maj@k']:.3f}  mean tokens {before['mean_tokens']:.1f}", flush=True)
+def resume(r: Run) -> None:
+    """With --resume: the initial model's saved evaluation (recomputed when it is lost or damaged,
+    before the checkpoint loads), then the newest usable checkpoint (weights, optimiser, schedule,
+    RNG states); sets r.start_step and r.before."""
+    cfg = r.cfg
+    if not cfg.resume:
+        return
+    saved = read_json(r.out / "config.json")  # validate() checked it is there and matches
+    if r.eval_problems:
+        before_file = r.out / "eval_before.json"
+        try:
+            r.before = read_json(before_file)
+            if not isinstance(r.before, dict) or not all(m in r.before for m in (*METRICS, "per_problem")):
+                raise RunFileError(f"{before_file} does not hold an evaluation summary")
+        except RunFileError as e:  # evaluate the initial model again, before the checkpoint loads
+            print(f"ia-train: {e}; evaluating the initial model again", file=sys.stderr, flush=True)
+            r.before = None
+            _evaluate_initial(r)
+    state = checkpoint.load(r.out / "checkpoints", r.model, r.optimizer, r.scheduler)
+    r.start_step = state["step"]
+    changes = resume_changes(saved, cfg)
+    print(f"ia-train: resuming at step {r.start_step} from {state['checkpoint']}"
+          + (f"; changed settings: {', '.join(changes)}" if changes else ""), flush=True)
 
-    micro = cfg.prompts_per_step * cfg.n // (cfg.minibatches * cfg.grad_accum)
+
+def start_log(r: Run) -> MetricsLog:
+    """config.json (the settings of this invocation), the metrics log (cut back to the checkpoint's
+    step on resume), the run's facts (r.info) and the opening line."""
+    cfg = r.cfg
+    write_json(r.out / "config.json", cfg.to_dict())
+    log = MetricsLog(r.out, resume_step=r.start_step if cfg.resume else None, tensorboard=cfg.tensorboard)
+    r.info.update({"device": str(r.device), "attention": r.attention, "torch": torch.__version__,
+                   "python": platform.python_version(), "threads": torch.get_num_threads(),
+                   "parameters": sum(p.numel() for p in r.model.parameters())})
+    print(f"ia-train: model {cfg.model} ({r.info['parameters'] / 1e6:.2f} M parameters), task {cfg.task}, "
+          f"objective {cfg.objective} (k={cfg.k}, n={cfg.n}, alpha={cfg.alpha}), device {r.device}, "
+          f"attention {r.attention}", flush=True)
+    return log
+
+
+def _evaluate_initial(r: Run) -> None:
+    r.before, samples = evaluate(r.model, r.tokenizer, r.task, r.eval_problems, r.cfg, "before")
+    write_json(r.out / "eval_before.json", r.before)
+    write_json(r.out / "samples_before.json", samples[:50], indent=1)
+
+
+def evaluate_before(r: Run) -> None:
+    """The initial model on the held-out problems (kept from the killed run when resuming)."""
+    cfg = r.cfg
+    if not r.eval_problems:
+        return
+    if r.before is None:
+        _evaluate_initial(r)
+    b = r.before
+    print(f"before: pass@1 {b['pass@1']:.3f}  pass@{cfg.k} {b['pass@k']:.3f}  "
+          f"maj@{cfg.k} {b['maj@k']:.3f}  mean tokens {b['mean_tokens']:.1f}", flush=True)
+
+
+def train(r: Run, log: MetricsLog) -> tuple[dict, float]:
+    """Steps start_step .. steps (or --stop-after), each logged and checkpointed on schedule;
+    returns (the last step's row, the seconds spent)."""
+    cfg = r.cfg
     last_step = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
-    bar = tqdm(range(start_step, last_step), desc="train", unit="step", initial=start_step, total=cfg.steps)
+    bar = tqdm(range(r.start_step, last_step), desc="train", unit="step", initial=r.start_step, total=cfg.steps)
     t_train = time.time()
-    row = {}
+    row: dict = {}
     for step in bar:
-        # --- rollouts
-        torch.manual_seed(step_seed(cfg.seed, step))
-        generator = torch.Generator().manual_seed(step_seed(cfg.seed, step))
-        position = (step * per_step) % len(train_problems)
-        problems = [train_problems[(position + i) % len(train_problems)] for i in range(per_step)]
-        t0 = time.time()
-        ro = sample(model, tokenizer, [format_prompt(tokenizer, p.prompt) for p in problems], cfg.n,
-                    temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                    batch_size=max(cfg.eval_batch, per_step * cfg.n))
-        t_sample = time.time() - t0
-        # --- rewards and advantages
-        rows = [problems[i // cfg.n] for i in range(len(ro.texts))]
-        scores = torch.tensor(task.score_batch(rows, ro.texts), dtype=torch.float32)
-        correct = scores >= 0.5
-        rewards = scores
-        if cfg.alpha > 0:
-            rewards = ia_kernels.length_penalized_rewards(correct, ro.lengths, cfg.n, alpha=cfg.alpha)
-        answers = answer_ids([task.extract_answer(p, t) for p, t in zip(rows, ro.texts)]) \
-            if cfg.objective == "majority" else None
-        advantages = ia_kernels.group_advantages(
-            rewards.to(device), cfg.n, estimator=cfg.objective, k=cfg.k if cfg.objective in USES_K else None,
-            answers=None if answers is None else answers.to(device)).float().cpu()
-        # --- PPO
-        t0 = time.time()
-        old_logp = sequence_logprobs(model, ro, cfg, device, micro)
-        ref_logp = sequence_logprobs(ref_model, ro, cfg, device, micro) if ref_model is not None else None
-        stats = ppo_update(model, optimizer, scheduler, ro, old_logp, ref_logp, advantages, cfg, device, generator)
-        t_update = time.time() - t0
-        row = {"step": step + 1, "reward": float(rewards.mean()), "accuracy": float(correct.float().mean()),
-               "mean_tokens": float(ro.lengths.float().mean()), "adv_abs": float(advantages.abs().mean()),
-               "lr": scheduler.get_last_lr()[0], "time_sample": t_sample, "time_update": t_update, **stats}
-        if not np.isfinite(stats.get("loss", 0.0)):
-            raise TrainingDiverged(f"step {step + 1}: the loss is {stats['loss']}; the weights are no longer usable, "
-                                   "so no checkpoint was written; lower --lr or resume from the last checkpoint")
+        row = train_step(r, step)
         log.log(row)
-        bar.set_postfix(acc=f"{row['accuracy']:.2f}", tok=f"{row['mean_tokens']:.0f}", kl=f"{stats.get('approx_kl', 0):.3f}")
+        bar.set_postfix(acc=f"{row['accuracy']:.2f}", tok=f"{row['mean_tokens']:.0f}", kl=f"{row.get('approx_kl', 0):.3f}")
         done = step + 1
         if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps:
-            bad = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
-            if bad is not None:
-                raise TrainingDiverged(f"step {done}: {bad} holds non-finite values; no checkpoint was written "
-                                       "(the last one is kept); lower --lr or --max-grad-norm")
-            checkpoint.save(out / "checkpoints", done, model, optimizer, scheduler, {"data_position": done * per_step})
+            save_checkpoint(r, done)
     bar.close()
     log.close()
-    if cfg.stop_after is not None and cfg.stop_after < cfg.steps:
-        print(f"stopped after step {last_step} (--stop-after); continue with --resume", flush=True)
-        return {"stopped_at": last_step, "last": row}
-    train_seconds = time.time() - t_train
+    return row, time.time() - t_train
 
-    summary = {"k": cfg.k, "n": cfg.eval_n, "config": cfg.to_dict(), "info": info,
+
+def step_problems(r: Run, step: int) -> list:
+    """The step's prompts_per_step training problems: the next ones in the training list, cycling."""
+    per_step = r.cfg.prompts_per_step
+    position = (step * per_step) % len(r.train_problems)
+    return [r.train_problems[(position + i) % len(r.train_problems)] for i in range(per_step)]
+
+
+def train_step(r: Run, step: int) -> dict:
+    """One step: rollouts -> rewards -> advantages -> PPO epochs; returns the step's metrics row."""
+    cfg, device = r.cfg, r.device
+    torch.manual_seed(step_seed(cfg.seed, step))
+    generator = torch.Generator().manual_seed(step_seed(cfg.seed, step))
+    problems = step_problems(r, step)
+    # --- rollouts
+    t0 = time.time()
+    ro = sample(r.model, r.tokenizer, [format_prompt(r.tokenizer, p.prompt) for p in problems], cfg.n,
+                temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                batch_size=max(cfg.eval_batch, len(problems) * cfg.n))
+    t_sample = time.time() - t0
+    # --- rewards and advantages
+    rows = [problems[i // cfg.n] for i in range(len(ro.texts))]
+    scores = torch.tensor(r.task.score_batch(rows, ro.texts), dtype=torch.float32)
+    correct = scores >= 0.5
+    rewards = scores
+    if cfg.alpha > 0:
+        rewards = ia_kernels.length_penalized_rewards(correct, ro.lengths, cfg.n, alpha=cfg.alpha)
+    answers = answer_ids([r.task.extract_answer(p, t) for p, t in zip(rows, ro.texts)]) \
+        if cfg.objective == "majority" else None
+    advantages = ia_kernels.group_advantages(
+        rewards.to(device), cfg.n, estimator=cfg.objective, k=cfg.k if cfg.objective in USES_K else None,
+        answers=None if answers is None else answers.to(device)).float().cpu()
+    # --- PPO
+    t0 = time.time()
+    micro = ro.input_ids.shape[0] // (cfg.minibatches * cfg.grad_accum)
+    old_logp = sequence_logprobs(r.model, ro, cfg, device, micro)
+    ref_logp = sequence_logprobs(r.ref_model, ro, cfg, device, micro) if r.ref_model is not None else None
+    stats = ppo_update(r.model, r.optimizer, r.scheduler, ro, old_logp, ref_logp, advantages, cfg, device, generator)
+    t_update = time.time() - t0
+    row = {"step": step + 1, "reward": float(rewards.mean()), "accuracy": float(correct.float().mean()),
+           "mean_tokens": float(ro.lengths.float().mean()), "adv_abs": float(advantages.abs().mean()),
+           "lr": r.scheduler.get_last_lr()[0], "time_sample": t_sample, "time_update": t_update, **stats}
+    if not np.isfinite(stats.get("loss", 0.0)):
+        raise TrainingDiverged(f"step {step + 1}: the loss is {stats['loss']}; the weights are no longer usable, "
+                               "so no checkpoint was written; lower --lr or resume from the last checkpoint")
+    return row
+
+
+def save_checkpoint(r: Run, done: int) -> None:
+    """A checkpoint after step `done`, unless the weights stopped being finite."""
+    bad = next((name for name, p in r.model.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad is not None:
+        raise TrainingDiverged(f"step {done}: {bad} holds non-finite values; no checkpoint was written "
+                               "(the last one is kept); lower --lr or --max-grad-norm")
+    checkpoint.save(r.out / "checkpoints", done, r.model, r.optimizer, r.scheduler,
+                    {"data_position": done * r.cfg.prompts_per_step})
+
+
+def finish(r: Run, row: dict, train_seconds: float) -> dict:
+    """The trained model on the held-out problems, the plots, the table and summary.json."""
+    cfg, out = r.cfg, r.out
+    summary = {"k": cfg.k, "n": cfg.eval_n, "config": cfg.to_dict(), "info": r.info,
                "train_seconds": train_seconds}
-    if eval_problems:
-        after, samples = evaluate(model, tokenizer, task, eval_problems, cfg, "after")
+    if r.eval_problems:
+        after, samples = evaluate(r.model, r.tokenizer, r.task, r.eval_problems, cfg, "after")
         write_json(out / "samples_after.json", samples[:50], indent=1)
-        summary.update(before=before, after=after, change=change(before, after, seed=cfg.seed))
-    info["attention_calls"] = dict(ATTENTION_CALLS)
+        summary.update(before=r.before, after=after, change=change(r.before, after, seed=cfg.seed))
+    r.info["attention_calls"] = dict(ATTENTION_CALLS)
     summary["last_step"] = row
-    summary["wall_seconds"] = time.time() - t_start
-    from .logger import read_metrics
-
+    summary["wall_seconds"] = time.time() - r.t_start
     with writing(out / "training_curves.png"):
         plots.training_curves(read_metrics(out), out / "training_curves.png",
                               title=f"{cfg.task} / {cfg.objective} (k={cfg.k}, n={cfg.n})")
-    if eval_problems:
+    if r.eval_problems:
         with writing(out / "before_after.png"):
             plots.before_after(summary, out / "before_after.png")
-        print(print_table(summary))
+        print(summary_table(summary))
     write_json(out / "summary.json", summary)
     print(f"wrote {out}/summary.json, metrics.jsonl, training_curves.png"
-          f"{', before_after.png' if eval_problems else ''} in {summary['wall_seconds']:.0f}s", flush=True)
+          f"{', before_after.png' if r.eval_problems else ''} in {summary['wall_seconds']:.0f}s", flush=True)
     return summary

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 
+from ..errors import ConfigError
+from ..optional import MissingPackage, require
 from .base import Problem, Task
 
 # name -> module that provides make_task(name)
@@ -29,10 +31,6 @@ TASK_PACKAGES = {
 
 def check_task(name: str, options: dict | None = None) -> None:
     """Raise ConfigError (one line) when `name` is not a known task; cheap, loads no data."""
-    from ..config import ConfigError
-
-    from ..optional import MissingPackage, require
-
     if name in BENCHMARK_TASKS:
         if options:
             raise ConfigError(f"--task-options: {name} takes no options; drop --task-options")

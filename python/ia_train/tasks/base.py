@@ -22,6 +22,10 @@ class Problem:
 
 class Task(Protocol):
     name: str
+    # True for tasks that generate problems from a small space, where the training and held-out
+    # draws can share prompts: the trainer then draws twice the training problems it needs and drops
+    # those whose prompt is held out. A task without the attribute counts as False.
+    repeats_problems: bool
 
     def problems(self, split: str, count: int, seed: int) -> Sequence[Problem]:
         """`count` problems of `split` ("train" or "eval"), reproducible from `seed`.

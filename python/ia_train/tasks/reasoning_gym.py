@@ -53,6 +53,8 @@ def canonical(text: str | None) -> Hashable | None:
 
 
 class ReasoningGymTask:
+    repeats_problems = True  # small generated problem spaces repeat problems across seeds (see base.Task)
+
     def __init__(self, name: str, options: dict | None = None):
         self.name = name
         self.options = dict(options or DEFAULT_OPTIONS.get(name, {}))
