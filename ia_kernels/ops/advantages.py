@@ -15,6 +15,9 @@ ValueError naming the first offending sample.
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import torch
 
 from .. import backends
@@ -25,6 +28,39 @@ from ..core.numerics import (ESTIMATOR_CODES, ESTIMATORS_USING_K, FP32_FP64, PAS
 
 ESTIMATORS = tuple(ESTIMATOR_CODES)
 PASSK_VARIANTS = tuple(PASSK_VARIANT_CODES)
+NAN_POLICIES = ("raise", "omit")
+
+
+def group_ids(groups, n: int, device: torch.device, name: str = "groups"):
+    """`groups` as the kernels take it: an int or an integer tensor, returned unchanged; a list, tuple
+    or numpy array of hashable labels (ints, strings such as verl's uid column, ...) becomes an int64
+    tensor of contiguous ids 0, 1, ... numbered in order of first appearance (the labels only say
+    which samples share a group)."""
+    if isinstance(groups, (torch.Tensor, numbers.Integral)) and not isinstance(groups, (bool, np.bool_)):
+        return int(groups) if isinstance(groups, numbers.Integral) else groups
+    if isinstance(groups, np.ndarray):
+        if groups.ndim != 1:
+            raise ValueError(f"{name} must be one-dimensional (one group label per sample), got shape {groups.shape}")
+        groups = groups.tolist()
+    if not isinstance(groups, (list, tuple)):
+        return groups  # group_layout names what is wrong with it
+    if len(groups) != n:
+        raise ValueError(f"{name} has {len(groups)} labels for {n} samples: give one group label per sample")
+    first: dict = {}
+    ids = []
+    for i, label in enumerate(groups):
+        try:
+            ids.append(first.setdefault(label, len(first)))
+        except TypeError:
+            raise ValueError(f"{name} labels must be hashable (int, str, ...); found {type(label).__name__} "
+                             f"at index {i}") from None
+    return torch.tensor(ids, dtype=torch.int64, device=device)
+
+
+def _per_sample_ids(groups, n: int, device: torch.device) -> torch.Tensor:
+    if isinstance(groups, int):
+        return torch.arange(n, device=device) // groups
+    return groups.to(device=device, dtype=torch.int64)
 
 
 def _reward_error(code: int, index: int, rewards: torch.Tensor) -> ValueError:
@@ -86,13 +122,14 @@ def _check_k(k, estimator: str, variant: str, layout: GroupLayout) -> int:
 
 def group_advantages(rewards: torch.Tensor, groups, *, estimator: str, k: int | None = None,
                      answers: torch.Tensor | None = None, eps: float = 1e-6, variant: str = "loo-1",
-                     backend: str | None = None) -> torch.Tensor:
+                     nan_policy: str = "raise", backend: str | None = None) -> torch.Tensor:
     """Per-sample advantages from per-group estimators (one group of samples per prompt).
 
     Args:
         rewards: [n] float rewards.
-        groups: an int (the group size; the samples of a group are contiguous) or an integer
-            tensor [n] of group ids (any order, any group sizes, any integer values).
+        groups: an int (the group size; the samples of a group are contiguous), an integer
+            tensor [n] of group ids (any order, any group sizes, any integer values), or a list /
+            tuple / numpy array of n hashable labels (ints, strings such as verl's uids, ...).
         estimator: one of
             "reinforce"  A_i = r_i;
             "rloo"       A_i = r_i - mean of the other rewards of the group;
@@ -114,6 +151,13 @@ def group_advantages(rewards: torch.Tensor, groups, *, estimator: str, k: int | 
             "s" none; "loo" s_i - k/(n-1) * rho(r without i, k) (needs k < n);
             "loo-1" (default) s_i - (k/n) * rho(r without i, k-1), where rho(g, m) is the unbiased
             estimate of E[max of m] from the values g.
+        nan_policy: what a NaN reward means. "raise" (default): a ValueError naming the first one.
+            "omit": a NaN reward is "no reward" (TRL's unscorable completion): the sample is left
+            out of its group's statistics and gets advantage 0; the estimator runs on the group's
+            scored samples as if they were the group (so grpo's mean and std are nan-aware, as
+            TRL's). A group left with fewer than k scored samples (passk, passk_chen; for majority
+            any NaN in the group, as majority needs all k) gets advantage 0 on every sample: no
+            estimate of the k-sample objective exists from fewer than k samples. inf still raises.
         backend: "torch", "cpu" or "cuda"; None picks the fastest one verified on the device
             (backends.VERIFIED: "cpu" on CPU tensors, "torch" on CUDA tensors until the CUDA
             kernels have passed their tests on a GPU; backend="cuda" runs them regardless).
@@ -144,8 +188,16 @@ def group_advantages(rewards: torch.Tensor, groups, *, estimator: str, k: int | 
         _checks.require_same_device(rewards=rewards, answers=answers)
     elif answers is not None:
         raise ValueError(f"answers is only used by estimator='majority' (got estimator={estimator!r})")
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {', '.join(map(repr, NAN_POLICIES))}; got {nan_policy!r}")
+    groups = group_ids(groups, rewards.numel(), rewards.device)
     layout = group_layout(groups, rewards.numel(), rewards.device)
     k = _check_k(k, estimator, variant, layout)
+    if nan_policy == "omit":
+        nan = torch.isnan(rewards)
+        if bool(nan.any()):
+            return _omit_nan(rewards, groups, nan, estimator=estimator, k=k, answers=answers, eps=eps,
+                             variant=variant, backend=backend)
     _, kernels = _OP.select(rewards.device, compute_dtype(rewards.dtype), backend)
     out, (code, index) = kernels.group_advantages(rewards, answers, layout, estimator, k, variant, eps)
     if code:
@@ -153,8 +205,30 @@ def group_advantages(rewards: torch.Tensor, groups, *, estimator: str, k: int | 
     return out
 
 
+def _omit_nan(rewards, groups, nan, *, estimator, k, answers, eps, variant, backend) -> torch.Tensor:
+    """group_advantages(nan_policy="omit") once NaN rewards are known to be present."""
+    n = rewards.numel()
+    ids = _per_sample_ids(groups, n, rewards.device)
+    keep = ~nan
+    if estimator in ESTIMATORS_USING_K:
+        # Groups with fewer than k scored samples (majority: any unscored one) get 0 throughout.
+        _, inverse = torch.unique(ids, return_inverse=True)
+        total = torch.bincount(inverse)
+        scored = torch.bincount(inverse, weights=keep.to(torch.float64)).to(torch.int64)
+        enough = scored == total if estimator == "majority" else scored >= k
+        keep = keep & enough[inverse]
+    out_dtype = torch.float64 if rewards.dtype == torch.float64 else torch.float32
+    out = torch.zeros(n, dtype=out_dtype, device=rewards.device)
+    if bool(keep.any()):
+        sub_k = k if estimator in ESTIMATORS_USING_K and estimator != "majority" else None
+        out[keep] = group_advantages(rewards[keep], ids[keep], estimator=estimator, k=sub_k,
+                                     answers=None if answers is None else answers[keep], eps=eps, variant=variant,
+                                     backend=backend).to(out_dtype)
+    return out
+
+
 def length_penalized_rewards(correct: torch.Tensor, lengths: torch.Tensor, groups, *, alpha: float,
-                             backend: str | None = None) -> torch.Tensor:
+                             threshold: float | None = None, backend: str | None = None) -> torch.Tensor:
     """Arora & Zanette (2025)'s length-penalised rewards.
 
     A correct response gets r = 1 - alpha * sigmoid((len - mu) / (sd + 1e-7)), where mu and sd
@@ -163,11 +237,13 @@ def length_penalized_rewards(correct: torch.Tensor, lengths: torch.Tensor, group
     paper then trains with RLOO: pass the result to group_advantages(..., estimator="rloo").
 
     Args:
-        correct: [n] bool, or integer/float 0/1 values.
+        correct: [n] bool, or integer/float 0/1 values; with `threshold`, float rewards instead,
+            a response being correct when its reward > threshold (NaN: not correct).
         lengths: [n] response lengths (tokens), integer or float, finite and >= 0 (a ValueError
             names the first bad index otherwise).
-        groups: an int (group size, contiguous) or an integer tensor [n] of group ids (any
-            integer values, negative included).
+        groups: an int (group size, contiguous), an integer tensor [n] of group ids (any
+            integer values, negative included), or a list / tuple / numpy array of n hashable labels.
+        threshold: None (correct holds 0/1), or a real number: correct = rewards > threshold.
         alpha: the penalty's weight, a real number in [0, 1] (0: plain correctness; 1 keeps
             correct >= incorrect); bool, str and NaN are rejected.
         backend: "torch", "cpu" or "cuda"; None picks the fastest one verified on the device
@@ -189,6 +265,15 @@ def length_penalized_rewards(correct: torch.Tensor, lengths: torch.Tensor, group
     alpha = require_number("alpha", alpha)
     if not 0.0 <= alpha <= 1.0:  # NaN fails too
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    if threshold is not None:
+        threshold = require_number("threshold", threshold)
+        if threshold != threshold:
+            raise ValueError("threshold must be a real number, got NaN")
+        if correct.dtype == torch.bool:
+            raise ValueError("with threshold, correct must hold the rewards (a float or integer tensor), not bools")
+        if correct.dtype not in _checks.FLOAT_DTYPES + _checks.INT_DTYPES:
+            raise ValueError(f"correct must be a float or integer tensor of rewards, got {correct.dtype}")
+        correct = correct > threshold  # NaN > threshold is False: no reward is not correct
     if correct.dtype != torch.bool:
         if correct.dtype not in _checks.FLOAT_DTYPES + _checks.INT_DTYPES:
             raise ValueError(f"correct must be a bool, integer or float tensor, got {correct.dtype}")
@@ -201,6 +286,7 @@ def length_penalized_rewards(correct: torch.Tensor, lengths: torch.Tensor, group
         i = int(bad.nonzero()[0, 0])
         raise ValueError(f"lengths must be finite and >= 0 (response lengths in tokens); found "
                          f"{lengths64[i].item()} at index {i}")
+    groups = group_ids(groups, correct.numel(), correct.device)
     layout = group_layout(groups, correct.numel(), correct.device, what="responses")
     dtype = torch.float64 if lengths.dtype == torch.float64 else torch.float32
     _, kernels = _LENGTH_OP.select(correct.device, dtype, backend)
