@@ -23,7 +23,7 @@ const int64_t* as_i64(std::uintptr_t p) { return reinterpret_cast<const int64_t*
 const uint8_t* as_u8(std::uintptr_t p) { return reinterpret_cast<const uint8_t*>(p); }
 
 ia::PpoParams make_params(double clip_low, double clip_high, double dual_clip, double kl_coef,
-                          int64_t kl_estimator, double entropy_coef) {
+                          int64_t kl_estimator, double entropy_coef, bool kl_times_ratio) {
   ia::PpoParams p;
   p.clip_low = static_cast<float>(clip_low);
   p.clip_high = static_cast<float>(clip_high);
@@ -31,6 +31,7 @@ ia::PpoParams make_params(double clip_low, double clip_high, double dual_clip, d
   p.kl_coef = static_cast<float>(kl_coef);
   p.kl_estimator = static_cast<int>(kl_estimator);
   p.entropy_coef = static_cast<float>(entropy_coef);
+  p.kl_times_ratio = kl_times_ratio ? 1 : 0;
   return p;
 }
 
@@ -46,10 +47,11 @@ void ppo_terms(int64_t B, int64_t T, std::uintptr_t logp_in, std::uintptr_t old_
                std::uintptr_t ref_logp_in, std::uintptr_t entropy_in, std::uintptr_t adv_in,
                int64_t adv_stride_b, int64_t adv_stride_t, std::uintptr_t mask_in,
                std::uintptr_t seq_scale_in, double clip_low, double clip_high, double dual_clip,
-               double kl_coef, int64_t kl_estimator, double entropy_coef, bool sequence_level,
-               std::uintptr_t loss_out, std::uintptr_t g_logp_out, std::uintptr_t g_entropy_out,
-               std::uintptr_t ratio_out) {
-  const ia::PpoParams p = make_params(clip_low, clip_high, dual_clip, kl_coef, kl_estimator, entropy_coef);
+               double kl_coef, int64_t kl_estimator, double entropy_coef, bool kl_times_ratio,
+               bool sequence_level, std::uintptr_t loss_out, std::uintptr_t g_logp_out,
+               std::uintptr_t g_entropy_out, std::uintptr_t ratio_out) {
+  const ia::PpoParams p =
+      make_params(clip_low, clip_high, dual_clip, kl_coef, kl_estimator, entropy_coef, kl_times_ratio);
   const float* logp = as_cf32(logp_in);
   const float* old_logp = as_cf32(old_logp_in);
   const float* ref = ref_logp_in ? as_cf32(ref_logp_in) : nullptr;
@@ -93,11 +95,12 @@ void ppo_terms(int64_t B, int64_t T, std::uintptr_t logp_in, std::uintptr_t old_
       const float h = ent ? ent[i] : 0.f;
       ia::PpoToken tok;
       if (sequence_level) {
-        tok = ia::ppo_regularisers(logp[i], r, h, w, p);
+        float kl_slope = 0.f;
+        tok = ia::ppo_regularisers(logp[i], r, h, w, p, seq_ratio.value, &kl_slope);
         const ia::Surrogate s = ia::clipped_surrogate(seq_ratio.value, a, p);
         tok.loss += s.loss;
         tok.ratio = seq_ratio.value;
-        dloss_dseq_ratio += w * s.dloss_dratio;
+        dloss_dseq_ratio += w * (s.dloss_dratio + kl_slope);
       } else {
         tok = ia::ppo_token(logp[i], old_logp[i], a, r, h, w, p);
       }
@@ -124,13 +127,14 @@ void ppo_rows_fused(std::uintptr_t logits, int64_t row_stride, int64_t n_rows, i
                     std::uintptr_t targets, double temperature, int64_t ignore_index,
                     std::uintptr_t old_logp_in, std::uintptr_t adv_in, std::uintptr_t ref_logp_in,
                     std::uintptr_t weight_in, double clip_low, double clip_high, double dual_clip,
-                    double kl_coef, int64_t kl_estimator, double entropy_coef,
+                    double kl_coef, int64_t kl_estimator, double entropy_coef, bool kl_times_ratio,
                     std::uintptr_t logp_out, std::uintptr_t entropy_out, std::uintptr_t loss_out,
                     std::uintptr_t ratio_out) {
-  const ia::PpoParams p = make_params(clip_low, clip_high, dual_clip, kl_coef, kl_estimator, entropy_coef);
+  const ia::PpoParams p =
+      make_params(clip_low, clip_high, dual_clip, kl_coef, kl_estimator, entropy_coef, kl_times_ratio);
   float* z = as_f32(logits);
   const int64_t* tgt = as_i64(targets);
-  const float* old_logp = as_cf32(old_logp_in);
+  const float* old_logp = old_logp_in ? as_cf32(old_logp_in) : nullptr;  // null: on-policy
   const float* adv = as_cf32(adv_in);
   const float* ref = ref_logp_in ? as_cf32(ref_logp_in) : nullptr;
   const float* weight = as_cf32(weight_in);
@@ -157,8 +161,9 @@ void ppo_rows_fused(std::uintptr_t logits, int64_t row_stride, int64_t n_rows, i
       continue;
     }
     const ia::RowStats st = ia::cpu::row_stats(row, V, t, inv_temp);
-    const ia::PpoToken tok = ia::ppo_token(st.logp, old_logp[i], adv[i], ref ? ref[i] : 0.f,
-                                           st.entropy, weight[i], p);
+    // On-policy (no old log-probs): the ratio is exp(0) = 1 and its slope 1, from this same pass.
+    const ia::PpoToken tok = ia::ppo_token(st.logp, old_logp ? old_logp[i] : st.logp, adv[i],
+                                           ref ? ref[i] : 0.f, st.entropy, weight[i], p);
     logp[i] = st.logp;
     ent[i] = st.entropy;
     loss[i] = tok.loss;
@@ -184,13 +189,13 @@ void bind_ppo(py::module_& m) {
         py::arg("B"), py::arg("T"), py::arg("logp"), py::arg("old_logp"), py::arg("ref_logp"), py::arg("entropy"),
         py::arg("adv"), py::arg("adv_stride_b"), py::arg("adv_stride_t"), py::arg("mask"), py::arg("seq_scale"),
         py::arg("clip_low"), py::arg("clip_high"), py::arg("dual_clip"), py::arg("kl_coef"), py::arg("kl_estimator"),
-        py::arg("entropy_coef"), py::arg("sequence_level"), py::arg("loss"), py::arg("g_logp"),
+        py::arg("entropy_coef"), py::arg("kl_times_ratio"), py::arg("sequence_level"), py::arg("loss"), py::arg("g_logp"),
         py::arg("g_entropy"), py::arg("ratio"));
   m.def("ppo_rows_fused", &ppo_rows_fused,
         "Fused linear-PPO row pass: logp, entropy, loss terms; logits overwritten with their gradient",
         py::arg("logits"), py::arg("row_stride"), py::arg("n_rows"), py::arg("V"), py::arg("targets"),
         py::arg("temperature"), py::arg("ignore_index"), py::arg("old_logp"), py::arg("adv"), py::arg("ref_logp"),
         py::arg("weight"), py::arg("clip_low"), py::arg("clip_high"), py::arg("dual_clip"), py::arg("kl_coef"),
-        py::arg("kl_estimator"), py::arg("entropy_coef"), py::arg("logp"), py::arg("entropy"), py::arg("loss"),
-        py::arg("ratio"));
+        py::arg("kl_estimator"), py::arg("entropy_coef"), py::arg("kl_times_ratio"), py::arg("logp"),
+        py::arg("entropy"), py::arg("loss"), py::arg("ratio"));
 }

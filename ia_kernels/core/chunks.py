@@ -9,6 +9,7 @@ with two more GEMMs (`LMHead.backprop_chunk`). Each op supplies only its row pas
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from dataclasses import dataclass
@@ -194,6 +195,50 @@ class LMHead:
             grad_bias += grad_logits.sum(0, dtype=grad_bias.dtype)
 
 
+@dataclass(frozen=True)
+class LogitTransform:
+    """A model's own logit transform, logits = softcap * tanh(scale * z / softcap) (Gemma soft-caps
+    its logits, Cohere scales them; without a cap, logits = scale * z), applied by the driver to
+    each chunk in place before the row pass, and its derivative to the chunk's gradient after it.
+    With a cap and gradients wanted, a chunk's tanh is kept for backward: one more chunk buffer."""
+
+    scale: float = 1.0
+    softcap: float | None = None
+
+    @classmethod
+    def of(cls, logit_scale, softcap) -> "LogitTransform | None":
+        scale = 1.0
+        if logit_scale is not None:
+            if isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float)) or \
+                    not math.isfinite(logit_scale) or logit_scale == 0:
+                raise ValueError(f"logit_scale must be a finite nonzero number, got {logit_scale!r}")
+            scale = float(logit_scale)
+        if softcap is not None:
+            if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not math.isfinite(softcap) \
+                    or softcap <= 0:
+                raise ValueError(f"softcap must be a finite number > 0, got {softcap!r}")
+            softcap = float(softcap)
+        return None if scale == 1.0 and softcap is None else cls(scale, softcap)
+
+    def forward(self, z: torch.Tensor, keep: bool) -> torch.Tensor | None:
+        """z <- the transformed logits; returns what backward needs (tanh of the chunk) if `keep`."""
+        if self.scale != 1.0:
+            z.mul_(self.scale)
+        if self.softcap is None:
+            return None
+        z.div_(self.softcap).tanh_()
+        saved = z.clone() if keep else None
+        z.mul_(self.softcap)
+        return saved
+
+    def backward(self, dz: torch.Tensor, saved: torch.Tensor | None) -> None:
+        """dz (the gradient of the transformed logits) <- the gradient of the GEMM's logits."""
+        if self.softcap is not None:
+            dz.mul_(saved.mul_(saved).neg_().add_(1.0))  # d softcap tanh(u / softcap) / du = 1 - tanh^2
+        if self.scale != 1.0:
+            dz.mul_(self.scale)
+
+
 class ChunkDriver:
     """Runs an op's row pass over the LM-head logits of `hidden` [N, H], one chunk of rows at a time.
 
@@ -203,8 +248,9 @@ class ChunkDriver:
     """
 
     def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: int,
-                 needs: tuple[bool, bool, bool] = (False, False, False)):
+                 needs: tuple[bool, bool, bool] = (False, False, False), transform: LogitTransform | None = None):
         self.hidden, self.weight, self.bias, self.rows = hidden, weight, bias, rows
+        self.transform = transform
         self.head = LMHead.prepare(weight, bias)
         need_h, need_w, need_b = needs
         acc = self.head.logits_dtype
@@ -235,11 +281,15 @@ class ChunkDriver:
                 continue
             h = self.hidden[start:stop]
             z = self.head.logits(h)
+            grads_here = backprop and self.wants_grads
+            saved = None if self.transform is None else self.transform.forward(z, keep=grads_here)
             row_pass(z, start, stop)
-            if backprop and self.wants_grads:
+            if grads_here:
+                if self.transform is not None:
+                    self.transform.backward(z, saved)
                 gh = None if self.grad_hidden is None else self.grad_hidden[start:stop]
                 self.head.backprop_chunk(z, h, gh, self.grad_weight, self.grad_bias)
-            del z
+            del z, saved
 
     def grads(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """(grad_hidden, grad_weight, grad_bias), the last two cast to the weight's / bias's dtype."""

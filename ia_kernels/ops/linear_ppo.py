@@ -35,7 +35,7 @@ import torch
 
 from .. import backends
 from ..core import checks as _checks
-from ..core.chunks import ChunkDriver, chunk_rows
+from ..core.chunks import ChunkDriver, LogitTransform, chunk_rows
 from ..core.numerics import FP32, FP32_FP64, compute_dtype
 from ..core.vocab_parallel import VocabShard, resolve_weight
 from . import ppo
@@ -80,8 +80,9 @@ class LinearPpoCall:
     contiguous, in the compute dtype; targets are int64 with ignore_index on invalid tokens."""
 
     targets: torch.Tensor  # [B * T]
-    old_logp: torch.Tensor  # [B, T]
+    old_logp: torch.Tensor | None  # [B, T]; None: on-policy (the row passes use their own log-probs)
     advantages: torch.Tensor  # [B] or [B, T]
+    importance_weights: torch.Tensor | None  # [B, T] constant weights on each token's loss
     ref_logp: torch.Tensor | None  # [B, T]
     valid: torch.Tensor  # [B, T] bool
     vrows: ValidRows
@@ -93,10 +94,11 @@ class LinearPpoCall:
     rows: int  # rows of logits per chunk (the same on every rank of a vocabulary-parallel group)
     want_grads: bool  # False under torch.no_grad(): the row passes skip the gradient
     shard: VocabShard | None = None  # this rank's vocabulary block, when the LM head is sharded
+    transform: LogitTransform | None = None  # the model's logit scale / soft cap
 
     def logprob_call(self, targets: torch.Tensor) -> RowPassCall:
         return row_pass_call(self.logprob_kernels, targets, self.temperature, self.ignore_index, self.rows,
-                             self.shard)
+                             self.shard, self.transform)
 
 
 def _token_level_pass(c: LinearPpoCall, driver: ChunkDriver, targets, old_logp, adv, ref_logp, token_weight):
@@ -106,7 +108,8 @@ def _token_level_pass(c: LinearPpoCall, driver: ChunkDriver, targets, old_logp, 
     logp, entropy, loss_tok, ratio = torch.empty((4, n), dtype=driver.dtype, device=driver.hidden.device).unbind(0)
 
     def row_pass(z, a, b):
-        c.ppo_kernels.fused_rows(z, targets[a:b], c.temperature, c.ignore_index, old_logp[a:b], adv[a:b],
+        c.ppo_kernels.fused_rows(z, targets[a:b], c.temperature, c.ignore_index,
+                                 None if old_logp is None else old_logp[a:b], adv[a:b],
                                  None if ref_logp is None else ref_logp[a:b], token_weight[a:b], c.opts,
                                  logp[a:b], entropy[a:b], loss_tok[a:b], ratio[a:b])
 
@@ -135,7 +138,8 @@ def _token_level_pass_sharded(c: LinearPpoCall, driver: ChunkDriver, targets, ol
         # Each row is a one-token sequence of weight token_weight (as kernels/torch/ppo.py's fused_rows).
         every = torch.ones((b - a, 1), dtype=torch.bool, device=device)
         loss_s, g_logp, g_ent, ratio_s = c.ppo_kernels.terms(
-            lp[:, None].contiguous(), col(old_logp, a, b), adv[a:b], every, token_weight[a:b],
+            lp[:, None].contiguous(), lp[:, None].contiguous() if old_logp is None else col(old_logp, a, b), adv[a:b],
+            every, token_weight[a:b],
             col(ref_logp, a, b), ent[:, None].contiguous(), c.opts)
         logp[a:b], entropy[a:b], loss_tok[a:b], ratio[a:b] = lp, ent, loss_s[:, 0], ratio_s[:, 0]
         if driver.wants_grads:
@@ -181,7 +185,8 @@ def _sequence_level_one_pass(c: LinearPpoCall, driver: ChunkDriver, targets, gro
         logp[b0:b1].view(-1).index_copy_(0, local, lp)
         entropy[b0:b1].view(-1).index_copy_(0, local, ent)
         loss_s, g_logp, g_ent, ratio_s = c.ppo_kernels.terms(
-            logp[b0:b1], c.old_logp[b0:b1], c.advantages[b0:b1], c.valid[b0:b1], seq_scale[b0:b1],
+            logp[b0:b1], logp[b0:b1] if c.old_logp is None else c.old_logp[b0:b1], c.advantages[b0:b1],
+            c.valid[b0:b1], seq_scale[b0:b1],
             None if c.ref_logp is None else c.ref_logp[b0:b1], entropy[b0:b1], c.opts)
         loss_tok[b0:b1] = loss_s
         ratio[b0:b1] = ratio_s
@@ -203,7 +208,8 @@ def _sequence_level_two_phase(c: LinearPpoCall, hidden, weight, bias, targets, n
     logp_v, lse_v, ent_v = chunked_forward(rp, hidden, weight, bias)
     logp = c.vrows.put(logp_v, 0.0, B * T).view(B, T)
     entropy = c.vrows.put(ent_v, 0.0, B * T).view(B, T)
-    loss, g_logp, g_ent, ratio = ppo.loss_and_grads(c.ppo_kernels.terms, logp, c.old_logp, c.advantages, c.valid,
+    old = logp if c.old_logp is None else c.old_logp
+    loss, g_logp, g_ent, ratio = ppo.loss_and_grads(c.ppo_kernels.terms, logp, old, c.advantages, c.valid,
                                                     c.ref_logp, entropy, c.opts)
     grads = (None, None, None)
     if any(needs):
@@ -241,17 +247,20 @@ class LinearPpoLossFunction(torch.autograd.Function):
         if c.opts.importance == "sequence" and groups is None:
             loss, logp, entropy, ratio, grads = _sequence_level_two_phase(c, hidden_v, weight, bias, targets_v, needs)
         else:
-            driver = ChunkDriver(hidden_v, weight, bias, c.rows, needs)
+            driver = ChunkDriver(hidden_v, weight, bias, c.rows, needs, c.transform)
             if c.opts.importance == "sequence":
                 loss, logp, entropy, ratio = _sequence_level_one_pass(c, driver, targets_v, groups)
             else:
                 seq_scale = ppo.aggregation_scale(c.valid, c.opts, driver.dtype)
-                token_weight = c.vrows.take(torch.where(c.valid, seq_scale[:, None], 0.0).reshape(-1))
+                weight_bt = torch.where(c.valid, seq_scale[:, None], 0.0)
+                if c.importance_weights is not None:  # a token's gradient is local to it: fold the weights in
+                    weight_bt = weight_bt * c.importance_weights
+                token_weight = c.vrows.take(weight_bt.reshape(-1))
                 adv = c.advantages
                 adv_tok = c.vrows.take((adv[:, None].expand(B, T) if adv.dim() == 1 else adv).reshape(-1)).contiguous()
                 token_pass = _token_level_pass if c.shard is None else _token_level_pass_sharded
                 logp, entropy, loss_tok, ratio = token_pass(
-                    c, driver, targets_v, c.vrows.take(c.old_logp.reshape(-1)), adv_tok,
+                    c, driver, targets_v, None if c.old_logp is None else c.vrows.take(c.old_logp.reshape(-1)), adv_tok,
                     None if c.ref_logp is None else c.vrows.take(c.ref_logp.reshape(-1)), token_weight)
                 loss = (loss_tok * token_weight).sum()
                 logp, entropy = c.vrows.put(logp, 0.0, B * T).view(B, T), c.vrows.put(entropy, 0.0, B * T).view(B, T)
@@ -299,14 +308,16 @@ _OP = backends.register("linear_ppo_loss", {
 }, cuda_preference=("triton", "torch"))
 
 
-def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, old_logp: torch.Tensor,
-                    advantages: torch.Tensor, mask: torch.Tensor | None = None, *, bias: torch.Tensor | None = None,
-                    temperature: float = 1.0, ignore_index: int = -100, ref_logp: torch.Tensor | None = None,
-                    clip_low: float = 0.2, clip_high: float | None = None, dual_clip: float | None = None,
-                    kl_coef: float = 0.0, kl_estimator: str = "k3", entropy_coef: float = 0.0,
-                    aggregation: str = "token-mean", importance: str = "token", norm_length: int | None = None,
-                    check_finite: bool = True, backend: str | None = None, chunk_size: int | None = None,
-                    tp_group=None):
+def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                    old_logp: torch.Tensor | None, advantages: torch.Tensor, mask: torch.Tensor | None = None, *,
+                    bias: torch.Tensor | None = None, temperature: float = 1.0, ignore_index: int = -100,
+                    ref_logp: torch.Tensor | None = None, clip_low: float = 0.2, clip_high: float | None = None,
+                    dual_clip: float | None = None, kl_coef: float = 0.0, kl_estimator: str = "k3",
+                    kl_times_ratio: bool = False, entropy_coef: float = 0.0, aggregation: str = "token-mean",
+                    importance: str = "token", norm_length: int | None = None, num_tokens=None,
+                    num_sequences=None, importance_weights: torch.Tensor | None = None,
+                    logit_scale: float | None = None, softcap: float | None = None, check_finite: bool = True,
+                    backend: str | None = None, chunk_size: int | None = None, tp_group=None):
     """The PPO loss of `ppo_loss` on the log-probs of `targets` under the LM head, fully fused.
 
     Equals `ppo_loss(linear_logprobs(hidden, weight, targets, ...), old_logp, advantages, mask,
@@ -314,11 +325,18 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
 
     Args:
         hidden: [B, T, H] final hidden states (fp32, bf16, fp16 or fp64).
-        weight: [V, H] LM-head weight, same dtype as hidden. bias: optional [V].
+        weight: [V, H] LM-head weight, same dtype as hidden, or fp32 with bf16/fp16 hidden (an LM
+            head kept in fp32). bias: optional [V].
         targets: [B, T] integer token ids in [0, V) on valid tokens; `ignore_index` also masks a token.
-        old_logp, advantages, mask, ref_logp and the loss options: as in `ppo_loss`; the entropy
-            is the policy's own (softmax(logits / temperature)), used by entropy_coef and metrics.
+        old_logp: [B, T], or None for on-policy: old_logp = the log-probs this same pass computes
+            (ratio 1), so a single optimiser step per batch needs no extra no-grad pass.
+        advantages, mask, ref_logp, importance_weights and the loss options (kl_times_ratio,
+            aggregation with TRL's presets, norm_length, num_tokens, num_sequences): as in
+            `ppo_loss`; the entropy is the policy's own (softmax(logits / temperature)), used by
+            entropy_coef and metrics.
         temperature: logits are divided by it (> 0), as at sampling time.
+        logit_scale, softcap: the model's logit transform, applied before the temperature:
+            logits = softcap * tanh(logit_scale * z / softcap) (Cohere scales; Gemma soft-caps).
         check_finite: reject NaN/inf advantages. Either way the call makes one host sync, at
             validation: it checks the targets' range and counts each sequence's valid tokens, so
             that masked tokens are dropped before the GEMMs (padding costs no compute).
@@ -337,16 +355,19 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     """
     opts = ppo.PpoOptions.from_kwargs(clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, kl_coef=kl_coef,
                                       kl_estimator=kl_estimator, entropy_coef=entropy_coef, aggregation=aggregation,
-                                      importance=importance, norm_length=norm_length)
+                                      importance=importance, norm_length=norm_length, num_tokens=num_tokens,
+                                      num_sequences=num_sequences, kl_times_ratio=kl_times_ratio)
     _checks.require_float("hidden", hidden)
     if hidden.dim() != 3:
         raise ValueError(f"hidden must have shape [B, T, H], got {tuple(hidden.shape)}")
     weight, tp_group = resolve_weight(weight, tp_group)
     temperature = _validate(hidden, weight, targets, bias, temperature)
     B, T, H = hidden.shape
-    ppo.validate_token_inputs((B, T), old_logp, advantages, mask, ref_logp, None, opts)
+    advantages = ppo.validate_token_inputs((B, T), old_logp, advantages, mask, ref_logp, None, opts,
+                                           importance_weights)
     device = _checks.require_same_device(hidden=hidden, old_logp=old_logp, advantages=advantages, mask=mask,
-                                         ref_logp=ref_logp)
+                                         ref_logp=ref_logp, importance_weights=importance_weights)
+    transform = LogitTransform.of(logit_scale, softcap)
     # Compared in int64, the dtype the kernels read (uint8 would wrap ignore_index=-100 to 156).
     ignore_index = _checks.require_index("ignore_index", ignore_index)
     targets = targets.to(torch.int64)
@@ -357,7 +378,7 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     shard = None if tp_group is None else VocabShard.of(weight.shape[0], tp_group, device)
     vocab = weight.shape[0] if shard is None else shard.total
     lengths = _check_values(targets, valid, vocab, advantages, check_finite)
-    dtype = compute_dtype(hidden.dtype)
+    dtype = compute_dtype(weight.dtype)
     name, ppo_kernels = _OP.select(device, dtype, backend)
 
     def prep(x):
@@ -368,11 +389,13 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     w = weight if weight.stride(-1) == 1 else weight.contiguous()
     call = LinearPpoCall(
         targets=torch.where(valid, targets, ignore_index).reshape(-1).contiguous(), old_logp=prep(old_logp),
-        advantages=prep(advantages), ref_logp=prep(ref_logp), valid=valid, vrows=ValidRows.of(valid, lengths),
+        advantages=prep(advantages), importance_weights=prep(importance_weights), ref_logp=prep(ref_logp),
+        valid=valid, vrows=ValidRows.of(valid, lengths),
         temperature=temperature, ignore_index=ignore_index, opts=opts, ppo_kernels=ppo_kernels,
         logprob_kernels=importlib.import_module(f"ia_kernels.kernels.{name}.logprobs"),
-        rows=chunk_rows(B * T, vocab, device, chunk_size), want_grads=torch.is_grad_enabled(), shard=shard)
+        rows=chunk_rows(B * T, vocab, device, chunk_size), want_grads=torch.is_grad_enabled(), shard=shard,
+        transform=transform)
     loss, logp, entropy, ratio = LinearPpoLossFunction.apply(h2, w, bias, call)
-    metrics = ppo.ppo_metrics(ratio, logp, call.old_logp, call.advantages, valid, opts, entropy=entropy,
-                              ref_logp=call.ref_logp)
+    metrics = ppo.ppo_metrics(ratio, logp, logp if call.old_logp is None else call.old_logp, call.advantages, valid,
+                              opts, entropy=entropy, ref_logp=call.ref_logp)
     return loss, metrics

@@ -18,7 +18,7 @@ import torch
 
 from .. import backends
 from ..core import checks as _checks
-from ..core.chunks import ChunkDriver, chunk_rows
+from ..core.chunks import ChunkDriver, LogitTransform, chunk_rows
 from ..core.numerics import FP32, FP32_FP64, compute_dtype
 from ..core.vocab_parallel import VocabShard, resolve_weight
 
@@ -35,17 +35,19 @@ class RowPassCall:
     rows: int  # rows of logits per chunk (the same on every rank of a vocabulary-parallel group)
     ignored: torch.Tensor  # [N] bool: positions whose (global) target is ignore_index
     shard: VocabShard | None = None  # this rank's vocabulary block, when the LM head is sharded
+    transform: LogitTransform | None = None  # the model's logit scale / soft cap
 
 
-def row_pass_call(kernels, targets, temperature, ignore_index, rows, shard=None) -> RowPassCall:
+def row_pass_call(kernels, targets, temperature, ignore_index, rows, shard=None, transform=None) -> RowPassCall:
     """A RowPassCall for validated int64 global targets [N]."""
     kernel_targets = targets if shard is None else shard.localise(targets, ignore_index)
-    return RowPassCall(kernels, kernel_targets, temperature, ignore_index, rows, targets == ignore_index, shard)
+    return RowPassCall(kernels, kernel_targets, temperature, ignore_index, rows, targets == ignore_index, shard,
+                       transform)
 
 
 def chunked_forward(call: RowPassCall, hidden, weight, bias):
     """(logp, lse, entropy) [N] in the logits' dtype: one row pass per chunk, no gradients."""
-    driver = ChunkDriver(hidden, weight, bias, call.rows)
+    driver = ChunkDriver(hidden, weight, bias, call.rows, transform=call.transform)
     logp, lse, entropy = torch.empty((3, hidden.shape[0]), dtype=driver.dtype, device=hidden.device).unbind(0)
 
     def row_pass(z, a, b):
@@ -62,7 +64,7 @@ def chunked_forward(call: RowPassCall, hidden, weight, bias):
 def chunked_backward(call: RowPassCall, hidden, weight, bias, lse, entropy, g_logp, g_entropy, needs):
     """(grad_hidden, grad_weight, grad_bias) of sum g_logp * logp + g_entropy * entropy, recomputing
     each chunk's logits (g_entropy may be None)."""
-    driver = ChunkDriver(hidden, weight, bias, call.rows, needs)
+    driver = ChunkDriver(hidden, weight, bias, call.rows, needs, call.transform)
 
     def row_pass(z, a, b):
         call.kernels.rows_backward(z, call.targets[a:b], call.temperature, call.ignore_index, lse[a:b], entropy[a:b],
@@ -119,10 +121,14 @@ def _validate(hidden, weight, targets, bias, temperature):
                          f"got {tuple(targets.shape)}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"bias must have shape ({weight.shape[0]},) to match weight, got {tuple(bias.shape)}")
-    if hidden.dtype != weight.dtype:
-        raise ValueError(f"hidden ({hidden.dtype}) and weight ({weight.dtype}) must have the same dtype")
+    if hidden.dtype != weight.dtype and not (weight.dtype == torch.float32 and hidden.dtype in _LOW_PRECISION):
+        raise ValueError(f"hidden ({hidden.dtype}) and weight ({weight.dtype}) must have the same dtype, or be "
+                         f"bf16/fp16 hidden states with an fp32 weight (an LM head kept in fp32)")
     _checks.require_same_device(hidden=hidden, weight=weight, targets=targets, bias=bias)
     return _checks.require_positive_finite("temperature", temperature)
+
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def as_int64_targets(targets: torch.Tensor, vocab: int, ignore_index) -> tuple[torch.Tensor, int]:
@@ -154,18 +160,22 @@ _OP = backends.register("linear_logprobs", {
 
 def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
                     bias: torch.Tensor | None = None, temperature: float = 1.0, ignore_index: int = -100,
-                    return_entropy: bool = False, backend: str | None = None, chunk_size: int | None = None,
-                    tp_group=None):
+                    return_entropy: bool = False, logit_scale: float | None = None, softcap: float | None = None,
+                    backend: str | None = None, chunk_size: int | None = None, tp_group=None):
     """Log-probabilities of `targets` under the LM head, without materialising the logits.
 
     Args:
         hidden: [..., H] final hidden states (fp32, bf16, fp16 or fp64).
-        weight: [V, H] LM-head weight, same dtype as hidden.
+        weight: [V, H] LM-head weight, same dtype as hidden, or fp32 with bf16/fp16 hidden (an LM
+            head kept in fp32, as TRL's cast_lm_head_to_fp32): the GEMMs then run in fp32.
         targets: [...] integer token ids in [0, V), or `ignore_index`.
         bias: optional [V] LM-head bias.
         temperature: the sampling temperature T > 0; logits are divided by it.
         ignore_index: targets equal to it give logp 0 and no gradient through logp.
         return_entropy: also return the entropy of softmax(logits / T) per position.
+        logit_scale, softcap: the model's logit transform, applied before the temperature:
+            logits = softcap * tanh(logit_scale * z / softcap), or logit_scale * z without a cap
+            (Cohere scales its logits, Gemma 2/3 soft-cap them at 30).
         backend: "torch", "cpu", "triton" or "cuda"; None picks the fastest verified one for the
             device and dtype (see ia_kernels.available_backends and the IA_KERNELS_BACKEND
             variable). The compiled and Triton row passes compute in fp32: float64 inputs need
@@ -188,13 +198,14 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     shard = None if tp_group is None else VocabShard.of(weight.shape[0], tp_group, hidden.device)
     vocab = weight.shape[0] if shard is None else shard.total
     targets, ignore_index = as_int64_targets(targets, vocab, ignore_index)
-    _, kernels = _OP.select(hidden.device, compute_dtype(hidden.dtype), backend)
+    _, kernels = _OP.select(hidden.device, compute_dtype(weight.dtype), backend)
     H, lead = hidden.shape[-1], hidden.shape[:-1]
     h2 = hidden.reshape(lead.numel(), H)  # not reshape(-1, H): H may be 0
     h2 = h2 if h2.is_contiguous() else h2.contiguous()
     w = weight if weight.stride(-1) == 1 else weight.contiguous()
     call = row_pass_call(kernels, targets.reshape(-1).contiguous(), temperature, ignore_index,
-                         chunk_rows(h2.shape[0], vocab, hidden.device, chunk_size), shard)
+                         chunk_rows(h2.shape[0], vocab, hidden.device, chunk_size), shard,
+                         LogitTransform.of(logit_scale, softcap))
     logp, entropy, _ = LinearLogprobsFunction.apply(h2, w, bias, call)
     logp, entropy = logp.reshape(lead), entropy.reshape(lead)
     return (logp, entropy) if return_entropy else logp

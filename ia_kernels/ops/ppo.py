@@ -24,6 +24,16 @@ from ..core.numerics import FP32, FP32_FP64, KL_ESTIMATOR_CODES, MAX_LOG_RATIO, 
 from ..kernels.torch.ppo import kl_terms
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+# TRL's loss_type names: (the aggregation it is, whether empty sequences count in its sequence mean).
+# TRL divides its sequence means by the batch size B; ia_kernels' own names count only the
+# sequences that have a valid token (verl's convention).
+TRL_PRESETS = {
+    "grpo": ("seq-mean-token-mean", True),
+    "bnpo": ("token-mean", False),
+    "dr_grpo": ("seq-mean-token-sum-norm", True),
+    "dapo": ("token-mean", False),
+    "luspo": ("seq-mean-token-sum", True),
+}
 IMPORTANCE_LEVELS = ("token", "sequence")
 
 
@@ -40,10 +50,23 @@ class PpoOptions:
     aggregation: str = "token-mean"
     importance: str = "token"
     norm_length: int | None = None
+    num_tokens: float | torch.Tensor | None = None  # explicit denominators (e.g. global counts under
+    num_sequences: float | torch.Tensor | None = None  # data parallelism), see aggregation_scale
+    kl_times_ratio: bool = False
+
+    @property
+    def base_aggregation(self) -> str:
+        """The aggregation itself, TRL's preset names resolved."""
+        return TRL_PRESETS.get(self.aggregation, (self.aggregation, False))[0]
+
+    @property
+    def counts_empty_sequences(self) -> bool:
+        return TRL_PRESETS.get(self.aggregation, (self.aggregation, False))[1]
 
     @classmethod
     def from_kwargs(cls, *, clip_low=0.2, clip_high=None, dual_clip=None, kl_coef=0.0, kl_estimator="k3",
-                    entropy_coef=0.0, aggregation="token-mean", importance="token", norm_length=None) -> "PpoOptions":
+                    entropy_coef=0.0, aggregation="token-mean", importance="token", norm_length=None,
+                    num_tokens=None, num_sequences=None, kl_times_ratio=False) -> "PpoOptions":
         clip_low = _checks.require_positive_finite("clip_low", clip_low)
         clip_high = clip_low if clip_high is None else _checks.require_positive_finite("clip_high", clip_high)
         if dual_clip is not None:
@@ -57,18 +80,46 @@ class PpoOptions:
         entropy_coef = _finite("entropy_coef", entropy_coef)
         if kl_estimator not in KL_ESTIMATOR_CODES:
             raise ValueError(f"kl_estimator must be one of {', '.join(KL_ESTIMATOR_CODES)}, got {kl_estimator!r}")
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
+        if aggregation not in AGGREGATIONS and aggregation not in TRL_PRESETS:
+            raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)} or TRL's loss types "
+                             f"{', '.join(TRL_PRESETS)}; got {aggregation!r}")
+        base = TRL_PRESETS.get(aggregation, (aggregation, False))[0]
         if importance not in IMPORTANCE_LEVELS:
             raise ValueError(f"importance must be one of {', '.join(IMPORTANCE_LEVELS)}, got {importance!r}")
         if norm_length is not None:
-            if aggregation != "seq-mean-token-sum-norm":
-                raise ValueError(f"norm_length applies to aggregation='seq-mean-token-sum-norm' only, "
-                                 f"not {aggregation!r}")
             if isinstance(norm_length, bool) or not isinstance(norm_length, int) or norm_length < 1:
                 raise ValueError(f"norm_length must be an int >= 1, got {norm_length!r}")
+            if base == "seq-mean-token-sum":
+                raise ValueError(f"norm_length replaces a sequence's token count, and aggregation={aggregation!r} "
+                                 f"divides by none (it sums each sequence's tokens)")
+            if num_tokens is not None:
+                raise ValueError("norm_length and num_tokens both set the token-mean's denominator; pass one")
+        if num_tokens is not None:
+            if base != "token-mean":
+                raise ValueError(f"num_tokens is the denominator of a token mean; aggregation={aggregation!r} "
+                                 f"divides by sequences (use num_sequences)")
+            num_tokens = _positive_count("num_tokens", num_tokens)
+        if num_sequences is not None:
+            if base == "token-mean":
+                raise ValueError(f"num_sequences is the denominator of a sequence mean; aggregation={aggregation!r} "
+                                 f"divides by tokens (use num_tokens)")
+            num_sequences = _positive_count("num_sequences", num_sequences)
+        if not isinstance(kl_times_ratio, bool):
+            raise ValueError(f"kl_times_ratio must be a bool, got {kl_times_ratio!r}")
         return cls(clip_low, clip_high, dual_clip, kl_coef, kl_estimator, entropy_coef, aggregation, importance,
-                   norm_length)
+                   norm_length, num_tokens, num_sequences, kl_times_ratio)
+
+
+def _positive_count(name: str, value):
+    """A normaliser: a positive finite number, or a 0-d tensor (kept as a tensor: no host sync)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not (value.dtype.is_floating_point or value.dtype in _checks.INT_DTYPES):
+            raise ValueError(f"{name} must be a positive number or a one-element tensor, got shape "
+                             f"{tuple(value.shape)} {value.dtype}")
+        return value.reshape(())
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a positive number, got bool")
+    return _checks.require_positive_finite(name, value)
 
 
 def _finite(name, value) -> float:
@@ -85,15 +136,26 @@ def _finite(name, value) -> float:
 # Validation shared with linear_ppo_loss
 
 
-def validate_token_inputs(shape, old_logp, advantages, mask, ref_logp, entropy, opts: PpoOptions) -> None:
-    """Checks the per-token tensors against the [B, T] token grid `shape` (no host sync)."""
+def validate_token_inputs(shape, old_logp, advantages, mask, ref_logp, entropy, opts: PpoOptions,
+                          importance_weights=None) -> torch.Tensor:
+    """Checks the per-token tensors against the [B, T] token grid `shape` (no host sync); returns the
+    advantages as [B] or [B, T] ([B, 1] is one per sequence). old_logp None means on-policy."""
     B, T = shape
-    _checks.require_float("old_logp", old_logp)
-    _checks.require_shape("old_logp", old_logp, (B, T), "[B, T] like logp")
+    if old_logp is not None:
+        _checks.require_float("old_logp", old_logp)
+        _checks.require_shape("old_logp", old_logp, (B, T), "[B, T] like logp, or None for on-policy")
     _checks.require_float("advantages", advantages)
+    if tuple(advantages.shape) == (B, 1) and T != 1:
+        advantages = advantages.reshape(B)
     if tuple(advantages.shape) not in ((B,), (B, T)):
-        raise ValueError(f"advantages must have shape ({B},) (one per sequence) or ({B}, {T}) (one per token), "
-                         f"got {tuple(advantages.shape)}")
+        raise ValueError(f"advantages must have shape ({B},) or ({B}, 1) (one per sequence) or ({B}, {T}) "
+                         f"(one per token), got {tuple(advantages.shape)}")
+    if importance_weights is not None:
+        _checks.require_float("importance_weights", importance_weights)
+        _checks.require_shape("importance_weights", importance_weights, (B, T), "[B, T]: a constant weight per token")
+        if opts.importance == "sequence":
+            raise ValueError("importance_weights weight each token's loss at importance='token'; under GSPO "
+                             "(importance='sequence') a token's gradient depends on its whole sequence")
     if mask is not None:
         _checks.require_tensor("mask", mask)
         _checks.require_shape("mask", mask, (B, T), "[B, T]: true on the tokens that count")
@@ -105,6 +167,7 @@ def validate_token_inputs(shape, old_logp, advantages, mask, ref_logp, entropy, 
     if entropy is not None:
         _checks.require_float("entropy", entropy)
         _checks.require_shape("entropy", entropy, (B, T), "[B, T] like logp")
+    return advantages
 
 
 def nonfinite_advantages(advantages, valid) -> torch.Tensor:
@@ -127,20 +190,35 @@ def raise_nonfinite_advantages(advantages, valid) -> None:
 def aggregation_scale(valid: torch.Tensor, opts: PpoOptions, dtype: torch.dtype) -> torch.Tensor:
     """seq_scale [B]: the weight of each valid token of sequence b in the loss (tensor maths, no sync).
 
-    Sequences without a valid token count in no denominator (verl's convention; TRL's "grpo" and
-    "dr_grpo" divide by the batch size B instead).
+    The denominators: a token mean divides by num_tokens, else by the valid tokens (or, with
+    norm_length, by norm_length per sequence that has one); a sequence mean divides by
+    num_sequences, else by the sequences that have a valid token (verl's convention) — or by the
+    batch size B under TRL's preset names. norm_length replaces a sequence's own token count.
     """
     B, T = valid.shape
     seq_tokens = valid.sum(1).to(dtype)
-    n_seqs = (seq_tokens > 0).sum().clamp(min=1).to(dtype)
-    if opts.aggregation == "token-mean":
-        return (1.0 / seq_tokens.sum().clamp(min=1)).expand(B).contiguous()
-    if opts.aggregation == "seq-mean-token-sum":
+    nonempty = (seq_tokens > 0).sum().clamp(min=1).to(dtype)
+    if opts.num_sequences is not None:
+        n_seqs = torch.as_tensor(opts.num_sequences, dtype=dtype, device=valid.device)
+    elif opts.counts_empty_sequences:
+        n_seqs = torch.tensor(float(max(B, 1)), dtype=dtype, device=valid.device)
+    else:
+        n_seqs = nonempty
+    base = opts.base_aggregation
+    if base == "token-mean":
+        if opts.num_tokens is not None:
+            denom = torch.as_tensor(opts.num_tokens, dtype=dtype, device=valid.device)
+        elif opts.norm_length is not None:
+            denom = nonempty * opts.norm_length
+        else:
+            denom = seq_tokens.sum().clamp(min=1)
+        return (1.0 / denom).expand(B).contiguous()
+    if base == "seq-mean-token-sum":
         return (1.0 / n_seqs).expand(B).contiguous()
-    if opts.aggregation == "seq-mean-token-mean":
+    if base == "seq-mean-token-mean" and opts.norm_length is None:
         return 1.0 / (seq_tokens.clamp(min=1) * n_seqs)
     norm = T if opts.norm_length is None else opts.norm_length
-    return (1.0 / (n_seqs * norm)).expand(B).contiguous()
+    return (1.0 / (n_seqs * max(norm, 1))).expand(B).contiguous()
 
 
 @torch.no_grad()
@@ -189,11 +267,17 @@ def _valid_extreme(reduce, x, valid, fill, count, empty_value):
     return torch.where(count > 0, reduce(torch.where(valid, x, fill)), empty_value)
 
 
-def loss_and_grads(terms, logp, old_logp, advantages, valid, ref_logp, entropy, opts: PpoOptions):
+def loss_and_grads(terms, logp, old_logp, advantages, valid, ref_logp, entropy, opts: PpoOptions,
+                   importance_weights=None):
     """(loss, g_logp, g_entropy, ratio) for prepared inputs: contiguous tensors in one compute dtype
-    (one the backend's `terms` serves), `valid` a contiguous bool [B, T]."""
+    (one the backend's `terms` serves), `valid` a contiguous bool [B, T]. Per-token importance
+    weights (token-level importance only) scale each token's loss and, its gradient being local to
+    the token, its gradients."""
     seq_scale = aggregation_scale(valid, opts, logp.dtype)
     loss_tok, g_logp, g_entropy, ratio = terms(logp, old_logp, advantages, valid, seq_scale, ref_logp, entropy, opts)
+    if importance_weights is not None:
+        iw = torch.where(valid, importance_weights, 0.0)
+        loss_tok, g_logp, g_entropy = loss_tok * iw, g_logp * iw, g_entropy * iw
     # Off-mask loss terms are exactly 0, so a per-sequence sum then the scale is the weighted sum.
     loss = (loss_tok.sum(1) * seq_scale).sum()
     return loss, g_logp, g_entropy, ratio
@@ -203,14 +287,16 @@ class PpoLossFunction(torch.autograd.Function):
     """Differentiable in logp and entropy; the gradients are made in forward, backward scales them."""
 
     @staticmethod
-    def forward(ctx, logp, entropy, old_logp, advantages, valid, ref_logp, opts, terms):
+    def forward(ctx, logp, entropy, old_logp, advantages, valid, ref_logp, opts, terms, importance_weights):
         dtype = compute_dtype(logp.dtype)
 
         def prep(x):
             return None if x is None else x.detach().to(dtype).contiguous()
 
+        old = prep(logp) if old_logp is None else prep(old_logp)  # None: on-policy, old = logp.detach()
         loss, g_logp, g_entropy, ratio = loss_and_grads(
-            terms, prep(logp), prep(old_logp), prep(advantages), valid, prep(ref_logp), prep(entropy), opts)
+            terms, prep(logp), old, prep(advantages), valid, prep(ref_logp), prep(entropy), opts,
+            prep(importance_weights))
         ctx.save_for_backward(g_logp, g_entropy)
         ctx.dtypes = (logp.dtype, None if entropy is None else entropy.dtype)
         ctx.mark_non_differentiable(ratio)
@@ -223,7 +309,7 @@ class PpoLossFunction(torch.autograd.Function):
         logp_dtype, entropy_dtype = ctx.dtypes
         grad_logp = (g_logp * grad_loss).to(logp_dtype) if ctx.needs_input_grad[0] else None
         grad_entropy = (g_entropy * grad_loss).to(entropy_dtype) if ctx.needs_input_grad[1] else None
-        return grad_logp, grad_entropy, None, None, None, None, None, None
+        return grad_logp, grad_entropy, None, None, None, None, None, None, None
 
 
 _OP = backends.register("ppo_loss", {
@@ -237,14 +323,17 @@ def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tenso
              *, ref_logp: torch.Tensor | None = None, clip_low: float = 0.2, clip_high: float | None = None,
              dual_clip: float | None = None, kl_coef: float = 0.0, kl_estimator: str = "k3",
              entropy: torch.Tensor | None = None, entropy_coef: float = 0.0, aggregation: str = "token-mean",
-             importance: str = "token", norm_length: int | None = None, check_finite: bool = True,
-             backend: str | None = None):
+             importance: str = "token", norm_length: int | None = None, num_tokens=None, num_sequences=None,
+             kl_times_ratio: bool = False, importance_weights: torch.Tensor | None = None,
+             check_finite: bool = True, backend: str | None = None):
     """The clipped policy-gradient loss over a batch of B sequences of T tokens, and its metrics.
 
     Args:
         logp: [B, T] log-probs of the sampled tokens under the policy being trained (differentiable).
-        old_logp: [B, T] log-probs under the policy that sampled them (constant).
-        advantages: [B] per sequence (broadcast over its tokens) or [B, T] per token (constant).
+        old_logp: [B, T] log-probs under the policy that sampled them (constant); None: on-policy
+            (old_logp = logp.detach(): ratio 1, gradient of a plain policy gradient).
+        advantages: [B] or [B, 1] per sequence (broadcast over its tokens) or [B, T] per token
+            (constant).
         mask: [B, T], nonzero on the tokens that count; None: all of them. Masked tokens may hold
             anything (NaN included); fully masked sequences contribute nothing and produce no NaN.
         ref_logp: [B, T] reference-policy log-probs, for the KL penalty and the `kl_ref` metric.
@@ -253,11 +342,22 @@ def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tenso
         dual_clip: c > 1: for negative advantages the loss is at most -advantage * c (dual-clip PPO).
         kl_coef, kl_estimator: adds kl_coef * KL estimate to each token: "k1" = l - l_ref,
             "k2" = (l - l_ref)^2 / 2, "k3" = exp(l_ref - l) - (l_ref - l) - 1 (Schulman; GRPO).
+        kl_times_ratio: multiply each token's KL estimate by its importance ratio (differentiably,
+            as TRL's use_bias_correction_kl): the KL of samples drawn from the old policy.
         entropy, entropy_coef: [B, T] entropies; each token's loss gets -entropy_coef * entropy.
         aggregation: "token-mean" (mean over valid tokens), "seq-mean-token-sum",
             "seq-mean-token-mean", or "seq-mean-token-sum-norm" (Dr. GRPO: each sequence's token
             sum divided by the constant norm_length, default T). Sequence means are over the
-            sequences that have a valid token.
+            sequences that have a valid token. TRL's loss_type names are presets: "grpo"
+            (seq-mean-token-mean), "bnpo" and "dapo" (token-mean), "dr_grpo"
+            (seq-mean-token-sum-norm), "luspo" (seq-mean-token-sum), their sequence means over
+            all B sequences as TRL does.
+        norm_length: replaces each sequence's token count by this constant in the denominators
+            (Dr. GRPO; token-mean then divides by norm_length per sequence).
+        num_tokens, num_sequences: explicit denominators of the token / sequence mean (numbers or
+            0-d tensors), e.g. global counts under data parallelism or TRL's num_items_in_batch.
+        importance_weights: [B, T] constant per-token weights on each token's loss (rollout
+            correction, e.g. vLLM's importance-sampling ratio); token-level importance only.
         importance: "token" (one ratio per token) or "sequence" (GSPO: one ratio per sequence,
             exp of the mean log-ratio of its valid tokens; each token's gradient is
             ratio / |y| * grad logp times the sequence's surrogate slope).
@@ -273,23 +373,27 @@ def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tenso
     """
     opts = PpoOptions.from_kwargs(clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, kl_coef=kl_coef,
                                   kl_estimator=kl_estimator, entropy_coef=entropy_coef, aggregation=aggregation,
-                                  importance=importance, norm_length=norm_length)
+                                  importance=importance, norm_length=norm_length, num_tokens=num_tokens,
+                                  num_sequences=num_sequences, kl_times_ratio=kl_times_ratio)
     _checks.require_float("logp", logp)
     if logp.dim() != 2:
         raise ValueError(f"logp must have shape [B, T], got {tuple(logp.shape)}")
-    validate_token_inputs(logp.shape, old_logp, advantages, mask, ref_logp, entropy, opts)
+    advantages = validate_token_inputs(logp.shape, old_logp, advantages, mask, ref_logp, entropy, opts,
+                                       importance_weights)
     if opts.entropy_coef != 0 and entropy is None:
         raise ValueError(f"entropy_coef={opts.entropy_coef} needs entropy (the [B, T] per-token entropies)")
     device = _checks.require_same_device(logp=logp, old_logp=old_logp, advantages=advantages, mask=mask,
-                                         ref_logp=ref_logp, entropy=entropy)
+                                         ref_logp=ref_logp, entropy=entropy, importance_weights=importance_weights)
     valid = (torch.ones(logp.shape, dtype=torch.bool, device=device) if mask is None
              else (mask != 0).contiguous())
     if check_finite and bool(nonfinite_advantages(advantages, valid)):
         raise_nonfinite_advantages(advantages, valid)
     dtype = compute_dtype(logp.dtype)
     _, kernels = _OP.select(device, dtype, backend)
-    loss, ratio = PpoLossFunction.apply(logp, entropy, old_logp, advantages, valid, ref_logp, opts, kernels.terms)
-    metrics = ppo_metrics(ratio, logp.detach().to(dtype), old_logp.detach().to(dtype), advantages.detach().to(dtype),
+    loss, ratio = PpoLossFunction.apply(logp, entropy, old_logp, advantages, valid, ref_logp, opts, kernels.terms,
+                                        importance_weights)
+    old = logp if old_logp is None else old_logp
+    metrics = ppo_metrics(ratio, logp.detach().to(dtype), old.detach().to(dtype), advantages.detach().to(dtype),
                           valid, opts, entropy=None if entropy is None else entropy.detach().to(dtype),
                           ref_logp=None if ref_logp is None else ref_logp.detach().to(dtype))
     return loss, metrics

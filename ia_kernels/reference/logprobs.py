@@ -9,8 +9,9 @@ import torch
 
 
 def linear_logprobs(hidden, weight, targets, *, bias=None, temperature=1.0, ignore_index=-100,
-                    return_entropy=False, dtype=torch.float64):
-    """logp (and entropy) of `targets` under softmax((hidden @ weight.T + bias) / temperature).
+                    return_entropy=False, logit_scale=None, softcap=None, dtype=torch.float64):
+    """logp (and entropy) of `targets` under softmax(f(hidden @ weight.T + bias) / temperature),
+    f(z) = softcap * tanh(logit_scale * z / softcap) (the identity without them).
 
     Computed in `dtype` (float64 by default). Ignored positions give logp 0 and carry no gradient
     through logp; their entropy is still defined and returned.
@@ -19,6 +20,10 @@ def linear_logprobs(hidden, weight, targets, *, bias=None, temperature=1.0, igno
     logits = h @ weight.to(dtype).T
     if bias is not None:
         logits = logits + bias.to(dtype)
+    if logit_scale is not None:
+        logits = logits * logit_scale
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
     logits = logits / temperature
     logprobs = torch.log_softmax(logits, dim=-1)
     ignored = targets == ignore_index

@@ -12,11 +12,17 @@ Per valid token (mask true) with log-prob l, behaviour log-prob l_old, advantage
           pg = min(pg, -a c)
     L   = pg + kl_coef * kl(l, l_ref) - entropy_coef * entropy
     kl: k1 = l - l_ref; k2 = (l - l_ref)^2 / 2; k3 = exp(d) - d - 1, d = clamp(l_ref - l, -20, 20)
-The loss aggregates L over valid tokens; S is the number of sequences with a valid token:
-    token-mean               sum L / (number of valid tokens)
+    with kl_times_ratio the KL term is kl_coef * kl * r (r differentiable); importance_weights
+    multiply each token's L (constants); old_logp None means old_logp = logp.detach().
+The loss aggregates L over valid tokens; S is the number of sequences with a valid token (or
+num_sequences; or B for TRL's preset names), N the number of valid tokens (or num_tokens), n_b the
+valid tokens of sequence b (or norm_length, when given):
+    token-mean               sum L / N         (with norm_length: sum L / (S' norm_length), S' = nonempty)
     seq-mean-token-sum       (1/S) sum_b sum_t L
-    seq-mean-token-mean      (1/S) sum_b mean_t L
+    seq-mean-token-mean      (1/S) sum_b sum_t L / n_b
     seq-mean-token-sum-norm  (1/S) sum_b sum_t L / norm_length      (Dr. GRPO; norm_length = T)
+    TRL's presets: grpo = seq-mean-token-mean, bnpo = dapo = token-mean, dr_grpo =
+    seq-mean-token-sum-norm, luspo = seq-mean-token-sum, each with S = B.
 Masked tokens and fully masked sequences contribute nothing, to sums or to counts.
 """
 
@@ -38,15 +44,24 @@ def _kl(logp, ref_logp, estimator):
     return torch.exp(d) - d - 1
 
 
+PRESETS = {"grpo": "seq-mean-token-mean", "bnpo": "token-mean", "dr_grpo": "seq-mean-token-sum-norm",
+           "dapo": "token-mean", "luspo": "seq-mean-token-sum"}
+
+
 def ppo_loss(logp, old_logp, advantages, mask=None, *, ref_logp=None, clip_low=0.2, clip_high=None,
              dual_clip=None, kl_coef=0.0, kl_estimator="k3", entropy=None, entropy_coef=0.0,
-             aggregation="token-mean", importance="token", norm_length=None, dtype=torch.float64):
+             aggregation="token-mean", importance="token", norm_length=None, num_tokens=None, num_sequences=None,
+             kl_times_ratio=False, importance_weights=None, dtype=torch.float64):
     """(loss, metrics) computed in `dtype`; loss is differentiable w.r.t. logp and entropy by autograd."""
     B, T = logp.shape
     clip_high = clip_low if clip_high is None else clip_high
     cast = lambda x: None if x is None else x.to(dtype)  # noqa: E731
+    if old_logp is None:
+        old_logp = logp.detach()
     logp, old_logp, ref_logp, entropy = cast(logp), cast(old_logp), cast(ref_logp), cast(entropy)
     adv = advantages.to(dtype)
+    if adv.dim() == 2 and adv.shape[1] == 1:
+        adv = adv[:, 0]
     if adv.dim() == 1:
         adv = adv[:, None].expand(B, T)
     valid = torch.ones(B, T, dtype=torch.bool) if mask is None else mask.to(torch.bool)
@@ -67,21 +82,29 @@ def ppo_loss(logp, old_logp, advantages, mask=None, *, ref_logp=None, clip_low=0
         pg = torch.where(adv < 0, torch.minimum(pg, -adv * dual_clip), pg)
     loss_tok = pg
     if kl_coef:
-        loss_tok = loss_tok + kl_coef * _kl(logp_v, torch.where(valid, ref_logp, zero), kl_estimator)
+        kl = _kl(logp_v, torch.where(valid, ref_logp, zero), kl_estimator)
+        loss_tok = loss_tok + kl_coef * (kl * ratio if kl_times_ratio else kl)
     if entropy_coef:
         loss_tok = loss_tok - entropy_coef * torch.where(valid, entropy, zero)
+    if importance_weights is not None:
+        loss_tok = loss_tok * importance_weights.to(dtype)
     loss_tok = torch.where(valid, loss_tok, zero)
 
     n_tokens = valid.sum()
     seq_tokens = valid.sum(1)
-    n_seqs = (seq_tokens > 0).sum().clamp(min=1)
-    if aggregation == "token-mean":
-        loss = loss_tok.sum() / n_tokens.clamp(min=1)
-    elif aggregation == "seq-mean-token-sum":
+    nonempty = (seq_tokens > 0).sum().clamp(min=1)
+    base = PRESETS.get(aggregation, aggregation)
+    n_seqs = num_sequences if num_sequences is not None else B if aggregation in PRESETS else nonempty
+    if base == "token-mean":
+        denom = (num_tokens if num_tokens is not None else nonempty * norm_length if norm_length is not None
+                 else n_tokens.clamp(min=1))
+        loss = loss_tok.sum() / denom
+    elif base == "seq-mean-token-sum":
         loss = loss_tok.sum(1).sum() / n_seqs
-    elif aggregation == "seq-mean-token-mean":
-        loss = (loss_tok.sum(1) / seq_tokens.clamp(min=1)).sum() / n_seqs
-    elif aggregation == "seq-mean-token-sum-norm":
+    elif base == "seq-mean-token-mean":
+        per_seq = seq_tokens.clamp(min=1) if norm_length is None else norm_length
+        loss = (loss_tok.sum(1) / per_seq).sum() / n_seqs
+    elif base == "seq-mean-token-sum-norm":
         loss = loss_tok.sum(1).sum() / (n_seqs * (T if norm_length is None else norm_length))
     else:
         raise ValueError(f"unknown aggregation {aggregation!r}")
@@ -114,7 +137,7 @@ def ppo_loss(logp, old_logp, advantages, mask=None, *, ref_logp=None, clip_low=0
 
 
 def linear_ppo_loss(hidden, weight, targets, old_logp, advantages, mask=None, *, bias=None, temperature=1.0,
-                    ignore_index=-100, dtype=torch.float64, **options):
+                    ignore_index=-100, logit_scale=None, softcap=None, dtype=torch.float64, **options):
     """ppo_loss of the log-probs and entropies of `targets` under the LM head, all in `dtype`.
 
     Tokens whose target is `ignore_index` are masked as well as those where `mask` is false.
@@ -124,5 +147,5 @@ def linear_ppo_loss(hidden, weight, targets, old_logp, advantages, mask=None, *,
         valid = valid & mask.to(torch.bool)
     logp, entropy = linear_logprobs(hidden, weight, torch.where(valid, targets, ignore_index), bias=bias,
                                     temperature=temperature, ignore_index=ignore_index, return_entropy=True,
-                                    dtype=dtype)
+                                    logit_scale=logit_scale, softcap=softcap, dtype=dtype)
     return ppo_loss(logp, old_logp, advantages, valid, entropy=entropy, dtype=dtype, **options)

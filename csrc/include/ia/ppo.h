@@ -10,6 +10,7 @@
 //   surrogate(r, a) = max(-a r, -a clamp(r, 1 - clip_low, 1 + clip_high)),
 //                     then min(that, -a c) when a < 0 and a dual clip c > 1 is set
 //   k1 = l - l_ref,  k2 = (l - l_ref)^2 / 2,  k3 = exp(d) - d - 1 with d = clamp(l_ref - l, -20, 20)
+//   with kl_times_ratio the KL term is kl_coef * kl * r (TRL's use_bias_correction_kl), r differentiable
 // The clamps (as verl's) keep exp finite; beyond them the term is constant, with zero gradient.
 // Every clamp and max lets NaN through (ia::clamp_keep_nan): a NaN log-prob or advantage gives a NaN
 // loss, as in the PyTorch backend, never a finite one.
@@ -33,6 +34,7 @@ struct PpoParams {
   float kl_coef;       // weight of the KL penalty (0: no penalty, l_ref is not read)
   int kl_estimator;    // a KlEstimator
   float entropy_coef;  // weight of the entropy bonus (0: h is not read)
+  int kl_times_ratio;  // nonzero: the KL term is multiplied by the importance ratio
 };
 
 // The surrogate's value and its derivative with respect to the ratio r.
@@ -107,18 +109,23 @@ struct PpoToken {
   float ratio;      // the importance ratio used
 };
 
-// The terms of L other than the surrogate: the KL penalty and the entropy bonus.
+// The terms of L other than the surrogate: the KL penalty and the entropy bonus. With
+// kl_times_ratio, the KL term is kl * ratio: its value and d/dl at fixed ratio are scaled here, and
+// the caller adds kl_coef * kl to the loss's slope in the ratio (returned in dloss_dratio_extra).
 IA_HOST_DEVICE PpoToken ppo_regularisers(float logp, float ref_logp, float entropy, float weight,
-                                         const PpoParams& p) {
+                                         const PpoParams& p, float ratio, float* dloss_dratio_extra) {
   PpoToken t;
   t.loss = 0.f;
   t.g_logp = 0.f;
   t.g_entropy = 0.f;
   t.ratio = 1.f;
+  *dloss_dratio_extra = 0.f;
   if (p.kl_coef != 0.f) {
     const KlTerm k = kl_penalty(logp, ref_logp, p.kl_estimator);
-    t.loss += p.kl_coef * k.value;
-    t.g_logp += weight * p.kl_coef * k.dvalue_dlogp;
+    const float scale = p.kl_times_ratio ? ratio : 1.f;
+    t.loss += p.kl_coef * k.value * scale;
+    t.g_logp += weight * p.kl_coef * k.dvalue_dlogp * scale;
+    if (p.kl_times_ratio) *dloss_dratio_extra = p.kl_coef * k.value;
   }
   if (p.entropy_coef != 0.f) {
     t.loss -= p.entropy_coef * entropy;
@@ -130,11 +137,12 @@ IA_HOST_DEVICE PpoToken ppo_regularisers(float logp, float ref_logp, float entro
 // Token-level importance: everything about one token is local to it.
 IA_HOST_DEVICE PpoToken ppo_token(float logp, float old_logp, float adv, float ref_logp,
                                   float entropy, float weight, const PpoParams& p) {
-  PpoToken t = ppo_regularisers(logp, ref_logp, entropy, weight, p);
   const Ratio r = ratio_from_log(logp - old_logp);
+  float kl_slope = 0.f;
+  PpoToken t = ppo_regularisers(logp, ref_logp, entropy, weight, p, r.value, &kl_slope);
   const Surrogate s = clipped_surrogate(r.value, adv, p);
   t.loss += s.loss;
-  t.g_logp += weight * s.dloss_dratio * r.dvalue_dlog;
+  t.g_logp += weight * (s.dloss_dratio + kl_slope) * r.dvalue_dlog;
   t.ratio = r.value;
   return t;
 }

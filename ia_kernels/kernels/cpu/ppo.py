@@ -13,7 +13,7 @@ def native_params(opts) -> dict:
     """ia::PpoParams's fields, as the keyword arguments of the native kernels (dual_clip 0: off)."""
     return dict(clip_low=opts.clip_low, clip_high=opts.clip_high, dual_clip=opts.dual_clip or 0.0,
                 kl_coef=opts.kl_coef, kl_estimator=KL_ESTIMATOR_CODES[opts.kl_estimator],
-                entropy_coef=opts.entropy_coef)
+                entropy_coef=opts.entropy_coef, kl_times_ratio=opts.kl_times_ratio)
 
 
 def terms(logp, old_logp, adv, valid, seq_scale, ref_logp, entropy, opts):
@@ -33,6 +33,6 @@ def fused_rows(z, targets, temperature, ignore_index, old_logp, adv, ref_logp, w
                logp, entropy, loss, ratio):
     _native.cpu_module().ppo_rows_fused(
         logits=z.data_ptr(), row_stride=z.stride(0), n_rows=z.shape[0], V=z.shape[1], targets=targets.data_ptr(),
-        temperature=float(temperature), ignore_index=int(ignore_index), old_logp=old_logp.data_ptr(),
+        temperature=float(temperature), ignore_index=int(ignore_index), old_logp=_native.ptr(old_logp),
         adv=adv.data_ptr(), ref_logp=_native.ptr(ref_logp), weight=weight.data_ptr(), **native_params(opts),
         logp=logp.data_ptr(), entropy=entropy.data_ptr(), loss=loss.data_ptr(), ratio=ratio.data_ptr())

@@ -59,14 +59,20 @@ def terms(logp, old_logp, adv, valid, seq_scale, ref_logp, entropy, opts):
     ratio = torch.exp(log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO))
     dratio = torch.where(log_ratio.abs() > MAX_LOG_RATIO, 0.0, ratio)
     loss, dloss_dratio = clipped_surrogate(ratio, adv, opts)
+    kl = dkl = None
+    if opts.kl_coef != 0:
+        kl, dkl = kl_terms(logp_v, torch.where(valid, ref_logp, zero), opts.kl_estimator)
+        if opts.kl_times_ratio:
+            # kl_coef * kl * ratio: the ratio's slope joins the surrogate's, kl's own slope is scaled.
+            dloss_dratio = dloss_dratio + opts.kl_coef * kl
+            kl, dkl = kl * ratio, dkl * ratio
     if opts.importance == "sequence":
-        # GSPO: every valid token of b carries (s_b / n_b) * sum_u w_bu dsurrogate_bu / ds_b.
+        # GSPO: every valid token of b carries (s_b / n_b) * sum_u w_bu dloss_bu / ds_b.
         g_seq = (w * dloss_dratio).sum(1) * dratio[:, 0] / counts
         g_logp = torch.where(valid, g_seq[:, None], zero)
     else:
         g_logp = w * dloss_dratio * dratio
-    if opts.kl_coef != 0:
-        kl, dkl = kl_terms(logp_v, torch.where(valid, ref_logp, zero), opts.kl_estimator)
+    if kl is not None:
         loss = loss + opts.kl_coef * kl
         g_logp = g_logp + w * (opts.kl_coef * dkl)
     if opts.entropy_coef != 0:
@@ -84,6 +90,7 @@ def fused_rows(z, targets, temperature, ignore_index, old_logp, adv, ref_logp, w
     zero outputs (ratio 1) and a zero gradient row."""
     lse = torch.empty_like(logp)
     logprobs.rows_forward(z, targets, temperature, ignore_index, logp, lse, entropy)
+    old_logp = logp if old_logp is None else old_logp  # None: on-policy
     valid = (targets != ignore_index)[:, None]
     loss_tok, g_logp, g_entropy, ratio_tok = terms(
         logp[:, None], old_logp[:, None], adv, valid, weight, None if ref_logp is None else ref_logp[:, None],

@@ -56,12 +56,14 @@ def _clipped_surrogate(ratio, adv, clip_low, clip_high, dual_clip, HAS_DUAL: tl.
 
 
 @triton.jit
-def _regularisers(logp, ref, ent, w, kl_coef, entropy_coef, HAS_KL: tl.constexpr, KL_ESTIMATOR: tl.constexpr,
-                  HAS_ENTROPY: tl.constexpr):
-    """(loss, w dL/dl, w dL/dh) of the KL penalty and entropy bonus, as ia::ppo_regularisers."""
+def _regularisers(logp, ref, ent, w, ratio, kl_coef, entropy_coef, HAS_KL: tl.constexpr, KL_ESTIMATOR: tl.constexpr,
+                  HAS_ENTROPY: tl.constexpr, KL_TIMES_RATIO: tl.constexpr):
+    """(loss, w dL/dl, w dL/dh, extra dL/dratio) of the KL penalty and entropy bonus, as
+    ia::ppo_regularisers (with KL_TIMES_RATIO the KL term is kl * ratio)."""
     loss = logp * 0.0
     g = logp * 0.0
     ge = logp * 0.0
+    kl_slope = logp * 0.0
     if HAS_KL:
         d = ref - logp
         if KL_ESTIMATOR == 1:
@@ -75,12 +77,16 @@ def _regularisers(logp, ref, ent, w, kl_coef, entropy_coef, HAS_KL: tl.constexpr
             e = tl.exp(dc)
             kl = e - dc - 1.0
             dkl = tl.where((d > _MAX_LOG_RATIO) | (d < -_MAX_LOG_RATIO), 0.0, 1.0 - e)
+        if KL_TIMES_RATIO:
+            kl_slope = kl_coef * kl
+            kl = kl * ratio
+            dkl = dkl * ratio
         loss += kl_coef * kl
         g += w * kl_coef * dkl
     if HAS_ENTROPY:
         loss -= entropy_coef * ent
         ge = ge - w * entropy_coef
-    return loss, g, ge
+    return loss, g, ge, kl_slope
 
 
 @triton.jit
@@ -104,6 +110,7 @@ def _ppo_terms_kernel(
     HAS_KL: tl.constexpr,
     KL_ESTIMATOR: tl.constexpr,  # 1, 2, 3 for k1, k2, k3
     HAS_ENTROPY: tl.constexpr,
+    KL_TIMES_RATIO: tl.constexpr,  # the KL term multiplied by the importance ratio
     SEQUENCE: tl.constexpr,  # sequence-level importance (GSPO)
     BLOCK_T: tl.constexpr,
 ):
@@ -139,16 +146,19 @@ def _ppo_terms_kernel(
         ent = lp
         if HAS_ENTROPY:
             ent = tl.load(ent_ptr + base + cols, mask=valid, other=0.0)
-        loss, g, ge = _regularisers(lp, ref, ent, w, kl_coef, entropy_coef, HAS_KL, KL_ESTIMATOR, HAS_ENTROPY)
         if SEQUENCE:
             ratio = lp * 0.0 + seq_ratio
+            loss, g, ge, kl_slope = _regularisers(lp, ref, ent, w, ratio, kl_coef, entropy_coef, HAS_KL, KL_ESTIMATOR,
+                                                  HAS_ENTROPY, KL_TIMES_RATIO)
             s_loss, s_grad = _clipped_surrogate(ratio, adv, clip_low, clip_high, dual_clip, HAS_DUAL)
-            acc_g += tl.where(valid, w * s_grad, 0.0)
+            acc_g += tl.where(valid, w * (s_grad + kl_slope), 0.0)
         else:
             old = tl.load(old_ptr + base + cols, mask=valid, other=0.0)
             ratio, dratio = _ratio_from_log(lp - old)
+            loss, g, ge, kl_slope = _regularisers(lp, ref, ent, w, ratio, kl_coef, entropy_coef, HAS_KL, KL_ESTIMATOR,
+                                                  HAS_ENTROPY, KL_TIMES_RATIO)
             s_loss, s_grad = _clipped_surrogate(ratio, adv, clip_low, clip_high, dual_clip, HAS_DUAL)
-            g += w * s_grad * dratio
+            g += w * (s_grad + kl_slope) * dratio
         loss += s_loss
         tl.store(loss_ptr + base + cols, tl.where(valid, loss, 0.0), mask=in_row)
         tl.store(g_logp_ptr + base + cols, tl.where(valid, g, 0.0), mask=in_row)
@@ -185,6 +195,8 @@ def _ppo_rows_fused_kernel(
     HAS_KL: tl.constexpr,
     KL_ESTIMATOR: tl.constexpr,
     HAS_ENTROPY: tl.constexpr,
+    KL_TIMES_RATIO: tl.constexpr,
+    HAS_OLD: tl.constexpr,  # False: on-policy, the old log-prob is this pass's own
     BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -196,16 +208,19 @@ def _ppo_rows_fused_kernel(
     logp, lse, ent = finish_row_stats(m, s, w_sum, tl.load(z_row + tl.where(in_range, t, 0)) * inv_temp)
     logp = tl.where(in_range | ignored, logp, float("nan"))
     w = tl.where(ignored, 0.0, tl.load(weight_ptr + row))
-    old = tl.load(old_ptr + row)
+    old = logp
+    if HAS_OLD:
+        old = tl.load(old_ptr + row)
     adv = tl.load(adv_ptr + row)
     ref = logp
     if HAS_KL:
         ref = tl.load(ref_ptr + row)
-    loss, g, ge = _regularisers(logp, ref, ent, w, kl_coef, entropy_coef, HAS_KL, KL_ESTIMATOR, HAS_ENTROPY)
     ratio, dratio = _ratio_from_log(logp - old)
+    loss, g, ge, kl_slope = _regularisers(logp, ref, ent, w, ratio, kl_coef, entropy_coef, HAS_KL, KL_ESTIMATOR,
+                                          HAS_ENTROPY, KL_TIMES_RATIO)
     s_loss, s_grad = _clipped_surrogate(ratio, adv, clip_low, clip_high, dual_clip, HAS_DUAL)
     loss += s_loss
-    g += w * s_grad * dratio
+    g += w * (s_grad + kl_slope) * dratio
     # Masked rows: zero outputs and gradient (w = 0 already zeroes g and ge unless inputs are NaN).
     g = tl.where(ignored, 0.0, g)
     ge = tl.where(ignored, 0.0, ge)
@@ -218,7 +233,8 @@ def _ppo_rows_fused_kernel(
 
 def _flags(opts):
     return dict(HAS_DUAL=opts.dual_clip is not None, HAS_KL=opts.kl_coef != 0,
-                KL_ESTIMATOR=KL_ESTIMATOR_CODES[opts.kl_estimator], HAS_ENTROPY=opts.entropy_coef != 0)
+                KL_ESTIMATOR=KL_ESTIMATOR_CODES[opts.kl_estimator], HAS_ENTROPY=opts.entropy_coef != 0,
+                KL_TIMES_RATIO=opts.kl_coef != 0 and opts.kl_times_ratio)
 
 
 def _params(opts):
@@ -244,12 +260,14 @@ def terms(logp, old_logp, adv, valid, seq_scale, ref_logp, entropy, opts):
 
 
 def fused_rows(z, targets, temperature, ignore_index, old_logp, adv, ref_logp, weight, opts,
-                   logp, entropy, loss, ratio):
-    """Fused row pass of the linear PPO loss (token-level importance) over a chunk of fp32 logits."""
+               logp, entropy, loss, ratio):
+    """Fused row pass of the linear PPO loss (token-level importance) over a chunk of fp32 logits;
+    old_logp None: on-policy (the kernel uses its own log-probs)."""
     rows, V = z.shape
     if rows == 0:
         return
     _ppo_rows_fused_kernel[(rows,)](
-        z, z.stride(0), V, targets, 1.0 / temperature, ignore_index, old_logp, adv,
-        old_logp if ref_logp is None else ref_logp, weight, logp, entropy, loss, ratio, *_params(opts),
-        BLOCK_V=_block_v(V, z.device), num_warps=8 if z.is_cuda else 1, **_flags(opts))
+        z, z.stride(0), V, targets, 1.0 / temperature, ignore_index, adv if old_logp is None else old_logp, adv,
+        adv if ref_logp is None else ref_logp, weight, logp, entropy, loss, ratio, *_params(opts),
+        BLOCK_V=_block_v(V, z.device), num_warps=8 if z.is_cuda else 1, HAS_OLD=old_logp is not None,
+        **_flags(opts))
