@@ -1,5 +1,8 @@
 """python -m benchmarks gpu-build: every GPU kernel compiled for sm_80 and sm_90, no GPU needed.
 
+Kernels: kernels/triton/logprobs.py, ppo.py, linear_stats.py (every input dtype it takes) and
+csrc/cuda/*.cu.
+
 Triton: the launchers in ia_kernels/kernels/triton/ are called with stand-in CUDA tensors over a
 domain of shapes and loss options; each launch is recorded (kernel, arguments, constexprs,
 num_warps) instead of run, so the variants are exactly those the launchers produce. Each distinct
@@ -155,6 +158,7 @@ def enumerate_triton_launches(quick: bool = False) -> list[Launch]:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("gpu-build compiles the kernels: run it without TRITON_INTERPRET (the kernels are "
                            "interpreter functions under it)")
+    from ia_kernels.kernels.triton import linear_stats as tls
     from ia_kernels.kernels.triton import logprobs as tlp
     from ia_kernels.kernels.triton import ppo as tppo
 
@@ -162,8 +166,14 @@ def enumerate_triton_launches(quick: bool = False) -> list[Launch]:
     rows = 64
     vocabs = QUICK_VOCABS if quick else VOCABS
     lengths = QUICK_LENGTHS if quick else LENGTHS
-    with recording((tlp, tppo)) as (launches, origin):
+    with recording((tlp, tppo, tls)) as (launches, origin):
         for V in vocabs:
+            # The fused GEMM + row statistics reads hidden and weight in the input dtype.
+            for dtype in (torch.bfloat16, torch.float16, torch.float32):
+                origin(f"linear_stats_forward V={V} H=4096 {str(dtype).replace('torch.', '')}")
+                out = [StandIn((rows,), f32) for _ in range(3)]
+                tls.linear_stats_forward(StandIn((rows, 4096), dtype), StandIn((V, 4096), dtype),
+                                         StandIn((rows,), i64), 1.0, -100, *out)
             z = StandIn((rows, V), f32)
             t = StandIn((rows,), i64)
             vec = [StandIn((rows,), f32) for _ in range(8)]

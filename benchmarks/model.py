@@ -6,7 +6,8 @@ HBM bytes, and its roofline time max(FLOPs / peak, bytes / bandwidth) on a devic
 published peak dense bf16 FLOP/s and HBM bandwidth. Kernels run one after another on one stream, so
 the call's time is the sum. Two columns: `roofline` (published peaks) and `attainable` (GEMMs at
 GEMM_EFFICIENCY of peak, streaming passes at HBM_EFFICIENCY of bandwidth). TFLOP/s is on the 6 N H V
-basis (the fused loss's useful GEMM work) and is compared with the 600 TFLOP/s goal.
+basis (the fused loss's useful GEMM work; 2 N H V for the no-grad forward) and is compared with
+the 600 TFLOP/s goal.
 
 Designs modelled, per op (linear_ppo_loss with token-level importance; linear_logprobs forward +
 backward):
@@ -20,6 +21,9 @@ backward):
   fp32 row, which it has already read) instead of a separate cast pass and copy.
 - `epilogue-recompute` — the cut-cross-entropy design: row statistics in the GEMM epilogue (no
   logits in HBM), so the gradient needs the logits again: 8 N H V FLOPs.
+- `fused-fwd` — linear_logprobs whose forward is kernels/triton/linear_stats.py (the GEMM with the
+  row statistics in registers; no logits in HBM); its backward is bf16-acc's. Also the no-grad
+  forward (`linear_logprobs_nograd`: behaviour / reference log-probs, 2 N H V).
 Memory is the peak a call allocates beyond its inputs, given with and without the gradients it
 returns (grad_hidden, grad_weight: the caller holds those whichever implementation runs).
 The per-token side data (targets, log-probs, advantages, mask; ~33 bytes/token) is counted in the
@@ -45,7 +49,7 @@ HBM_EFFICIENCY = 0.9  # a streaming kernel reaches ~90% of the HBM bandwidth
 GOAL_TFLOPS = 600.0
 DEFAULT_SHAPE = {"N": 16384, "H": 4096, "V": 151936}
 MEMORY_GOAL = 2e9  # bytes
-CHUNK_BYTES = {"unfused": 1 << 30, "bf16-acc": 1 << 30, "bf16-acc+bf16-dz": 1 << 30, "epilogue-recompute": 1 << 30}
+CHUNK_BYTES = {"unfused": 1 << 30, "fused-fwd": 1 << 30, "bf16-acc": 1 << 30, "bf16-acc+bf16-dz": 1 << 30, "epilogue-recompute": 1 << 30}
 SIDE_BYTES_PER_TOKEN = 33
 
 
@@ -95,6 +99,13 @@ def kernels(op: str, design: str, N: int, H: int, V: int, in_bytes: int = 2) -> 
         g_weight_e = Kernel("GEMM dW += dz^T h (bf16 acc)", "gemm", 2 * R * H * V,
                             b * R * V + b * R * H + 2 * b * V * H, K)
         return [fwd, rec, g_hidden_e, g_weight_e], chunk_rows(N, V, CHUNK_BYTES[design])
+    fused_fwd = Kernel("GEMM + row stats in registers (linear_stats.py)", "gemm", 2 * R * H * V,
+                       b * R * H + b * V * H + side, K)
+    if op == "linear_logprobs_nograd":  # behaviour / reference log-probs: forward only
+        if design == "fused-fwd":
+            return [fused_fwd], chunk_rows(N, V, CHUNK_BYTES[design])
+        return [logits, Kernel("row pass fwd: stats", "pass", 0, 4 * R * V + side, K)], \
+            chunk_rows(N, V, CHUNK_BYTES[design])
     if op == "linear_ppo_loss":
         row = Kernel(f"row pass: stats + loss + dz ({'bf16' if dz_bytes == 2 else 'fp32'} dz)", "pass",
                      0, 4 * R * V + 4 * R * V + dz_bytes * R * V + side, K)
@@ -104,17 +115,20 @@ def kernels(op: str, design: str, N: int, H: int, V: int, in_bytes: int = 2) -> 
         bwd = Kernel(f"row pass bwd: dz ({'bf16' if dz_bytes == 2 else 'fp32'})", "pass", 0,
                      4 * R * V + dz_bytes * R * V + side, K)
         recompute = Kernel("GEMM z = h W^T again (bwd)", "gemm", 2 * R * H * V, logits.bytes, K)
-        out = [logits, fwd, recompute, bwd] + ([cast] if dz_bytes == 4 else []) + [g_hidden, g_weight]
+        first = [fused_fwd] if design == "fused-fwd" else [logits, fwd]
+        out = first + [recompute, bwd] + ([cast] if dz_bytes == 4 else []) + [g_hidden, g_weight]
     else:
         raise ValueError(op)
     return out, chunk_rows(N, V, CHUNK_BYTES[design])
 
 
-def memory_bytes(design: str, N: int, H: int, V: int, in_bytes: int = 2) -> dict:
+def memory_bytes(design: str, N: int, H: int, V: int, in_bytes: int = 2, op: str = "") -> dict:
     """Peak device memory a call allocates beyond its inputs, by buffer; "(returned)" marks the
     gradients handed back to the caller."""
     R = chunk_rows(N, V, CHUNK_BYTES[design])
     mem = {"grad_hidden (returned)": in_bytes * N * H, "per-token vectors": 64 * N}
+    if op == "linear_logprobs_nograd":
+        return {"per-token vectors": 64 * N} | ({} if design == "fused-fwd" else {"fp32 logits chunk": 4 * R * V})
     if design == "unfused":
         mem["grad_weight fp32 accumulator"] = 4 * V * H
         mem["grad_weight cast to bf16 (returned)"] = in_bytes * V * H
@@ -136,13 +150,13 @@ def predict(op: str, device: str, design: str = "unfused", N: int | None = None,
     V = V or DEFAULT_SHAPE["V"]
     dev = DEVICES[device]
     ks, R = kernels(op, design, N, H, V)
-    useful = 6 * N * H * V
+    useful = (2 if op == "linear_logprobs_nograd" else 6) * N * H * V
     t_roof = sum(k.time_s(dev, False) for k in ks)
     t_att = sum(k.time_s(dev, True) for k in ks)
     gemm_t = sum(k.time_s(dev, True) for k in ks if k.kind == "gemm")
     mem_bound = [k.name for k in ks if k.bound(dev) == "memory"]
     worst = max(ks, key=lambda k: k.time_s(dev, True))
-    mem = memory_bytes(design, N, H, V)
+    mem = memory_bytes(design, N, H, V, op=op)
     bottleneck = (f"GEMMs {gemm_t / t_att:.0%} of time (compute-bound)" if not any(k.kind == "gemm" for k in ks
                   if k.name in mem_bound) else "a memory-bound GEMM")
     if gemm_t / t_att < 0.85:
@@ -164,7 +178,7 @@ def predict(op: str, device: str, design: str = "unfused", N: int | None = None,
     }
 
 
-OPS = ("linear_ppo_loss", "linear_logprobs")
+OPS = ("linear_ppo_loss", "linear_logprobs", "linear_logprobs_nograd")
 
 # Which modelled design a measured implementation runs (benchmarks/gpu_check.sh, --annotate).
 _MODELLED_IMPL = {"ia_kernels": "unfused", "cut_cross_entropy": "epilogue-recompute"}
@@ -202,7 +216,10 @@ def annotate(paths: list[str]) -> list[dict]:
                            roofline_ms=p["roofline_ms"], measured_vs_predicted=r["median_ms"] / p["attainable_ms"])
             out.append(row)
     return out
-DESIGNS = ("unfused", "bf16-acc", "bf16-acc+bf16-dz", "epilogue-recompute")
+DESIGNS = ("unfused", "bf16-acc", "bf16-acc+bf16-dz", "epilogue-recompute", "fused-fwd")
+# The designs that apply to each op (the no-grad forward has no gradient to accumulate).
+OP_DESIGNS = {"linear_ppo_loss": DESIGNS[:4], "linear_logprobs": DESIGNS,
+              "linear_logprobs_nograd": ("unfused", "fused-fwd")}
 
 
 def main(argv: list[str]) -> int:
@@ -226,12 +243,12 @@ def main(argv: list[str]) -> int:
                                                    "roofline_ms", "measured_vs_predicted"], json_path=args.json)
         return 0
     rows = [predict(op, dev, design, args.N, args.H, args.V)
-            for op in OPS for dev in ("H100-SXM", "H200-SXM") for design in DESIGNS]
+            for op in OPS for dev in ("H100-SXM", "H200-SXM") for design in OP_DESIGNS[op]]
     print(f"N={args.N} H={args.H} V={args.V}, bf16 inputs; 6NHV = {6 * args.N * args.H * args.V / 1e15:.1f} PFLOP; "
           f"attainable = GEMMs at {GEMM_EFFICIENCY:.0%} of peak, passes at {HBM_EFFICIENCY:.0%} of HBM bandwidth\n")
     if args.kernels:
         for op in OPS:
-            for design in DESIGNS:
+            for design in OP_DESIGNS[op]:
                 r = predict(op, "H100-SXM", design, args.N, args.H, args.V)
                 print(f"{op} / {design} on H100-SXM: {r['rows_per_chunk']} rows x {r['chunks']} chunks")
                 harness.print_table(r["kernels"], ["name", "flops_per_chunk", "bytes_per_chunk", "launches", "bound",

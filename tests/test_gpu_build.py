@@ -67,7 +67,7 @@ def test_recording_restores_the_kernels(probe):
 def test_enumeration_reaches_every_constexpr_the_launchers_set(probe):
     names = {x["name"] for x in probe["launches"]}
     assert names == {"_logprob_rows_forward_kernel", "_logprob_rows_backward_kernel", "_ppo_rows_fused_kernel",
-                     "_ppo_terms_kernel"}
+                     "_ppo_terms_kernel", "_linear_stats_kernel"}
     fused = _constexprs(probe, "_ppo_rows_fused_kernel")
     combos = {(c["HAS_DUAL"], c["HAS_KL"], c["KL_ESTIMATOR"], c["HAS_ENTROPY"]) for c in fused}
     assert len(combos) == 2 * 2 * 3 * 2
@@ -143,7 +143,7 @@ def test_model_counts_the_fused_ops_flops():
     assert scheme["chunks"] <= 10  # within LMHead.MAX_LOW_PRECISION_STEPS
     # More bandwidth never predicts a slower call.
     for op in model.OPS:
-        for design in model.DESIGNS:
+        for design in model.OP_DESIGNS[op]:
             assert (model.predict(op, "H200-SXM", design)["attainable_ms"]
                     <= model.predict(op, "H100-SXM", design)["attainable_ms"])
     assert model.device_key("NVIDIA H200") == "H200-SXM" and model.device_key("cpu") is None
