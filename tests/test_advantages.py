@@ -116,7 +116,9 @@ def _rho(values, m):
 def _passk_from_the_api_definitions(rewards, k, variant):
     """group_advantages' documented definitions, by enumeration written here (not the reference's
     formulation): s_i = (1/C(n,k)) sum over the k-subsets I that hold i of max_I r;
-    "loo" = s_i - k/(n-1) rho(r without i, k); "loo-1" = s_i - (k/n) rho(r without i, k-1)."""
+    "loo" = s_i - k/(n-1) rho(r without i, k); "loo-1" = s_i - (k/n) rho(r without i, k-1), and
+    at k = 1 PKPO's leave-one-out mean s_i - (1/n) rho(r without i, 1) (RLOO / n); "centred" =
+    loo-1 minus its group mean."""
     r = [Fraction(x) for x in rewards]
     n = len(r)
     out = []
@@ -129,7 +131,11 @@ def _passk_from_the_api_definitions(rewards, k, variant):
         elif variant == "loo":
             out.append(s_i - Fraction(k, n - 1) * _rho(rest, k))
         else:
-            out.append(s_i - Fraction(k, n) * _rho(rest, k - 1))
+            m = 1 if k == 1 else k - 1
+            out.append(s_i - Fraction(k, n) * _rho(rest, m) if rest else s_i)
+    if variant == "centred":
+        mean = sum(out, Fraction(0)) / n
+        out = [x - mean for x in out]
     return [float(x) for x in out]
 
 
@@ -310,8 +316,6 @@ def test_empty_inputs(backend):
     (float("nan"), "rloo", r"rewards must be finite.*index 5"),
     (float("inf"), "grpo", r"rewards must be finite.*index 5"),
     (float("-inf"), "passk", r"rewards must be finite.*index 5"),
-    (1.5, "passk", r"rewards must lie in \[0, 1\] for estimator='passk'.*; found 1.5 at index 5"),
-    (-0.25, "passk", r"must lie in \[0, 1\].*found -0.25 at index 5"),
     (0.5, "passk_chen", r"rewards must be 0 or 1 for estimator='passk_chen'.*found 0.5 at index 5"),
 ])
 def test_bad_rewards_name_the_first_offending_sample(backend, bad, estimator, match):
@@ -415,3 +419,47 @@ def test_all_subsets_sum_check_for_the_brute_force_reference_itself():
     assert chen == pytest.approx([5 ** -0.5, -(5 ** -0.5), -(5 ** -0.5), 5 ** -0.5], rel=1e-15)
     assert float(ref.unbiased_max_at_k([Fraction(x) for x in r], 2)) == 5 / 6
     assert sum(ref.passk_by_enumeration(r, 2, "s")) == pytest.approx(2 * 5 / 6, abs=1e-15)  # sum s_i = k pass@k
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("variant", ["s", "loo", "loo-1", "centred"])
+def test_passk_takes_any_real_reward(backend, variant):
+    # PKPO's objective E[max of k rewards] is defined for any reals (these used to be refused).
+    gen = torch.Generator().manual_seed(5)
+    for n, k in ((5, 2), (6, 3), (4, 4), (7, 1)):
+        if variant == "loo" and k >= n:
+            continue
+        r = torch.randn(n, generator=gen, dtype=torch.float64) * 3
+        got = _adv(r, n, backend, estimator="passk", k=k, variant=variant)
+        want = torch.tensor(_passk_from_the_api_definitions(r.tolist(), k, variant), dtype=torch.float64)
+        torch.testing.assert_close(got.cpu().double(), want, rtol=1e-12, atol=1e-12, msg=f"n={n} k={k}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_passk_with_k_1_is_rloo_on_the_s_scale(backend):
+    r = torch.tensor([1.0, 0.0, 0.5, 0.25, 1.0, 0.0], dtype=torch.float64)
+    got = _adv(r, 3, backend, estimator="passk", k=1)
+    rloo = _adv(r, 3, backend, estimator="rloo")
+    torch.testing.assert_close(got.cpu().double(), rloo.cpu().double() / 3, rtol=1e-13, atol=1e-13)
+
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_length_penalty_scores_unfinished_responses_zero_and_leaves_them_out(backend):
+    # Arora & Zanette's reference code: a response cut off at the token limit (no EOS) gets 0 and
+    # does not count in its prompt's mean and std of correct lengths.
+    dev = _device(backend)
+    correct = torch.tensor([1, 1, 1, 0, 1, 1], dtype=torch.bool)
+    lengths = torch.tensor([10.0, 30.0, 64.0, 5.0, 20.0, 64.0], dtype=torch.float64)
+    finished = torch.tensor([True, True, False, True, True, False])
+    got = ik.length_penalized_rewards(correct.to(dev), lengths.to(dev), 3, alpha=0.2, finished=finished.to(dev),
+                                      backend=backend).cpu()
+    # Group 0: correct and finished are lengths 10, 30: mu 20, sd 10. Group 1: only length 20 (sd 0).
+    sig = lambda x: 1.0 / (1.0 + math.exp(-x))  # noqa: E731
+    want = torch.tensor([1 - 0.2 * sig(-10 / (10 + 1e-7)), 1 - 0.2 * sig(10 / (10 + 1e-7)), 0.0, 0.0,
+                         1 - 0.2 * sig(0.0), 0.0], dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="finished must be a bool tensor"):
+        ik.length_penalized_rewards(correct, lengths, 3, alpha=0.2, finished=torch.full((6,), 0.5))
+    with pytest.raises(ValueError, match=r"finished must have shape \(6,\)"):
+        ik.length_penalized_rewards(correct, lengths, 3, alpha=0.2, finished=torch.ones(5, dtype=torch.bool))

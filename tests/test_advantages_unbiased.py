@@ -157,6 +157,10 @@ def _tang_expectations(backend, rewards, n, k):
     p = torch.softmax(THETA, 0)
     adv = ik.group_advantages(rewards[Y].reshape(-1), n, estimator="passk", k=k, backend=backend).reshape(Y.shape)
     centred = adv - adv.mean(1, keepdim=True)
+    # The API's variant="centred" is exactly this form (offered, and documented as biased).
+    api = ik.group_advantages(rewards[Y].reshape(-1), n, estimator="passk", k=k, variant="centred",
+                              backend=backend).reshape(Y.shape)
+    torch.testing.assert_close(api, centred, rtol=0, atol=1e-12)
     score = torch.nn.functional.one_hot(Y, 4).double() - p
     prob = p[Y].prod(1)
     return torch.einsum("o,oi,oim->m", prob, adv, score), torch.einsum("o,oi,oim->m", prob, centred, score)

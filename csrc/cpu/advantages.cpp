@@ -244,6 +244,7 @@ void bind_advantages(py::module_& m) {
   variants["s"] = static_cast<int>(ia::adv::kVariantS);
   variants["loo"] = static_cast<int>(ia::adv::kVariantLoo);
   variants["loo-1"] = static_cast<int>(ia::adv::kVariantLooMinus1);
+  variants["centred"] = static_cast<int>(ia::adv::kVariantCentred);
   m.attr("PASSK_VARIANT_CODES") = variants;
   m.attr("REWARD_ERROR_CODES") = py::make_tuple(static_cast<int>(ia::adv::kNonFinite),
                                                 static_cast<int>(ia::adv::kOutsideUnit),

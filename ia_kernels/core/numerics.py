@@ -24,7 +24,7 @@ KL_ESTIMATOR_CODES = {"k1": 1, "k2": 2, "k3": 3}
 # group_advantages's estimators and passk's variants, with their codes in ia::adv::Estimator and
 # ia::adv::PassKVariant; the estimators that take a k.
 ESTIMATOR_CODES = {"reinforce": 0, "rloo": 1, "grpo": 2, "dr_grpo": 3, "passk": 4, "passk_chen": 5, "majority": 6}
-PASSK_VARIANT_CODES = {"s": 0, "loo": 1, "loo-1": 2}
+PASSK_VARIANT_CODES = {"s": 0, "loo": 1, "loo-1": 2, "centred": 3}
 ESTIMATORS_USING_K = ("passk", "passk_chen", "majority")
 
 # ia::adv::InputError: what a reward failed (the kernels report the first offending sample).

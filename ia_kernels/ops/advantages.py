@@ -8,7 +8,7 @@ constants of the policy loss.
 
 Groups are an int (fixed size, contiguous) or a tensor of group ids in any order and sizes
 (core/groups.py turns ids into CSR offsets over one stable sort). The native kernels check the
-rewards as they read them (NaN/inf, passk's [0, 1], passk_chen's {0, 1}), so the checks cost no
+rewards as they read them (NaN/inf, passk_chen's {0, 1}), so the checks cost no
 extra pass; the PyTorch path checks them with tensor ops. Either way a bad reward is a
 ValueError naming the first offending sample.
 """
@@ -135,7 +135,7 @@ def group_advantages(rewards: torch.Tensor, groups, *, estimator: str, k: int | 
             "rloo"       A_i = r_i - mean of the other rewards of the group;
             "grpo"       (r_i - mean) / (std + eps), std with Bessel's correction;
             "dr_grpo"    r_i - mean;
-            "passk"      unbiased per-sample values for E[max of k rewards] (rewards in [0, 1]):
+            "passk"      unbiased per-sample values for E[max of k rewards] (any real rewards):
                          PKPO (Walder & Karkhanis 2025); with n == k and the default variant this is
                          Tang et al.'s max(r) - max(r without i);
             "passk_chen" Chen et al. 2025's analytic pass@k advantages (binary rewards);
@@ -150,7 +150,12 @@ def group_advantages(rewards: torch.Tensor, groups, *, estimator: str, k: int | 
         variant: passk's baseline (PKPO's definitions; see csrc/include/ia/advantages.h):
             "s" none; "loo" s_i - k/(n-1) * rho(r without i, k) (needs k < n);
             "loo-1" (default) s_i - (k/n) * rho(r without i, k-1), where rho(g, m) is the unbiased
-            estimate of E[max of m] from the values g.
+            estimate of E[max of m] from the values g; at k = 1, PKPO's leave-one-out mean
+            s_i - (1/n) * mean(r without i) = RLOO / n (the s scale of k > 1);
+            "centred": loo-1 minus its group mean, Tang et al.'s centred form. BIASED: the group
+            mean holds sample i's own advantage (in tests/test_advantages_unbiased.py its expected
+            update is 8% off grad E[max of 4] in norm on continuous rewards, and 0.84x-1.43x of it,
+            depending on the policy, on binary ones); offered to reproduce the paper.
         nan_policy: what a NaN reward means. "raise" (default): a ValueError naming the first one.
             "omit": a NaN reward is "no reward" (TRL's unscorable completion): the sample is left
             out of its group's statistics and gets advantage 0; the estimator runs on the group's
@@ -228,13 +233,17 @@ def _omit_nan(rewards, groups, nan, *, estimator, k, answers, eps, variant, back
 
 
 def length_penalized_rewards(correct: torch.Tensor, lengths: torch.Tensor, groups, *, alpha: float,
-                             threshold: float | None = None, backend: str | None = None) -> torch.Tensor:
+                             threshold: float | None = None, finished: torch.Tensor | None = None,
+                             backend: str | None = None) -> torch.Tensor:
     """Arora & Zanette (2025)'s length-penalised rewards.
 
     A correct response gets r = 1 - alpha * sigmoid((len - mu) / (sd + 1e-7)), where mu and sd
     are the mean and population std of the lengths of the correct responses of the same prompt
     (group); an incorrect response gets 0. Shorter-than-average correct answers earn more. The
     paper then trains with RLOO: pass the result to group_advantages(..., estimator="rloo").
+    With `finished`, a response cut off before its end of sequence scores 0 and is left out of
+    its group's statistics, as in the paper's reference code (a correct answer truncated at the
+    token limit would otherwise earn a reward and inflate the statistics of the long tail).
 
     Args:
         correct: [n] bool, or integer/float 0/1 values; with `threshold`, float rewards instead,
@@ -244,6 +253,8 @@ def length_penalized_rewards(correct: torch.Tensor, lengths: torch.Tensor, group
         groups: an int (group size, contiguous), an integer tensor [n] of group ids (any
             integer values, negative included), or a list / tuple / numpy array of n hashable labels.
         threshold: None (correct holds 0/1), or a real number: correct = rewards > threshold.
+        finished: [n] bool (or 0/1): whether each response ended with an end-of-sequence token;
+            None: every response did.
         alpha: the penalty's weight, a real number in [0, 1] (0: plain correctness; 1 keeps
             correct >= incorrect); bool, str and NaN are rejected.
         backend: "torch", "cpu" or "cuda"; None picks the fastest one verified on the device
@@ -286,6 +297,19 @@ def length_penalized_rewards(correct: torch.Tensor, lengths: torch.Tensor, group
         i = int(bad.nonzero()[0, 0])
         raise ValueError(f"lengths must be finite and >= 0 (response lengths in tokens); found "
                          f"{lengths64[i].item()} at index {i}")
+    if finished is not None:
+        _checks.require_tensor("finished", finished)
+        _checks.require_shape("finished", finished, tuple(correct.shape), "one flag per response")
+        _checks.require_same_device(correct=correct, finished=finished)
+        if finished.dtype != torch.bool:
+            if finished.dtype not in _checks.INT_DTYPES + _checks.FLOAT_DTYPES or (
+                    finished.numel() and not bool(((finished == 0) | (finished == 1)).all())):
+                raise ValueError("finished must be a bool tensor (or hold only 0/1): True where the response "
+                                 "ended with an end-of-sequence token")
+            finished = finished != 0
+        # An unfinished response is scored and counted exactly as an incorrect one: reward 0, and
+        # out of the mean and std of its group's correct lengths. Every backend gets it from here.
+        correct = correct & finished
     groups = group_ids(groups, correct.numel(), correct.device)
     layout = group_layout(groups, correct.numel(), correct.device, what="responses")
     dtype = torch.float64 if lengths.dtype == torch.float64 else torch.float32

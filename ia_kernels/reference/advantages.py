@@ -33,7 +33,7 @@ def _groups_of(groups, n: int) -> list[list[int]]:
 
 def _max(values) -> Fraction:
     values = list(values)
-    return max(values) if values else Fraction(0)  # max of nothing is 0 (rewards are >= 0)
+    return max(values) if values else Fraction(0)  # max of nothing is 0 (never used below k = 2)
 
 
 # ---- passk, straight from PKPO's definitions (enumeration) ---------------------------------------
@@ -52,7 +52,11 @@ def passk_by_enumeration(rewards: Sequence[float], k: int, variant: str = "loo-1
 
     s_i           = S(i, k, [n]) = (1/C(n,k)) sum_{I ∋ i} max_I r
     "loo":   s_i - (1/(n-1)) sum_{j != i} S(j, k, [n] \\ {i})
-    "loo-1": (1/C(n,k)) sum_{I ∋ i} (max_I r - max_{I \\ {i}} r)     (max of nothing = 0)
+    "loo-1": (1/C(n,k)) sum_{I ∋ i} (max_I r - max_{I \\ {i}} r)     (k >= 2)
+             s_i - (1/n) mean_{j != i} r_j = (r_i - mean_{j != i} r_j) / n   (k = 1: PKPO's leave-one-out
+             mean baseline, RLOO on the s scale; a group of one keeps s_i)
+    "centred": loo-1 minus its group mean (Tang et al.'s centred form; biased)
+    Rewards may be any real numbers.
     """
     r = [Fraction(x) for x in rewards]
     n = len(r)
@@ -65,13 +69,19 @@ def passk_by_enumeration(rewards: Sequence[float], k: int, variant: str = "loo-1
         elif variant == "loo":
             rest = [j for j in everyone if j != i]
             out.append(s_i - sum(_subset_mean_max_with(r, j, k, rest) for j in rest) / (n - 1))
-        elif variant == "loo-1":
+        elif variant in ("loo-1", "centred") and k == 1:
+            rest = [r[j] for j in everyone if j != i]
+            out.append(s_i - (sum(rest, Fraction(0)) / len(rest) / n if rest else 0))
+        elif variant in ("loo-1", "centred"):
             total = Fraction(0)
             for others in itertools.combinations([j for j in everyone if j != i], k - 1):
                 total += _max([r[i]] + [r[j] for j in others]) - _max(r[j] for j in others)
             out.append(total / math.comb(n, k))
         else:
             raise ValueError(f"unknown variant {variant!r}")
+    if variant == "centred":
+        mean = sum(out, Fraction(0)) / n
+        out = [x - mean for x in out]
     return [float(x) for x in out]
 
 
@@ -121,8 +131,13 @@ def _passk_closed_form(r: list[Fraction], k: int, variant: str) -> list[Fraction
         rest = r[:i] + r[i + 1:]
         if variant == "loo":
             out.append(s[i] - Fraction(k, n - 1) * unbiased_max_at_k(rest, k))
+        elif k == 1:  # loo-1 / centred at k = 1: the leave-one-out mean, on the s scale
+            out.append(s[i] - (Fraction(1, n) * unbiased_max_at_k(rest, 1) if rest else 0))
         else:
             out.append(s[i] - Fraction(k, n) * unbiased_max_at_k(rest, k - 1))
+    if variant == "centred":
+        mean = sum(out, Fraction(0)) / n
+        out = [x - mean for x in out]
     return out
 
 

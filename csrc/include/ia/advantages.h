@@ -35,13 +35,14 @@ enum PassKVariant : int {
   kVariantS = 0,
   kVariantLoo = 1,
   kVariantLooMinus1 = 2,
+  kVariantCentred = 3,  // loo-1 minus its group mean: Tang et al.'s centred form (biased)
 };
 
 // Input errors a kernel reports (with the index of the first offending sample).
 enum InputError : int {
   kOk = 0,
   kNonFinite = 1,      // NaN or inf reward
-  kOutsideUnit = 2,    // passk reward outside [0, 1]
+  kOutsideUnit = 2,    // (no longer reported: PKPO's passk takes any real reward)
   kNotBinary = 3,      // passk_chen reward other than 0 or 1
 };
 
@@ -51,7 +52,6 @@ IA_HOST_DEVICE int check_reward(int estimator, double r) {
 #else
   if (!std::isfinite(r)) return kNonFinite;
 #endif
-  if (estimator == kPassK && (r < 0.0 || r > 1.0)) return kOutsideUnit;
   if (estimator == kPassKChen && r != 0.0 && r != 1.0) return kNotBinary;
   return kOk;
 }
@@ -160,8 +160,13 @@ IA_HOST_DEVICE bool is_affine(int estimator) {
 //   "loo":   s_i - (1/(n-1)) sum_{j != i} S(j, k, g without i)  =  s_i - k/(n-1) * rho(g_{-i}, k),
 //            S(.) being s computed on the n-1 other samples; needs k <= n-1.
 //   "loo-1": (1/C(n,k)) sum_{I containing i} [max_I g - max_{I \ i} g]  =  s_i - (k/n) rho(g_{-i}, k-1)
-//            (the k-1 subsets I \ i are each counted once; C(n-1,k-1)/C(n,k) = k/n). With k = 1,
-//            rho(., 0) = 0 and loo-1 is s. With n == k it is Tang et al.'s max(r) - max(r without i).
+//            (the k-1 subsets I \ i are each counted once; C(n-1,k-1)/C(n,k) = k/n). With k = 1 the
+//            baseline is PKPO's leave-one-out mean, s_i - (1/n) mean(g_{-i}) = RLOO / n (the same
+//            scale as k > 1: sum_i s_i = k rho); a group of one keeps s. With n == k it is Tang et
+//            al.'s max(r) - max(r without i).
+//   "centred": loo-1 minus its group mean, Tang et al.'s centred form: it depends on every sample,
+//            so it is biased (tests/test_advantages_unbiased.py measures by how much).
+// Rewards may be any real numbers (PKPO: the objective is the expected max of k rewards).
 // Binomial ratios are built by ratio recursions from the top position down (never C(n,k) itself):
 //     C(j-1,k-1)/C(n,k): top value k/n (j = n), then times (j-k)/(j-1) going from j to j-1;
 //     C(j-2,k-2)/C(n,k): top value k(k-1)/(n(n-1)),  then times (j-k)/(j-2).
@@ -193,8 +198,8 @@ IA_HOST_DEVICE void fill_passk_tables(PassKTables t, int n, int k, int variant) 
     w = (j > k) ? w * static_cast<double>(j - k) / (j - 1) : 0.0;
     u = (j > k && j > 2) ? u * static_cast<double>(j - k) / (j - 2) : 0.0;
   }
-  const int m = variant == kVariantLoo ? k : k - 1;
-  if (variant == kVariantS || m < 1) {
+  const int m = variant == kVariantLoo ? k : (k == 1 ? 1 : k - 1);  // loo-1 at k = 1: the mean
+  if (variant == kVariantS || m < 1 || n < 2) {
     for (int q = 0; q < n; ++q) t.v[q] = 0.0;
   } else {
     order_weights(t.v, n - 1, m);
@@ -220,10 +225,15 @@ IA_HOST_DEVICE void passk(GroupScratch s, PassKTables t, int n, int k, int varia
     tail += t.u[p] * s.g[p];
     if (p >= 1) above += t.v[p - 1] * s.g[p];
   }
-  double below = 0.0;
+  double below = 0.0, total = 0.0;
   for (int p = 0; p < n; ++p) {
     s.a[s.idx[p]] = part[p] - scale * below;
+    total += s.a[s.idx[p]];
     below += t.v[p] * s.g[p];
+  }
+  if (variant == kVariantCentred) {
+    const double mean = total / n;
+    for (int i = 0; i < n; ++i) s.a[i] -= mean;
   }
 }
 

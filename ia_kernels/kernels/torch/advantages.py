@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ...core.groups import GroupLayout, from_padded, padded_index, padded_mask, to_padded
-from ...core.numerics import REWARD_NON_FINITE, REWARD_NOT_BINARY, REWARD_OUTSIDE_UNIT, compute_dtype
+from ...core.numerics import REWARD_NON_FINITE, REWARD_NOT_BINARY, compute_dtype
 
 
 def _log_binom(a: torch.Tensor, b) -> torch.Tensor:
@@ -67,7 +67,7 @@ def _passk(R, M, n, k: int, variant: str):
     u = torch.exp(_log_binom(p - 1, k - 2) - log_cnk)  # C(p-1, k-2)/C(n, k): subsets with p and a higher max
     s = torch.where(valid, w * Gs + _suffix_sum_after(torch.where(valid, u * Gs, 0.0)), 0.0)
     if variant != "s":
-        m = k if variant == "loo" else k - 1
+        m = k if variant == "loo" else (1 if k == 1 else k - 1)  # loo-1 at k = 1: the leave-one-out mean
         scale = k / (n - 1).clamp_min(1) if variant == "loo" else k / n
         if m >= 1:
             # rho(g without p, m): positions above p shift down by one once p is removed.
@@ -77,6 +77,8 @@ def _passk(R, M, n, k: int, variant: str):
             v_shift = torch.cat([torch.zeros_like(v[:, :1]), v[:, :-1]], dim=1)
             above = _suffix_sum_after(torch.where(valid, v_shift * Gs, 0.0))
             s = s - scale * (below + above)
+        if variant == "centred":  # Tang's centred form: loo-1 minus its group mean (biased)
+            s = torch.where(valid, s - torch.where(valid, s, 0.0).sum(1, keepdim=True) / n, 0.0)
     return torch.zeros_like(s).scatter_(1, perm, s)
 
 
@@ -152,9 +154,7 @@ def _length_penalized_rewards(correct: torch.Tensor, lengths: torch.Tensor, layo
 def _reward_check(rewards: torch.Tensor, estimator: str) -> tuple[int, int]:
     """(code, first offending index) with the native kernels' semantics, or (0, -1)."""
     code = (~torch.isfinite(rewards)).to(torch.int8) * REWARD_NON_FINITE
-    if estimator == "passk":
-        code = torch.where((code == 0) & ((rewards < 0) | (rewards > 1)), REWARD_OUTSIDE_UNIT, code)
-    elif estimator == "passk_chen":
+    if estimator == "passk_chen":
         code = torch.where((code == 0) & (rewards != 0) & (rewards != 1), REWARD_NOT_BINARY, code)
     bad = code.nonzero()
     if bad.numel() == 0:
