@@ -249,6 +249,7 @@ def read_yaml(path: str) -> dict:
 
 def validate(cfg: Config) -> None:
     """Cheap checks of everything that can be checked without loading a model."""
+    from .distributed import check as check_launcher
     from .models import check_model_source
     from .tasks import check_task
 
@@ -316,6 +317,7 @@ def validate(cfg: Config) -> None:
         check_resume(cfg, out)
     check_task(cfg.task, cfg.task_options)
     check_model_source(cfg.model)
+    check_launcher(cfg)
 
 
 # ops that ia-train calls with backend=cfg.backend

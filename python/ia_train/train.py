@@ -15,21 +15,23 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import ia_kernels
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint, plots
+from . import checkpoint, distributed, plots
 from .attention import CALLS as ATTENTION_CALLS
 from .attention import choose_attention
+from .distributed import SINGLE, Dist, Policy, gathered
 from .config import Config, resume_changes
 from .errors import ConfigError
 from .evaluation import METRICS, answer_ids, change, summarize
 from .files import RunFileError, read_json, write_json, writing
 from .logger import MetricsLog, read_metrics
-from .models import body_and_head, format_prompt, load_model
+from .models import format_prompt, load_model
 from .rollout import Rollout, sample
 from .tasks import load_task
 
@@ -75,20 +77,25 @@ def split_problems(task, cfg: Config) -> tuple[list, list]:
     return train, held
 
 
-def evaluate(model, tokenizer, task, problems, cfg: Config, label: str) -> tuple[dict, list[dict]]:
-    """n samples per held-out problem -> summary (pass@1, pass@k, maj@k, mean_tokens, with CIs)."""
-    correct, answers, lengths, samples = sample_and_score(model, tokenizer, task, problems, cfg, label)
+def evaluate(model, tokenizer, task, problems, cfg: Config, label: str, d: Dist = SINGLE) -> tuple[dict, list[dict]]:
+    """n samples per held-out problem -> summary (pass@1, pass@k, maj@k, mean_tokens, with CIs).
+    With several ranks each samples its block of the problems; the results are gathered in order."""
+    with gathered(model):
+        results = sample_and_score(model, tokenizer, task, distributed.my_block(problems, d), cfg, label, d)
+    correct, answers, lengths, samples = (distributed.gather_lists(part, d) for part in results)
     return summarize(correct, answers, lengths, cfg.k, seed=cfg.seed), samples
 
 
-def sample_and_score(model, tokenizer, task, problems, cfg: Config, label: str):
+def sample_and_score(model, tokenizer, task, problems, cfg: Config, label: str, d: Dist = SINGLE):
     """cfg.eval_n samples per problem -> per problem: correctness, final answers, response lengths
     (lists of n), and the samples themselves for inspection."""
-    torch.manual_seed(step_seed(cfg.seed, -1))  # the same sampling noise before and after training
+    # the same sampling noise before and after training (each rank its own)
+    torch.manual_seed(distributed.rank_seed(step_seed(cfg.seed, -1), d))
     n = cfg.eval_n
     per_chunk = max(1, cfg.eval_batch // n)
     correct, answers, lengths, samples = [], [], [], []
-    for start in tqdm(range(0, len(problems), per_chunk), desc=f"eval {label}", unit="batch", leave=False):
+    for start in tqdm(range(0, len(problems), per_chunk), desc=f"eval {label}", unit="batch", leave=False,
+                      disable=not d.main):
         chunk = problems[start:start + per_chunk]
         ro = sample(model, tokenizer, [format_prompt(tokenizer, p.prompt) for p in chunk], n,
                     temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch)
@@ -119,24 +126,31 @@ def trim(ro: Rollout) -> tuple[Rollout, torch.Tensor]:
                    ro.response_mask[:, :last - ro.prompt_width], ro.texts, ro.lengths), pos
 
 
-def response_hidden(body, ro: Rollout, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(hidden [B, T, H], targets [B, T], mask [B, T]): the final hidden states at the positions that
-    predict the response tokens, those tokens, and which of them are real (not padding)."""
+class ResponseBatch(NamedTuple):
+    hidden: torch.Tensor  # [B, T, H] final hidden states at the positions that predict the response tokens
+    targets: torch.Tensor  # [B, T] the response tokens
+    mask: torch.Tensor  # [B, T] which of them are real (not padding)
+    weight: torch.Tensor  # [V, H] the LM-head weight (gathered, under FSDP)
+    bias: torch.Tensor | None
+
+
+def response_hidden(policy: Policy, ro: Rollout, device: torch.device) -> ResponseBatch:
+    """One forward of the policy's body on a rollout: what the loss needs, never the logits."""
     ro, pos = trim(ro)
     ids, amask = ro.input_ids.to(device), ro.attention_mask.to(device)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        h = body(input_ids=ids, attention_mask=amask, position_ids=pos.to(device), use_cache=False).last_hidden_state
-    return h[:, ro.prompt_width - 1:-1], ro.targets.to(device), ro.response_mask.to(device)
+        h, weight, bias = policy("hidden", input_ids=ids, attention_mask=amask, position_ids=pos.to(device),
+                                 use_cache=False)
+    return ResponseBatch(h[:, ro.prompt_width - 1:-1], ro.targets.to(device), ro.response_mask.to(device), weight, bias)
 
 
 @torch.no_grad()
-def sequence_logprobs(model, ro: Rollout, cfg: Config, device, micro: int) -> torch.Tensor:
+def sequence_logprobs(policy: Policy, ro: Rollout, cfg: Config, device, micro: int) -> torch.Tensor:
     """[B, T] log-probs of the sampled tokens (zero on padding), computed in micro-batches."""
-    body, weight, bias = body_and_head(model)
     out = torch.zeros(ro.response_mask.shape, dtype=torch.float32)
     for start in range(0, ro.input_ids.shape[0], micro):
         rows = slice(start, start + micro)
-        h, targets, mask = response_hidden(body, ro.select(rows), device)
+        h, targets, mask, weight, bias = response_hidden(policy, ro.select(rows), device)
         w = weight.to(h.dtype)
         t = torch.where(mask, targets, -100)
         lp = ia_kernels.linear_logprobs(h, w, t, bias=bias, temperature=cfg.temperature, backend=cfg.backend)
@@ -152,9 +166,21 @@ def loss_options(cfg: Config) -> dict:
     return opts
 
 
+def local_counts(ro: Rollout, batches: list[torch.Tensor], cfg: Config) -> torch.Tensor:
+    """Per micro-batch, the count the loss's aggregation divides by: valid tokens (token-mean) or
+    sequences with a valid token (the seq-mean aggregations)."""
+    token_mean = loss_options(cfg).get("aggregation", "token-mean") == "token-mean"
+    mask = ro.response_mask
+    return torch.tensor([float(mask[rows].sum() if token_mean else mask[rows].any(1).sum()) for rows in batches],
+                        dtype=torch.float64)
+
+
 def ppo_update(model, optimizer, scheduler, ro: Rollout, old_logp, ref_logp, advantages, cfg: Config,
-               device, generator: torch.Generator) -> dict:
-    body, weight, bias = body_and_head(model)
+               device, generator: torch.Generator, d: Dist = SINGLE) -> dict:
+    """cfg.ppo_epochs passes over the rollout batch, each in cfg.minibatches optimiser steps of
+    cfg.grad_accum micro-batches. With several ranks each passes over its own rows, and every
+    micro-batch's loss is scaled so that the averaged gradient is the global batch's
+    (distributed.global_scale); the logged numbers are means over ranks."""
     B = ro.input_ids.shape[0]
     mb = B // cfg.minibatches
     micro = mb // cfg.grad_accum
@@ -163,16 +189,23 @@ def ppo_update(model, optimizer, scheduler, ro: Rollout, old_logp, ref_logp, adv
     grad_norms = []
     for _epoch in range(cfg.ppo_epochs):
         order = torch.randperm(B, generator=generator)
+        batches = [order[m * mb + a * micro: m * mb + (a + 1) * micro]
+                   for m in range(cfg.minibatches) for a in range(cfg.grad_accum)]
+        if d.enabled:
+            counts = local_counts(ro, batches, cfg)
+            scales = distributed.global_scale(counts, distributed.all_sum(counts, d), d).tolist()
         for m in range(cfg.minibatches):
             optimizer.zero_grad(set_to_none=True)
             for a in range(cfg.grad_accum):
-                rows = order[m * mb + a * micro: m * mb + (a + 1) * micro]
-                h, targets, mask = response_hidden(body, ro.select(rows), device)
+                rows = batches[m * cfg.grad_accum + a]
+                h, targets, mask, weight, bias = response_hidden(model, ro.select(rows), device)
                 T = h.shape[1]
                 loss, metrics = ia_kernels.linear_ppo_loss(
                     h, weight.to(h.dtype), targets, old_logp[rows, :T].to(device), advantages[rows].to(device),
                     mask, bias=bias, temperature=cfg.temperature, backend=cfg.backend,
                     ref_logp=None if ref_logp is None else ref_logp[rows, :T].to(device), **loss_options(cfg))
+                if d.enabled:
+                    loss = loss * scales[m * cfg.grad_accum + a]
                 (loss / cfg.grad_accum).backward()
                 sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
                 for key, value in metrics.items():
@@ -180,13 +213,14 @@ def ppo_update(model, optimizer, scheduler, ro: Rollout, old_logp, ref_logp, adv
                         sums[key] = sums.get(key, 0.0) + float(value)
                 count += 1
             if cfg.max_grad_norm > 0:
-                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)))
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                grad_norms.append(distributed.grad_norm_value(norm))
             optimizer.step()
     scheduler.step()
     out = {key: value / count for key, value in sums.items()}
     if grad_norms:
         out["grad_norm"] = float(np.mean(grad_norms))
-    return out
+    return distributed.mean_over_ranks(out, d)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,12 +249,13 @@ class Run:
     """Everything the stages of a run share."""
 
     cfg: Config
+    d: Dist  # rank and world size (distributed.py); SINGLE without a launcher
     out: Path
     device: torch.device
     attention: str
-    model: torch.nn.Module
+    model: Policy  # the causal LM behind Policy's one forward; FSDP-sharded under a launcher
     tokenizer: object
-    ref_model: torch.nn.Module | None
+    ref_model: Policy | None  # frozen, never sharded
     task: object
     train_problems: list
     eval_problems: list
@@ -231,49 +266,60 @@ class Run:
     before: dict | None = None  # the evaluation of the initial model
     info: dict = field(default_factory=dict)
 
+    def say(self, line: str, err: bool = False) -> None:
+        """Prints on rank 0 only."""
+        if self.d.main:
+            print(line, file=sys.stderr if err else sys.stdout, flush=True)
+
 
 def run(cfg: Config) -> dict:
     """The whole experiment (see the module doc); returns the summary written to summary.json."""
     threads = torch.get_num_threads()
     if cfg.threads or cfg.model == "tiny":
         torch.set_num_threads(cfg.threads or 1)
+    d = SINGLE
     try:
-        return _run(cfg)
+        d, device = distributed.init(cfg.device)
+        return _run(cfg, d, device)
     finally:
         torch.set_num_threads(threads)  # callers in the same process (tests) keep their setting
+        distributed.shutdown(d)
 
 
-def _run(cfg: Config) -> dict:
-    r = setup(cfg)
+def _run(cfg: Config, d: Dist, device: torch.device) -> dict:
+    r = setup(cfg, d, device)
     resume(r)
     log = start_log(r)
     evaluate_before(r)
     row, train_seconds = train(r, log)
     if cfg.stop_after is not None and cfg.stop_after < cfg.steps:
-        print(f"stopped after step {cfg.stop_after} (--stop-after); continue with --resume", flush=True)
+        r.say(f"stopped after step {cfg.stop_after} (--stop-after); continue with --resume")
         return {"stopped_at": cfg.stop_after, "last": row}
     return finish(r, row, train_seconds)
 
 
-def setup(cfg: Config) -> Run:
+def setup(cfg: Config, d: Dist = SINGLE, device: torch.device | None = None) -> Run:
     """The output directory, the model (and the frozen reference model for the KL penalty), the task
-    and its training / held-out problems, the optimiser and the learning-rate schedule."""
+    and its training / held-out problems, the optimiser and the learning-rate schedule. Under a
+    launcher every rank loads the same model and shards it (FSDP2) before the optimiser is made."""
     t_start = time.time()
     out = Path(cfg.out)
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device) if device is None else device
     seed_everything(cfg.seed)
     attention = choose_attention(cfg.attention, device)
-    model, tokenizer = load_model(cfg.model, device=device, attention=attention)
-    model.train()
-    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+    lm, tokenizer = load_model(cfg.model, device=device, attention=attention)
+    model = Policy(lm).train()
+    ref_model = Policy(copy.deepcopy(lm)).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+    if d.enabled:
+        distributed.shard(model, d, device)
     task = load_task(cfg.task, cfg.task_options)
     train_problems, eval_problems = split_problems(task, cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     warmup = max(1, cfg.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-    return Run(cfg, out, device, attention, model, tokenizer, ref_model, task, train_problems, eval_problems,
+    return Run(cfg, d, out, device, attention, model, tokenizer, ref_model, task, train_problems, eval_problems,
                optimizer, scheduler, t_start)
 
 
@@ -287,40 +333,60 @@ def resume(r: Run) -> None:
     saved = read_json(r.out / "config.json")  # validate() checked it is there and matches
     if r.eval_problems:
         before_file = r.out / "eval_before.json"
-        try:
-            r.before = read_json(before_file)
-            if not isinstance(r.before, dict) or not all(m in r.before for m in (*METRICS, "per_problem")):
-                raise RunFileError(f"{before_file} does not hold an evaluation summary")
-        except RunFileError as e:  # evaluate the initial model again, before the checkpoint loads
-            print(f"ia-train: {e}; evaluating the initial model again", file=sys.stderr, flush=True)
-            r.before = None
+        problem = None
+        if r.d.main:
+            try:
+                r.before = read_json(before_file)
+                if not isinstance(r.before, dict) or not all(m in r.before for m in (*METRICS, "per_problem")):
+                    raise RunFileError(f"{before_file} does not hold an evaluation summary")
+            except RunFileError as e:
+                problem, r.before = str(e), None
+        r.before, problem = distributed.broadcast((r.before, problem), r.d)
+        if problem is not None:  # evaluate the initial model again, before the checkpoint loads
+            r.say(f"ia-train: {problem}; evaluating the initial model again", err=True)
             _evaluate_initial(r)
-    state = checkpoint.load(r.out / "checkpoints", r.model, r.optimizer, r.scheduler)
+    state = checkpoint.load(r.out / "checkpoints", r.model.lm, r.optimizer, r.scheduler,
+                            warn=lambda line: r.say(line, err=True), dist=r.d)
     r.start_step = state["step"]
     changes = resume_changes(saved, cfg)
-    print(f"ia-train: resuming at step {r.start_step} from {state['checkpoint']}"
-          + (f"; changed settings: {', '.join(changes)}" if changes else ""), flush=True)
+    r.say(f"ia-train: resuming at step {r.start_step} from {state['checkpoint']}"
+          + (f"; changed settings: {', '.join(changes)}" if changes else ""))
 
 
 def start_log(r: Run) -> MetricsLog:
     """config.json (the settings of this invocation), the metrics log (cut back to the checkpoint's
     step on resume), the run's facts (r.info) and the opening line."""
     cfg = r.cfg
-    write_json(r.out / "config.json", cfg.to_dict())
-    log = MetricsLog(r.out, resume_step=r.start_step if cfg.resume else None, tensorboard=cfg.tensorboard)
     r.info.update({"device": str(r.device), "attention": r.attention, "torch": torch.__version__,
                    "python": platform.python_version(), "threads": torch.get_num_threads(),
-                   "parameters": sum(p.numel() for p in r.model.parameters())})
-    print(f"ia-train: model {cfg.model} ({r.info['parameters'] / 1e6:.2f} M parameters), task {cfg.task}, "
-          f"objective {cfg.objective} (k={cfg.k}, n={cfg.n}, alpha={cfg.alpha}), device {r.device}, "
-          f"attention {r.attention}", flush=True)
+                   "parameters": sum(p.numel() for p in r.model.parameters()), "world_size": r.d.world_size})
+    distributed.barrier(r.d)  # every rank has read config.json and the metrics before rank 0 rewrites them
+    if not r.d.main:
+        return NoLog()
+    write_json(r.out / "config.json", cfg.to_dict())
+    log = MetricsLog(r.out, resume_step=r.start_step if cfg.resume else None, tensorboard=cfg.tensorboard)
+    ranks = f", {r.d.world_size} processes (FSDP)" if r.d.enabled else ""
+    r.say(f"ia-train: model {cfg.model} ({r.info['parameters'] / 1e6:.2f} M parameters), task {cfg.task}, "
+          f"objective {cfg.objective} (k={cfg.k}, n={cfg.n}, alpha={cfg.alpha}), device {r.device}{ranks}, "
+          f"attention {r.attention}")
     return log
 
 
+class NoLog:
+    """The metrics log of ranks other than 0."""
+
+    def log(self, row: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _evaluate_initial(r: Run) -> None:
-    r.before, samples = evaluate(r.model, r.tokenizer, r.task, r.eval_problems, r.cfg, "before")
-    write_json(r.out / "eval_before.json", r.before)
-    write_json(r.out / "samples_before.json", samples[:50], indent=1)
+    r.before, samples = evaluate(r.model, r.tokenizer, r.task, r.eval_problems, r.cfg, "before", r.d)
+    if r.d.main:
+        write_json(r.out / "eval_before.json", r.before)
+        write_json(r.out / "samples_before.json", samples[:50], indent=1)
 
 
 def evaluate_before(r: Run) -> None:
@@ -331,8 +397,8 @@ def evaluate_before(r: Run) -> None:
     if r.before is None:
         _evaluate_initial(r)
     b = r.before
-    print(f"before: pass@1 {b['pass@1']:.3f}  pass@{cfg.k} {b['pass@k']:.3f}  "
-          f"maj@{cfg.k} {b['maj@k']:.3f}  mean tokens {b['mean_tokens']:.1f}", flush=True)
+    r.say(f"before: pass@1 {b['pass@1']:.3f}  pass@{cfg.k} {b['pass@k']:.3f}  "
+          f"maj@{cfg.k} {b['maj@k']:.3f}  mean tokens {b['mean_tokens']:.1f}")
 
 
 def train(r: Run, log: MetricsLog) -> tuple[dict, float]:
@@ -340,7 +406,8 @@ def train(r: Run, log: MetricsLog) -> tuple[dict, float]:
     returns (the last step's row, the seconds spent)."""
     cfg = r.cfg
     last_step = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
-    bar = tqdm(range(r.start_step, last_step), desc="train", unit="step", initial=r.start_step, total=cfg.steps)
+    bar = tqdm(range(r.start_step, last_step), desc="train", unit="step", initial=r.start_step, total=cfg.steps,
+               disable=not r.d.main)
     t_train = time.time()
     row: dict = {}
     for step in bar:
@@ -363,16 +430,18 @@ def step_problems(r: Run, step: int) -> list:
 
 
 def train_step(r: Run, step: int) -> dict:
-    """One step: rollouts -> rewards -> advantages -> PPO epochs; returns the step's metrics row."""
-    cfg, device = r.cfg, r.device
-    torch.manual_seed(step_seed(cfg.seed, step))
+    """One step: rollouts -> rewards -> advantages -> PPO epochs; returns the step's metrics row.
+    Under a launcher each rank takes its block of the step's prompts (sampling with its own seed)."""
+    cfg, device, d = r.cfg, r.device, r.d
+    torch.manual_seed(distributed.rank_seed(step_seed(cfg.seed, step), d))
     generator = torch.Generator().manual_seed(step_seed(cfg.seed, step))
-    problems = step_problems(r, step)
+    problems = distributed.my_block(step_problems(r, step), d)
     # --- rollouts
     t0 = time.time()
-    ro = sample(r.model, r.tokenizer, [format_prompt(r.tokenizer, p.prompt) for p in problems], cfg.n,
-                temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                batch_size=max(cfg.eval_batch, len(problems) * cfg.n))
+    with gathered(r.model):
+        ro = sample(r.model, r.tokenizer, [format_prompt(r.tokenizer, p.prompt) for p in problems], cfg.n,
+                    temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                    batch_size=max(cfg.eval_batch, len(problems) * cfg.n))
     t_sample = time.time() - t0
     # --- rewards and advantages
     rows = [problems[i // cfg.n] for i in range(len(ro.texts))]
@@ -389,12 +458,15 @@ def train_step(r: Run, step: int) -> dict:
     # --- PPO
     t0 = time.time()
     micro = ro.input_ids.shape[0] // (cfg.minibatches * cfg.grad_accum)
-    old_logp = sequence_logprobs(r.model, ro, cfg, device, micro)
+    with gathered(r.model):
+        old_logp = sequence_logprobs(r.model, ro, cfg, device, micro)
     ref_logp = sequence_logprobs(r.ref_model, ro, cfg, device, micro) if r.ref_model is not None else None
-    stats = ppo_update(r.model, r.optimizer, r.scheduler, ro, old_logp, ref_logp, advantages, cfg, device, generator)
+    stats = ppo_update(r.model, r.optimizer, r.scheduler, ro, old_logp, ref_logp, advantages, cfg, device, generator, d)
     t_update = time.time() - t0
-    row = {"step": step + 1, "reward": float(rewards.mean()), "accuracy": float(correct.float().mean()),
-           "mean_tokens": float(ro.lengths.float().mean()), "adv_abs": float(advantages.abs().mean()),
+    batch = distributed.mean_over_ranks(
+        {"reward": float(rewards.mean()), "accuracy": float(correct.float().mean()),
+         "mean_tokens": float(ro.lengths.float().mean()), "adv_abs": float(advantages.abs().mean())}, d)
+    row = {"step": step + 1, **{k: batch[k] for k in ("reward", "accuracy", "mean_tokens", "adv_abs")},
            "lr": r.scheduler.get_last_lr()[0], "time_sample": t_sample, "time_update": t_update, **stats}
     if not np.isfinite(stats.get("loss", 0.0)):
         raise TrainingDiverged(f"step {step + 1}: the loss is {stats['loss']}; the weights are no longer usable, "
@@ -404,12 +476,14 @@ def train_step(r: Run, step: int) -> dict:
 
 def save_checkpoint(r: Run, done: int) -> None:
     """A checkpoint after step `done`, unless the weights stopped being finite."""
-    bad = next((name for name, p in r.model.named_parameters() if not torch.isfinite(p).all()), None)
-    if bad is not None:
-        raise TrainingDiverged(f"step {done}: {bad} holds non-finite values; no checkpoint was written "
+    lm = r.model.lm
+    bad = [name for name, p in lm.named_parameters() if not torch.isfinite(distributed.local_tensor(p)).all()][:1]
+    bad = distributed.gather_lists(bad, r.d)
+    if bad:
+        raise TrainingDiverged(f"step {done}: {bad[0]} holds non-finite values; no checkpoint was written "
                                "(the last one is kept); lower --lr or --max-grad-norm")
-    checkpoint.save(r.out / "checkpoints", done, r.model, r.optimizer, r.scheduler,
-                    {"data_position": done * r.cfg.prompts_per_step})
+    checkpoint.save(r.out / "checkpoints", done, lm, r.optimizer, r.scheduler,
+                    {"data_position": done * r.cfg.prompts_per_step}, dist=r.d)
 
 
 def finish(r: Run, row: dict, train_seconds: float) -> dict:
@@ -418,12 +492,15 @@ def finish(r: Run, row: dict, train_seconds: float) -> dict:
     summary = {"k": cfg.k, "n": cfg.eval_n, "config": cfg.to_dict(), "info": r.info,
                "train_seconds": train_seconds}
     if r.eval_problems:
-        after, samples = evaluate(r.model, r.tokenizer, r.task, r.eval_problems, cfg, "after")
-        write_json(out / "samples_after.json", samples[:50], indent=1)
+        after, samples = evaluate(r.model, r.tokenizer, r.task, r.eval_problems, cfg, "after", r.d)
         summary.update(before=r.before, after=after, change=change(r.before, after, seed=cfg.seed))
     r.info["attention_calls"] = dict(ATTENTION_CALLS)
     summary["last_step"] = row
     summary["wall_seconds"] = time.time() - r.t_start
+    if not r.d.main:
+        return summary
+    if r.eval_problems:
+        write_json(out / "samples_after.json", samples[:50], indent=1)
     with writing(out / "training_curves.png"):
         plots.training_curves(read_metrics(out), out / "training_curves.png",
                               title=f"{cfg.task} / {cfg.objective} (k={cfg.k}, n={cfg.n})")

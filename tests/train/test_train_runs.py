@@ -113,7 +113,7 @@ def test_a_run_that_diverges_stops_before_writing_a_checkpoint(tmp_path, monkeyp
     def poisoned(model, *args, **kwargs):  # what an overflowing update does to the weights
         out = real_update(model, *args, **kwargs)
         with torch.no_grad():
-            model.lm_head.weight.fill_(float("nan")) if hasattr(model, "lm_head") else None
+            model.lm.lm_head.weight.fill_(float("nan"))  # model: the Policy around the causal LM
         return out
 
     monkeypatch.setattr(train, "ppo_update", poisoned)
