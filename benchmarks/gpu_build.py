@@ -268,17 +268,23 @@ def ttir_hash(launch: Launch, cc: int = 90) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def distinct_variants(launches: list[Launch], by_ir: bool = True) -> list[Launch]:
-    """The launches Triton would compile separately; with `by_ir`, one per distinct Triton IR.
-    Each kept launch gets `covers`: how many recorded launches it stands for."""
+def distinct_variants(launches: list[Launch], by_ir: bool = True, jobs: int = 1) -> list[Launch]:
+    """The launches Triton would compile separately; with `by_ir`, one per distinct Triton IR
+    (hashed in `jobs` processes). Each kept launch gets `covers`: how many launches it stands for."""
     by_key: dict = {}
     for launch in launches:
         by_key.setdefault(variant_key(launch), []).append(launch)
     groups = list(by_key.values())
     if by_ir:
+        firsts = [group[0] for group in groups]
+        if jobs > 1:
+            with ProcessPoolExecutor(jobs) as pool:
+                hashes = list(pool.map(ttir_hash, firsts, chunksize=8))
+        else:
+            hashes = [ttir_hash(x) for x in firsts]
         by_hash: dict = {}
-        for group in groups:
-            by_hash.setdefault(ttir_hash(group[0]), []).extend(group)
+        for h, group in zip(hashes, groups):
+            by_hash.setdefault(h, []).extend(group)
         groups = list(by_hash.values())
     return [dataclasses.replace(group[0], covers=len(group)) for group in groups]
 
@@ -418,11 +424,11 @@ def problems(row: dict) -> list[str]:
 
 def run(quick: bool = False, jobs: int | None = None, archs=ARCHS, cuda: bool = True) -> tuple[list[dict], dict]:
     t0 = time.perf_counter()
+    jobs = jobs or max(1, os.cpu_count() or 1)
     launches = enumerate_triton_launches(quick)
-    variants = distinct_variants(launches)
+    variants = distinct_variants(launches, jobs=jobs)
     t_enum = time.perf_counter() - t0
     work = [(v, cc) for v in variants for cc in archs]
-    jobs = jobs or max(1, min(len(work), os.cpu_count() or 1))
     t1 = time.perf_counter()
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:

@@ -5,7 +5,8 @@
 #   2. gpu-build: every Triton variant and CUDA kernel compiled for sm_80/sm_90, registers, spills,
 #      shared memory (the same check CI runs without a GPU);
 #   3. the GPU tests (pytest -m gpu), then the whole suite with CUDA visible;
-#   4. every benchmark suite at GPU sizes (eager, ia_kernels, Liger, cut-cross-entropy in one run);
+#   4. every benchmark suite at GPU sizes (eager, ia_kernels, Liger, cut-cross-entropy in one run;
+#      linear_stats: the fused GEMM + row-statistics kernel against cuBLAS + row pass);
 #   5. each measurement beside the performance model's prediction (python -m benchmarks model).
 # Results go to $OUT (default ./gpu_check_out): <step>.log, bench_*.json, model_vs_measured.json,
 # summary.txt (step, exit status, seconds). Commit the JSON under benchmarks/results/<device>/.
@@ -43,11 +44,13 @@ if [ "$DRY" = 0 ]; then
   nvidia-smi > "$OUT/nvidia_smi.txt" 2>&1 || { echo "no GPU visible (nvidia-smi failed); use --dry-run" >&2; exit 2; }
   DEVICE=cuda
   QUICK=()
-  GPU_BUILD_LIMIT=45
+  GPU_BUILD_ARGS=()
+  GPU_BUILD_LIMIT=90
 else
   DEVICE=cpu
   QUICK=(--quick)
-  GPU_BUILD_LIMIT=240  # two cores: every variant compiled cold takes ~1-2 minutes
+  GPU_BUILD_ARGS=(--quick)  # CI compiles every variant; here the production shapes (~1 min on 2 cores)
+  GPU_BUILD_LIMIT=300
 fi
 
 step build 90 python -m pip install --no-build-isolation --no-deps -e . || { cat "$OUT/build.log" | tail -40; exit 1; }
@@ -56,14 +59,14 @@ if [ "$DRY" = 0 ]; then
 else
   step cuda_module 20 python -c "import ia_kernels._cuda as m; print('CUDA module compiled (not run):', m.__file__)"
 fi
-step gpu_build "$GPU_BUILD_LIMIT" python -m benchmarks gpu-build --json "$OUT/gpu_build.json"
+step gpu_build "$GPU_BUILD_LIMIT" python -m benchmarks gpu-build "${GPU_BUILD_ARGS[@]}" --json "$OUT/gpu_build.json"
 step pytest_gpu 45 python -m pytest -m gpu -q -rs
 if [ "$DRY" = 0 ]; then
   # The whole suite with CUDA visible (the CPU suite is CI's; here what changes is the device).
-  step pytest_all 120 python -m pytest -q -x --ignore=tests/train -m "not slow"
+  step pytest_all 100 python -m pytest -q -x --ignore=tests/train -m "not slow"
 fi
-# Limits: the step limits add up to 590 s on a GPU machine (gpu-build is ~15 s on 16 cores).
-for suite_limit in logprobs:75 ppo:150 advantages:30; do
+# Limits: the step limits add up to 595 s on a GPU machine (gpu-build ~30-45 s cold on 16 cores).
+for suite_limit in logprobs:65 ppo:100 linear_stats:40 advantages:30; do
   suite=${suite_limit%%:*}
   step "bench_$suite" "${suite_limit##*:}" python -m benchmarks "$suite" --device "$DEVICE" "${QUICK[@]}" --json "$OUT/bench_$suite.json"
 done
