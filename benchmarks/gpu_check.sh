@@ -63,10 +63,10 @@ step gpu_build "$GPU_BUILD_LIMIT" python -m benchmarks gpu-build "${GPU_BUILD_AR
 step pytest_gpu 45 python -m pytest -m gpu -q -rs
 if [ "$DRY" = 0 ]; then
   # The whole suite with CUDA visible (the CPU suite is CI's; here what changes is the device).
-  step pytest_all 100 python -m pytest -q -x --ignore=tests/train -m "not slow"
+  step pytest_all 95 python -m pytest -q -x --ignore=tests/train -m "not slow"
 fi
 # Limits: the step limits add up to 595 s on a GPU machine (gpu-build ~30-45 s cold on 16 cores).
-for suite_limit in logprobs:65 ppo:100 linear_stats:40 advantages:30; do
+for suite_limit in logprobs:65 ppo:95 linear_stats:35 advantages:45; do
   suite=${suite_limit%%:*}
   step "bench_$suite" "${suite_limit##*:}" python -m benchmarks "$suite" --device "$DEVICE" "${QUICK[@]}" --json "$OUT/bench_$suite.json"
 done
