@@ -125,7 +125,7 @@ def test_policy_loss_equals_vanilla(mode, global_info, weights):
 def test_logprob_backend_through_verl_patch():
     """fused_kernel_options.impl_backend=ia_kernels: verl's patched forward returns linear_logprobs' values."""
     from transformers import AutoModelForCausalLM
-    from verl.models.transformers.monkey_patch import apply_monkey_patch
+    from verl.models.transformers import monkey_patch
 
     from ia_train.models import TINY_DIR
     model = AutoModelForCausalLM.from_pretrained(str(TINY_DIR), local_files_only=True, dtype=torch.float32)
@@ -135,7 +135,8 @@ def test_logprob_backend_through_verl_patch():
     want = torch.log_softmax(logits, -1).gather(-1, torch.roll(ids, -1, -1)[..., None])[..., 0]
     cls_forward = type(model).forward
     try:
-        apply_monkey_patch(model, use_fused_kernels=True, fused_kernels_backend="ia_kernels")
+        # what verl's apply_monkey_patch calls with the model config's fused_kernel_options.impl_backend
+        monkey_patch.patch_forward_with_backends(model, use_fused_kernels=True, fused_kernels_backend="ia_kernels")
         assert model._verl_fused_kernels_backend == "ia_kernels"
         out = model(input_ids=ids, temperature=0.7, return_dict=True)
     finally:
