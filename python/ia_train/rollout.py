@@ -23,6 +23,10 @@ class Rollout:
     response_mask: torch.Tensor  # [B, T] bool
     texts: list[str]  # decoded responses (special tokens dropped)
     lengths: torch.Tensor  # [B] response tokens (EOS included)
+    # [B, T] the sampler's log-probs of the response tokens (0 on padding) when the engine keeps them
+    # (engine.BuiltinEngine); the policy that sampled is the one before the update, so they serve as
+    # the PPO's old log-probs without another forward
+    logprobs: torch.Tensor | None = None
 
     @property
     def position_ids(self) -> torch.Tensor:
@@ -35,7 +39,8 @@ class Rollout:
     def select(self, rows: torch.Tensor | slice) -> "Rollout":
         texts = self.texts[rows] if isinstance(rows, slice) else [self.texts[i] for i in rows.tolist()]
         return Rollout(self.input_ids[rows], self.attention_mask[rows], self.prompt_width,
-                       self.response_mask[rows], texts, self.lengths[rows])
+                       self.response_mask[rows], texts, self.lengths[rows],
+                       None if self.logprobs is None else self.logprobs[rows])
 
 
 @torch.no_grad()
