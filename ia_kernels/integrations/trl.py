@@ -24,7 +24,6 @@ TRL's own step to fp32 precision (tests/integrations/test_trl.py).
 from __future__ import annotations
 
 import functools
-import inspect
 import warnings
 from dataclasses import dataclass, field
 
@@ -44,9 +43,6 @@ FALLBACKS = {
     "off_policy_mask_threshold": "the off-policy sequence mask needs the current log-probs before the loss",
     "entropy_coef": "TRL's entropy bonus (static or adaptive) is a token mean outside the loss type's aggregation",
     "router_aux_loss_coef": "MoE load-balancing loss (output_router_logits)",
-    "use_bias_correction_kl": "beta != 0 with the KL term multiplied by the ratio needs kl_times_ratio in "
-                              "linear_ppo_loss",
-    "logit_scale/softcap": "the model scales or soft-caps its logits and linear_ppo_loss has no logit_scale/softcap",
     "multimodal inputs": "pixel values, image sizes or token type ids reach the model beside the text",
     "PEFT adapter on lm_head": "the LM head's effective weight is not one tensor",
 }
@@ -104,10 +100,6 @@ class IAGRPOConfig(GRPOConfig):
         a = self.length_penalty_alpha
         if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0):
             raise ValueError(f"length_penalty_alpha must be None or a number in [0, 1]; got {a!r}")
-
-
-def _supports(fn, name: str) -> bool:
-    return name in inspect.signature(fn).parameters
 
 
 def _logit_transform(model) -> tuple[float, float | None]:
@@ -242,12 +234,6 @@ class IAGRPOTrainer(GRPOTrainer):
             reasons.append("entropy_coef")
         if getattr(self, "aux_loss_enabled", False):
             reasons.append("router_aux_loss_coef")
-        if self.beta != 0.0 and self.args.use_bias_correction_kl and not _supports(ik.linear_ppo_loss,
-                                                                                  "kl_times_ratio"):
-            reasons.append("use_bias_correction_kl")
-        scale, softcap = _logit_transform(self._ia_base_model())
-        if (scale != 1.0 or softcap is not None) and not _supports(ik.linear_ppo_loss, "softcap"):
-            reasons.append("logit_scale/softcap")
         if any(inputs.get(key) is not None for key in _MULTIMODAL_KEYS):
             reasons.append("multimodal inputs")
         head = self._ia_base_model().get_output_embeddings()
@@ -289,42 +275,39 @@ class IAGRPOTrainer(GRPOTrainer):
         if isinstance(bias, DTensor):
             bias = bias.full_tensor()
         hidden = hidden.to(weight.device)
-        if hidden.dtype != weight.dtype:  # e.g. cast_lm_head_to_fp32: bf16 states, fp32 head
-            hidden = hidden.to(weight.dtype)
+        if hidden.dtype != weight.dtype and weight.dtype != torch.float32:
+            hidden = hidden.to(weight.dtype)  # (bf16 states with an fp32 head, cast_lm_head_to_fp32, are taken as they are)
 
-        advantages = inputs["advantages"]
-        if advantages.dim() == 2 and advantages.size(1) == 1:
-            advantages = advantages.squeeze(1)
-        if self.use_vllm and self.vllm_importance_sampling_correction:
-            # TRL multiplies each token's policy loss (not its KL term) by a constant w >= 0; the clipped
-            # surrogate is positively homogeneous in the advantage, so w * L(A) = L(w * A).
-            ratio = inputs["importance_sampling_ratio"]
-            adv = advantages if advantages.dim() == 2 else advantages[:, None]
-            advantages = (adv * ratio).expand(mask.shape).contiguous()
-
+        advantages = inputs["advantages"]  # [B] or [B, 1]: both accepted
         options = {}
-        old = inputs.get("old_per_token_logps")
-        if old is None:  # on-policy (num_iterations == 1): old = logp.detach()
-            if inspect.signature(ik.linear_ppo_loss).parameters["old_logp"].default is None:
-                old = None
-            else:
-                with torch.no_grad():
-                    old = ik.linear_logprobs(hidden.detach(), weight.detach(), completion_ids, bias=bias,
-                                             temperature=self.temperature)
+        if self.use_vllm and self.vllm_importance_sampling_correction:
+            # TRL multiplies each token's policy loss (not its KL term) by vLLM's importance ratio
+            options["importance_weights"] = inputs["importance_sampling_ratio"].expand(mask.shape)
+        old = inputs.get("old_per_token_logps")  # None: on-policy, old = logp.detach() from the same pass
         ref = inputs.get("ref_per_token_logps") if self.beta != 0.0 else None
-        if self.beta != 0.0 and self.args.use_bias_correction_kl:
-            options["kl_times_ratio"] = True
+        if self.beta != 0.0:
+            options["kl_times_ratio"] = bool(self.args.use_bias_correction_kl)
         scale, softcap = _logit_transform(self._ia_base_model())
         if scale != 1.0 or softcap is not None:
             options.update(logit_scale=scale, softcap=softcap)
-        aggregation, norm_length, factor = self._ia_aggregation(mask, inputs, mode)
+        # TRL's loss types are ia_kernels' aggregation presets (sequence means over all B sequences)
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
+        if self.loss_type == "dr_grpo":
+            options["norm_length"] = self.max_completion_length
+        if self.loss_type == "dapo":
+            # the generation batch's token count, rescaled to one accumulation window as TRL does
+            normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+            if mode == "train":
+                normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+            options["num_tokens"] = normalizer
+            accumulation = 1
         with torch.autocast(hidden.device.type, enabled=False):
             loss, metrics = ik.linear_ppo_loss(
                 hidden, weight, completion_ids, old, advantages, mask, bias=bias, temperature=self.temperature,
                 ref_logp=ref, clip_low=self.epsilon_low, clip_high=self.epsilon_high, dual_clip=self.args.delta,
-                kl_coef=self.beta, kl_estimator="k3", aggregation=aggregation, importance=self.importance_sampling_level,
-                norm_length=norm_length, check_finite=False, **options)
-        loss = loss * factor
+                kl_coef=self.beta, kl_estimator="k3", aggregation=self.loss_type,
+                importance=self.importance_sampling_level, check_finite=False, **options)
+        loss = loss / accumulation
 
         def log(name, value):
             self._metrics[mode][name].append(self.accelerator.gather(value.detach().reshape(1)).nanmean().item())
@@ -336,26 +319,3 @@ class IAGRPOTrainer(GRPOTrainer):
         log("clip_ratio/high_mean", metrics["clip_frac_high"])
         log("clip_ratio/region_mean", metrics["clip_frac_low"] + metrics["clip_frac_high"])
         return loss
-
-    def _ia_aggregation(self, mask: torch.Tensor, inputs, mode: str):
-        """(aggregation, norm_length, factor): ia_kernels' aggregation and the constant that turns its
-        loss into TRL's for this loss type, gradient accumulation included. ia_kernels' sequence
-        means are over the sequences that have a token; TRL's grpo/dr_grpo/luspo divide by B."""
-        B = mask.size(0)
-        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
-        tokens = mask.sum()
-        nonempty = (mask.sum(1) > 0).sum().to(torch.float32)
-        per_batch = nonempty / B / accumulation
-        if self.loss_type == "grpo":
-            return "seq-mean-token-mean", None, per_batch
-        if self.loss_type == "bnpo":
-            return "token-mean", None, torch.tensor(1.0 / accumulation, device=mask.device)
-        if self.loss_type == "dr_grpo":
-            return "seq-mean-token-sum-norm", self.max_completion_length, per_batch
-        if self.loss_type == "luspo":
-            return "seq-mean-token-sum", None, per_batch
-        # dapo: token sum / TRL's normaliser (the generation batch's tokens, rescaled to one accumulation window)
-        normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
-        if mode == "train":
-            normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
-        return "token-mean", None, tokens.clamp(min=1).to(torch.float32) / normalizer

@@ -34,6 +34,8 @@ STEP_CASES = {
     "dr_grpo, scale_rewards none": dict(loss_type="dr_grpo", scale_rewards="none"),
     "luspo, GSPO": dict(loss_type="luspo", importance_sampling_level="sequence"),
     "dapo, grad accumulation 2, delta": dict(per_device_train_batch_size=4, gradient_accumulation_steps=2, delta=1.5),
+    "dapo, KL (beta 0.04, times the ratio)": dict(beta=0.04),
+    "grpo, KL without the ratio": dict(loss_type="grpo", beta=0.04, use_bias_correction_kl=False),
 }
 
 
