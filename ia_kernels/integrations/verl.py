@@ -99,20 +99,6 @@ def _estimator(name: str, estimator: str, length_penalty: bool):
     return compute
 
 
-def _global_factor(mask: torch.Tensor, mode: str, info) -> torch.Tensor | float:
-    """The constant turning ia_kernels' local aggregation into verl's agg_loss with its global normalisers."""
-    dp = info.get("dp_size", 1) or 1
-    tokens = mask.sum().to(torch.float32)
-    if mode == "token-mean":
-        total = info.get("batch_num_tokens")
-        return 1.0 if total is None else tokens.clamp(min=1) * dp / total
-    if mode == "token-sum":
-        return tokens.clamp(min=1) * dp
-    total = info.get("global_batch_size")
-    nonempty = (mask.sum(-1) > 0).sum().to(torch.float32)
-    return 1.0 if total is None else nonempty.clamp(min=1) * dp / total
-
-
 def ia_ppo_loss(old_log_prob: torch.Tensor, log_prob: torch.Tensor, advantages: torch.Tensor,
                 response_mask: torch.Tensor, loss_agg_mode: str = "token-mean", config=None,
                 rollout_is_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -123,18 +109,24 @@ def ia_ppo_loss(old_log_prob: torch.Tensor, log_prob: torch.Tensor, advantages: 
     low = config.clip_ratio_low if config.get("clip_ratio_low") is not None else clip
     high = config.clip_ratio_high if config.get("clip_ratio_high") is not None else clip
     dual = config.get("clip_ratio_c", 3.0)
-    if rollout_is_weights is not None:
-        # The clipped surrogate is positively homogeneous in the advantage: w * L(A) = L(w * A), w >= 0.
-        advantages = advantages * rollout_is_weights
     info = dict(config.get("global_batch_info", None) or {})
-    mode, norm_length = loss_agg_mode, None
-    if mode == "token-sum":
-        mode = "token-mean"
-    elif mode == "seq-mean-token-sum-norm":
-        norm_length = info.get("loss_scale_factor") or response_mask.shape[-1]
+    dp = info.get("dp_size", 1) or 1
+    # verl's agg_loss normalises by global counts and multiplies by dp_size (DDP/FSDP average over ranks):
+    # the same as dividing by the global count / dp_size.
+    options: dict[str, Any] = {}
+    mode, factor = loss_agg_mode, 1.0
+    if mode == "token-sum":  # the token sum (times dp_size): a token mean over one token
+        mode, options["num_tokens"], factor = "token-mean", 1, dp
+    elif mode == "token-mean" and info.get("batch_num_tokens") is not None:
+        options["num_tokens"] = info["batch_num_tokens"] / dp
+    elif mode.startswith("seq-mean") and info.get("global_batch_size") is not None:
+        options["num_sequences"] = info["global_batch_size"] / dp
+    if mode == "seq-mean-token-sum-norm":
+        options["norm_length"] = info.get("loss_scale_factor") or response_mask.shape[-1]
     loss, metrics = ik.ppo_loss(log_prob, old_log_prob, advantages, response_mask, clip_low=low, clip_high=high,
-                                dual_clip=dual, aggregation=mode, norm_length=norm_length, check_finite=False)
-    loss = loss * _global_factor(response_mask, loss_agg_mode, info)
+                                dual_clip=dual, aggregation=mode, importance_weights=rollout_is_weights,
+                                check_finite=False, **options)
+    loss = loss * factor
     mask = response_mask.bool()
     log_ratio = (log_prob.detach() - old_log_prob).clamp(-20.0, 20.0)
     ppo_kl = (-log_ratio)[mask].mean() if bool(mask.any()) else log_ratio.new_zeros(())
