@@ -1,0 +1,322 @@
+"""python -m benchmarks loop: the RL step of ia-train against TRL's GRPOTrainer, side by side.
+
+Both systems train the bundled tiny model on the same chain_sum prompts (16 prompts x 8 samples per
+step, 64 new tokens, temperature 1, no KL, CPU) with the same thread count. Each runs in its own
+worker process (so each has its own peak RSS) and the parent alternates blocks of steps between
+them (ia-train first in odd rounds, TRL first in even ones), so that drifting load on the machine
+hits both alike. A "step" is one rollout batch (16 x 8 sequences) and its optimiser step(s).
+
+Reported per system: s/step (total time / steps) and the median, response tokens per second, the
+phase split per step (generation; old-logp pass; loss forward + backward; optimiser; the rest:
+rewards, advantages, batching), and the worker's peak RSS.
+
+--preset issue (default): one optimiser step per rollout batch (ia-train --minibatches 1, TRL
+steps_per_generation 1). --preset default: the default experiment's two optimiser steps per batch
+(ia-train --minibatches 2, TRL steps_per_generation 2). TRL is optional: without it the ia-train
+side runs alone and the comparison is skipped with a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+MARK = "@@loop "  # worker -> parent lines start with this (everything else is the libraries' chatter)
+PHASES = ("generation", "old_logp", "loss_fwd_bwd", "optimizer", "other")
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _emit(obj) -> None:
+    sys.stdout.write(MARK + json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _command() -> int:
+    """The next block size from the parent (0: stop)."""
+    line = sys.stdin.readline()
+    return int(line.strip() or 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# workers
+
+
+def _ia_worker(s: dict) -> None:
+    import torch
+
+    torch.set_num_threads(s["threads"])
+    from ia_train import train as T
+    from ia_train.config import Config, validate
+
+    out = tempfile.mkdtemp(prefix="loop-ia-")
+    cfg = Config(model="tiny", task="chain_sum", prompts_per_step=s["prompts"], n=s["n"],
+                 max_new_tokens=s["max_new_tokens"], temperature=1.0, steps=s["total"], kl_coef=0.0,
+                 minibatches=s["minibatches"], eval_problems=0, tensorboard=False, threads=s["threads"], out=out,
+                 **s.get("ia_options", {}))
+    validate(cfg)
+    r = T.setup(cfg)
+    clock = {"old_logp": 0.0, "optimizer": 0.0}
+
+    def timed(fn, key):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                clock[key] += time.perf_counter() - t0
+        return wrapper
+
+    if hasattr(T, "sequence_logprobs"):
+        T.sequence_logprobs = timed(T.sequence_logprobs, "old_logp")
+    r.optimizer.step = timed(r.optimizer.step, "optimizer")
+    step = 0
+    _emit({"ready": True, "threads": torch.get_num_threads()})
+    while (k := _command()) > 0:
+        records = []
+        for _ in range(k):
+            for key in clock:
+                clock[key] = 0.0
+            t0 = time.perf_counter()
+            row = T.train_step(r, step)
+            wall = time.perf_counter() - t0
+            step += 1
+            gen, update = row["time_sample"], row["time_update"]
+            records.append({"wall": wall, "generation": gen, "old_logp": clock["old_logp"],
+                            "optimizer": clock["optimizer"],
+                            "loss_fwd_bwd": update - clock["old_logp"] - clock["optimizer"],
+                            "other": wall - gen - update,
+                            "tokens": row["mean_tokens"] * s["prompts"] * s["n"]})
+        _emit({"records": records})
+    _emit({"peak_rss": _peak_rss()})
+
+
+def _trl_worker(s: dict) -> None:
+    import torch
+
+    torch.set_num_threads(s["threads"])
+    from datasets import Dataset
+    from transformers import TrainerCallback, set_seed
+    from trl import GRPOConfig, GRPOTrainer
+
+    from ia_train.models import format_prompt, load_model
+    from ia_train.train import split_problems
+    from ia_train.config import Config
+    from ia_train.tasks import load_task
+
+    set_seed(0)
+    cfg = Config(model="tiny", task="chain_sum", prompts_per_step=s["prompts"], n=s["n"], steps=s["total"],
+                 eval_problems=0)
+    task = load_task(cfg.task, cfg.task_options)
+    problems, _ = split_problems(task, cfg)
+    model, tok = load_model("tiny", device=torch.device("cpu"), attention="sdpa")
+    by_prompt = {format_prompt(tok, p.prompt): p for p in problems}
+    counts = {"tokens": 0}
+
+    def reward(prompts, completions, completion_ids, **kwargs):
+        counts["tokens"] += sum(len(c) for c in completion_ids)
+        return task.score_batch([by_prompt[p] for p in prompts], list(completions))
+
+    spg = s["minibatches"]  # optimiser steps per generation batch
+    batch = s["prompts"] * s["n"]
+    args = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="loop-trl-"), per_device_train_batch_size=batch // spg,
+                      steps_per_generation=spg, gradient_accumulation_steps=1, num_generations=s["n"],
+                      max_completion_length=s["max_new_tokens"], temperature=1.0, top_p=1.0, top_k=0, beta=0.0,
+                      num_iterations=1, learning_rate=2e-4, max_grad_norm=1.0, max_steps=s["total"] * spg,
+                      use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=10**6,
+                      disable_tqdm=True, seed=0, dataloader_num_workers=0)
+    dataset = Dataset.from_dict({"prompt": list(by_prompt)})
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=dataset, processing_class=tok)
+    clock = dict.fromkeys(("generation", "prepare", "step", "optimizer"), 0.0)
+    marks: dict = {}
+
+    def timed(fn, key):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                clock[key] += time.perf_counter() - t0
+        return wrapper
+
+    trainer._generate = timed(trainer._generate, "generation")
+    trainer._generate_and_score_completions = timed(trainer._generate_and_score_completions, "prepare")
+    trainer.training_step = timed(trainer.training_step, "step")
+    state = {"left": 0, "records": [], "t0": 0.0, "in_batch": 0}
+
+    class Pace(TrainerCallback):
+        def on_step_begin(self, args, st, control, **kw):
+            if state["in_batch"] == 0:
+                for key in clock:
+                    clock[key] = 0.0
+                counts["tokens"] = 0
+                state["t0"] = time.perf_counter()
+
+        def on_pre_optimizer_step(self, args, st, control, **kw):
+            marks["opt"] = time.perf_counter()
+
+        def on_optimizer_step(self, args, st, control, **kw):
+            clock["optimizer"] += time.perf_counter() - marks.pop("opt")
+
+        def on_step_end(self, args, st, control, **kw):
+            state["in_batch"] += 1
+            if state["in_batch"] < spg:
+                return
+            state["in_batch"] = 0
+            wall = time.perf_counter() - state["t0"]
+            gen, prep = clock["generation"], clock["prepare"]
+            state["records"].append({"wall": wall, "generation": gen, "old_logp": 0.0, "optimizer": clock["optimizer"],
+                                     "loss_fwd_bwd": clock["step"] - prep, "other": wall - clock["step"] - clock["optimizer"] + (prep - gen),
+                                     "tokens": counts["tokens"]})
+            state["left"] -= 1
+            if state["left"] == 0:
+                _emit({"records": state["records"]})
+                state["records"] = []
+                state["left"] = _command()
+                if state["left"] <= 0:
+                    control.should_training_stop = True
+
+    trainer.add_callback(Pace())
+    _emit({"ready": True, "threads": torch.get_num_threads()})
+    state["left"] = _command()
+    if state["left"] > 0:
+        trainer.train()
+    _emit({"peak_rss": _peak_rss()})
+
+
+# ------------------------------------------------------------------------------------------------
+# the parent
+
+
+class Worker:
+    def __init__(self, system: str, settings: dict):
+        self.system = system
+        self.log = tempfile.NamedTemporaryFile("w+", prefix=f"loop-{system}-", suffix=".log", delete=False)
+        env = {**os.environ, "OMP_NUM_THREADS": str(settings["threads"]), "TOKENIZERS_PARALLELISM": "false"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.loop", "--worker", system,
+                                      "--settings", json.dumps(settings)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True, env=env,
+                                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        self.ready = self.read()
+
+    def read(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith(MARK):
+                return json.loads(line[len(MARK):])
+        self.log.seek(0)
+        tail = self.log.read()[-3000:]
+        raise RuntimeError(f"the {self.system} worker stopped (exit {self.proc.wait()}):\n{tail}")
+
+    def run(self, k: int) -> list[dict]:
+        self.proc.stdin.write(f"{k}\n")
+        self.proc.stdin.flush()
+        return self.read()["records"]
+
+    def close(self) -> int:
+        self.proc.stdin.write("0\n")
+        self.proc.stdin.flush()
+        peak = self.read()["peak_rss"]
+        self.proc.wait(timeout=60)
+        return peak
+
+
+def _summary(system: str, records: list[dict], peak: int, threads: int) -> dict:
+    import statistics
+
+    n = len(records)
+    total = sum(r["wall"] for r in records)
+    row = {"system": system, "steps": n, "threads": threads, "s_per_step": total / n,
+           "median_s": statistics.median(r["wall"] for r in records),
+           "tokens_per_s": sum(r["tokens"] for r in records) / total,
+           "tokens_per_step": sum(r["tokens"] for r in records) / n}
+    for p in PHASES:
+        row[p] = sum(r[p] for r in records) / n
+    row["peak_rss_mb"] = peak / 2**20
+    return row
+
+
+def _trl_available() -> str | None:
+    import importlib.util
+
+    for name in ("trl", "datasets"):
+        if importlib.util.find_spec(name) is None:
+            return f"{name} is not installed (pip install trl)"
+    return None
+
+
+def main(argv: list[str] | None = None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks loop", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a few steps each (CI)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per system (default 30; quick 2)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps per system first (default 3; quick 1)")
+    parser.add_argument("--block", type=int, default=None, help="steps per turn when alternating (default 5; quick 1)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--preset", choices=("issue", "default"), default="issue",
+                        help="issue: one optimiser step per rollout batch; default: the default experiment's two")
+    parser.add_argument("--systems", default="ia,trl")
+    parser.add_argument("--ia-options", default="{}", help="extra ia-train settings as JSON, e.g. '{\"rollout\": \"hf\"}'")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--settings", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        (_ia_worker if args.worker == "ia" else _trl_worker)(json.loads(args.settings))
+        return 0
+    steps = args.steps or (2 if args.quick else 30)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    block = args.block or (1 if args.quick else 5)
+    settings = {"threads": args.threads, "prompts": 16, "n": 8, "max_new_tokens": args.max_new_tokens,
+                "minibatches": 1 if args.preset == "issue" else 2, "total": warmup + steps + 1,
+                "ia_options": json.loads(args.ia_options)}
+    systems = [s for s in args.systems.split(",") if s]
+    if "trl" in systems and (why := _trl_available()):
+        print(f"TRL side skipped: {why}")
+        systems.remove("trl")
+    t_start = time.time()
+    workers = {s: Worker(s, settings) for s in systems}
+    records: dict[str, list] = {s: [] for s in systems}
+    for s, w in workers.items():
+        if warmup:
+            w.run(warmup)
+    done, rnd = 0, 0
+    while done < steps:
+        k = min(block, steps - done)
+        for s in (systems if rnd % 2 == 0 else systems[::-1]):
+            records[s] += workers[s].run(k)
+        done += k
+        rnd += 1
+    rows = [_summary(s, records[s], workers[s].close(), workers[s].ready.get("threads")) for s in systems]
+    if len(rows) == 2:
+        ratio = rows[1]["s_per_step"] / rows[0]["s_per_step"]
+        rows[0]["x_vs_trl"] = ratio
+    load = os.getloadavg()
+    print(f"preset {args.preset}: 16 prompts x 8 samples, {args.max_new_tokens} new tokens, temperature 1, no KL, "
+          f"{settings['minibatches']} optimiser step(s) per batch, {args.threads} threads; {steps} timed steps each "
+          f"after {warmup} warm-up, alternating in blocks of {block}; phases in s/step; "
+          f"load average at the end {load[0]:.1f}; {time.time() - t_start:.0f}s")
+    from .harness import report
+
+    cols = ["system", "steps", "threads", "s_per_step", "median_s", "tokens_per_s", "tokens_per_step", *PHASES,
+            "peak_rss_mb", "x_vs_trl"]
+    report("loop", rows, cols, json_path=args.json, extra={"settings": settings, "preset": args.preset,
+                                                            "loadavg": load, "records": records})
+    if len(rows) == 2:
+        print(f"ia-train step throughput: {rows[0]['x_vs_trl']:.2f}x TRL's")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
