@@ -243,8 +243,11 @@ class ChunkDriver:
     """Runs an op's row pass over the LM-head logits of `hidden` [N, H], one chunk of rows at a time.
 
     `needs` says which of (hidden, weight, bias) get gradients. The driver allocates them: hidden's
-    in hidden's dtype (each chunk writes its own rows), weight's and bias's accumulated over chunks
-    in fp32 (fp64 for float64 inputs; deterministic, no atomics) and cast by `grads()`.
+    in hidden's dtype (each chunk writes its own rows); the bias's accumulated over chunks in fp32
+    (fp64 for float64 inputs; deterministic, no atomics); the weight's by
+    `LMHead.new_weight_grad_accumulator` once the number of chunks is known: in a bf16/fp16
+    weight's own dtype (each chunk summed in fp32, one rounding per chunk) for up to
+    LMHead.MAX_LOW_PRECISION_STEPS chunks, so that no fp32 [V, H] buffer exists; else in fp32.
     """
 
     def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: int,
@@ -252,10 +255,10 @@ class ChunkDriver:
         self.hidden, self.weight, self.bias, self.rows = hidden, weight, bias, rows
         self.transform = transform
         self.head = LMHead.prepare(weight, bias)
-        need_h, need_w, need_b = needs
+        need_h, self._need_w, need_b = needs
         acc = self.head.logits_dtype
         self.grad_hidden = torch.empty_like(hidden) if need_h else None
-        self.grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        self.grad_weight = None  # allocated by run(), which knows the number of chunks
         self.grad_bias = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_b and bias is not None else None
 
     @property
@@ -265,7 +268,7 @@ class ChunkDriver:
 
     @property
     def wants_grads(self) -> bool:
-        return any(g is not None for g in (self.grad_hidden, self.grad_weight, self.grad_bias))
+        return self._need_w or self.grad_hidden is not None or self.grad_bias is not None
 
     def even_spans(self) -> list[tuple[int, int]]:
         n = self.hidden.shape[0]
@@ -276,7 +279,10 @@ class ChunkDriver:
         gets the chunk's logits z [stop - start, V]; with `backprop` and gradients wanted, z must
         then hold dloss/dlogits, which the driver turns into the chunk's gradients. z is released
         before the next chunk's GEMM: one chunk of logits exists at a time."""
-        for start, stop in self.even_spans() if spans is None else spans:
+        spans = [(a, b) for a, b in (self.even_spans() if spans is None else spans) if b > a]
+        if backprop and self._need_w and self.grad_weight is None:
+            self.grad_weight = self.head.new_weight_grad_accumulator(self.weight, steps=len(spans))
+        for start, stop in spans:
             if stop == start:
                 continue
             h = self.hidden[start:stop]
@@ -293,6 +299,8 @@ class ChunkDriver:
 
     def grads(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """(grad_hidden, grad_weight, grad_bias), the last two cast to the weight's / bias's dtype."""
-        gw = None if self.grad_weight is None else self.grad_weight.to(self.weight.dtype)
+        if self._need_w and self.grad_weight is None:  # no row to backprop: a zero gradient
+            self.grad_weight = self.head.new_weight_grad_accumulator(self.weight, steps=0)
+        gw = None if self.grad_weight is None else LMHead.finish_weight_grad(self.grad_weight, self.weight)
         gb = None if self.grad_bias is None else self.grad_bias.to(self.bias.dtype)
         return self.grad_hidden, gw, gb

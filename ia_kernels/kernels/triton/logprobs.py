@@ -1,6 +1,10 @@
 """The triton backend of the log-prob row pass: one program per row of fp32 logits. Interface
 (rows_forward, rows_backward): see kernels/torch/logprobs.py.
 
+Every launch passes enable_fp_fusion=False: x = z / T must round the same way in every sweep (the
+CPU module is built with -ffp-contract=off for the same reason, docs/design.md "Numerics");
+Triton would otherwise contract x * (1/T) - m into FMAs on the GPU.
+
 Same maths as csrc/include/ia/logprob_row.h: forward is one online sweep over the row (running
 max, sum of exp, sum of exp * (x - max)); backward overwrites the row with its gradient.
 """
@@ -157,7 +161,7 @@ def rows_forward(z, targets, temperature, ignore_index, logp, lse, entropy):
         return
     _logprob_rows_forward_kernel[(rows,)](
         z, z.stride(0), V, targets, 1.0 / temperature, ignore_index, logp, lse, entropy,
-        BLOCK_V=_block_v(V, z.device), num_warps=8 if z.is_cuda else 1)
+        BLOCK_V=_block_v(V, z.device), num_warps=8 if z.is_cuda else 1, enable_fp_fusion=False)
 
 
 def rows_backward(z, targets, temperature, ignore_index, lse, entropy, g_logp, g_entropy):
@@ -167,4 +171,4 @@ def rows_backward(z, targets, temperature, ignore_index, lse, entropy, g_logp, g
     _logprob_rows_backward_kernel[(rows,)](
         z, z.stride(0), V, targets, 1.0 / temperature, ignore_index, lse, entropy, g_logp,
         g_logp if g_entropy is None else g_entropy, HAS_G_ENTROPY=g_entropy is not None,
-        BLOCK_V=_block_v(V, z.device), num_warps=8 if z.is_cuda else 1)
+        BLOCK_V=_block_v(V, z.device), num_warps=8 if z.is_cuda else 1, enable_fp_fusion=False)

@@ -254,7 +254,7 @@ def terms(logp, old_logp, adv, valid, seq_scale, ref_logp, entropy, opts):
     _ppo_terms_kernel[(B,)](
         logp, old_logp, logp if ref_logp is None else ref_logp, logp if entropy is None else entropy, adv,
         *adv_strides, valid, seq_scale, out[0], out[1], out[2], out[3], T, *_params(opts),
-        SEQUENCE=opts.importance == "sequence", BLOCK_T=block_t, num_warps=4 if logp.is_cuda else 1,
+        SEQUENCE=opts.importance == "sequence", BLOCK_T=block_t, num_warps=4 if logp.is_cuda else 1, enable_fp_fusion=False,
         **_flags(opts))
     return out.unbind(0)
 
@@ -269,5 +269,5 @@ def fused_rows(z, targets, temperature, ignore_index, old_logp, adv, ref_logp, w
     _ppo_rows_fused_kernel[(rows,)](
         z, z.stride(0), V, targets, 1.0 / temperature, ignore_index, adv if old_logp is None else old_logp, adv,
         adv if ref_logp is None else ref_logp, weight, logp, entropy, loss, ratio, *_params(opts),
-        BLOCK_V=_block_v(V, z.device), num_warps=8 if z.is_cuda else 1, HAS_OLD=old_logp is not None,
+        BLOCK_V=_block_v(V, z.device), num_warps=8 if z.is_cuda else 1, enable_fp_fusion=False, HAS_OLD=old_logp is not None,
         **_flags(opts))
