@@ -41,6 +41,7 @@ class Config:
     prompts_per_step: int = field(default=16, metadata={"help": "prompts per training step (each sampled n times)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature for rollouts and evaluation"})
     max_new_tokens: int = field(default=64, metadata={"help": "response length limit in tokens"})
+    rollout: str = field(default="hf", metadata={"help": "rollout engine: builtin (ia_train's decode loop: static KV cache, finished rows leave the batch; Llama-style models, others fall back to hf) or hf (Hugging Face generate)"})
     # PPO
     steps: int = field(default=200, metadata={"help": "training steps (one rollout batch each)"})
     lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate"})
@@ -280,6 +281,8 @@ def validate(cfg: Config) -> None:
                           f"minibatches * grad_accum = {cfg.minibatches * cfg.grad_accum} equal parts; change one of them")
     if cfg.temperature <= 0:
         raise ConfigError(f"--temperature must be positive (sampling), got {cfg.temperature}")
+    if cfg.rollout not in ("builtin", "hf"):
+        raise ConfigError(f"--rollout {cfg.rollout!r} is unknown; use builtin or hf")
     if not 0 < cfg.clip < 1:
         raise ConfigError(f"--clip must be in (0, 1), got {cfg.clip}")
     if cfg.clip_high is not None and cfg.clip_high <= 0:

@@ -26,13 +26,14 @@ from . import checkpoint, distributed, plots
 from .attention import CALLS as ATTENTION_CALLS
 from .attention import choose_attention
 from .distributed import SINGLE, Dist, Policy, gathered
+from .engine import make_engine
 from .config import Config, resume_changes
 from .errors import ConfigError
 from .evaluation import METRICS, answer_ids, change, summarize
 from .files import RunFileError, read_json, write_json, writing
 from .logger import MetricsLog, read_metrics
 from .models import format_prompt, load_model
-from .rollout import Rollout, sample
+from .rollout import Rollout
 from .tasks import load_task
 
 USES_K = ("passk", "passk_chen", "majority")  # the estimators whose objective involves k samples
@@ -97,8 +98,9 @@ def sample_and_score(model, tokenizer, task, problems, cfg: Config, label: str, 
     for start in tqdm(range(0, len(problems), per_chunk), desc=f"eval {label}", unit="batch", leave=False,
                       disable=not d.main):
         chunk = problems[start:start + per_chunk]
-        ro = sample(model, tokenizer, [format_prompt(tokenizer, p.prompt) for p in chunk], n,
-                    temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch)
+        ro = make_engine(cfg.rollout, model, tokenizer).generate(
+            [format_prompt(tokenizer, p.prompt) for p in chunk], n, temperature=cfg.temperature,
+            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch)
         rows = [chunk[i // n] for i in range(len(ro.texts))]
         scores = task.score_batch(rows, ro.texts)
         for j, p in enumerate(chunk):
@@ -158,6 +160,19 @@ def sequence_logprobs(policy: Policy, ro: Rollout, cfg: Config, device, micro: i
     return out
 
 
+def old_logprobs(r: "Run", ro: Rollout, micro: int) -> torch.Tensor | None:
+    """The PPO's old log-probs: None with one optimiser step per batch (on-policy: the loss pass
+    computes them itself, ratio 1); else the sampler's own when the engine kept them (the weights
+    that sampled are the ones before the update); else one no-grad pass over the batch."""
+    cfg = r.cfg
+    if cfg.ppo_epochs * cfg.minibatches == 1:
+        return None
+    if ro.logprobs is not None:
+        return ro.logprobs
+    with gathered(r.model):
+        return sequence_logprobs(r.model, ro, cfg, r.device, micro)
+
+
 def loss_options(cfg: Config) -> dict:
     opts = {"clip_low": cfg.clip, "clip_high": cfg.clip_high, "kl_coef": cfg.kl_coef}
     if cfg.objective == "dr_grpo":
@@ -201,7 +216,8 @@ def ppo_update(model, optimizer, scheduler, ro: Rollout, old_logp, ref_logp, adv
                 h, targets, mask, weight, bias = response_hidden(model, ro.select(rows), device)
                 T = h.shape[1]
                 loss, metrics = ia_kernels.linear_ppo_loss(
-                    h, weight.to(h.dtype), targets, old_logp[rows, :T].to(device), advantages[rows].to(device),
+                    h, weight.to(h.dtype), targets, None if old_logp is None else old_logp[rows, :T].to(device),
+                    advantages[rows].to(device),
                     mask, bias=bias, temperature=cfg.temperature, backend=cfg.backend,
                     ref_logp=None if ref_logp is None else ref_logp[rows, :T].to(device), **loss_options(cfg))
                 if d.enabled:
@@ -439,9 +455,9 @@ def train_step(r: Run, step: int) -> dict:
     # --- rollouts
     t0 = time.time()
     with gathered(r.model):
-        ro = sample(r.model, r.tokenizer, [format_prompt(r.tokenizer, p.prompt) for p in problems], cfg.n,
-                    temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                    batch_size=max(cfg.eval_batch, len(problems) * cfg.n))
+        ro = make_engine(cfg.rollout, r.model, r.tokenizer).generate(
+            [format_prompt(r.tokenizer, p.prompt) for p in problems], cfg.n, temperature=cfg.temperature,
+            max_new_tokens=cfg.max_new_tokens, batch_size=max(cfg.eval_batch, len(problems) * cfg.n))
     t_sample = time.time() - t0
     # --- rewards and advantages
     rows = [problems[i // cfg.n] for i in range(len(ro.texts))]
@@ -458,8 +474,7 @@ def train_step(r: Run, step: int) -> dict:
     # --- PPO
     t0 = time.time()
     micro = ro.input_ids.shape[0] // (cfg.minibatches * cfg.grad_accum)
-    with gathered(r.model):
-        old_logp = sequence_logprobs(r.model, ro, cfg, device, micro)
+    old_logp = old_logprobs(r, ro, micro)
     ref_logp = sequence_logprobs(r.ref_model, ro, cfg, device, micro) if r.ref_model is not None else None
     stats = ppo_update(r.model, r.optimizer, r.scheduler, ro, old_logp, ref_logp, advantages, cfg, device, generator, d)
     t_update = time.time() - t0

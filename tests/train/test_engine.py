@@ -137,3 +137,44 @@ def test_make_engine_and_fallback(tiny):
 
     engine = make_engine("builtin", Other(), tok)
     assert "gpt2" in builtin_unsupported(Other()) and isinstance(engine.fallback, HFEngine)
+
+
+def _small(tmp_path, **over):
+    from ia_train.config import Config, validate
+
+    cfg = Config(**{**dict(model="tiny", task="chain_sum", prompts_per_step=2, n=4, k=2, max_new_tokens=16,
+                           eval_problems=0, steps=2, lr=3e-3, warmup_steps=1, tensorboard=False, threads=1,
+                           rollout="builtin", out=str(tmp_path / "run")), **over})
+    validate(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("minibatches", [1, 2])
+def test_training_takes_old_logprobs_without_a_pass(tmp_path, monkeypatch, minibatches):
+    """One optimiser step per batch: old_logp=None (the loss pass computes them); two: the sampler's
+    log-probs from the built-in engine. Either way no separate no-grad pass runs."""
+    import ia_kernels
+    from ia_train import train
+
+    calls = []
+    real = ia_kernels.linear_ppo_loss
+
+    def spy(*args, **kwargs):
+        calls.append(args[3])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ia_kernels, "linear_ppo_loss", spy)
+    monkeypatch.setattr(train, "sequence_logprobs", lambda *a, **k: pytest.fail("an old-logp pass ran"))
+    summary = train.run(_small(tmp_path, minibatches=minibatches))
+    assert summary["last_step"]["step"] == 2 and len(calls) == 2 * minibatches
+    if minibatches == 1:
+        assert all(c is None for c in calls)
+    else:
+        assert all(c is not None and (c <= 0).all() for c in calls)
+
+
+def test_rollout_setting_is_checked():
+    from ia_train.config import Config, ConfigError, validate
+
+    with pytest.raises(ConfigError, match="--rollout 'vllm' is unknown"):
+        validate(Config(rollout="vllm"))
