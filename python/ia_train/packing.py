@@ -1,0 +1,81 @@
+"""Length-sorted pieces of a training micro-batch, so that the training forward's compute scales with
+the real tokens rather than with rows x the longest sequence.
+
+A micro-batch's rows are sorted by length and cut into contiguous pieces; each piece runs its own
+forward, trimmed to its own longest prompt and response, and the fused loss of each piece is
+normalised by the whole micro-batch's count (`num_tokens` for token-mean, `num_sequences` for the
+sequence means), so the sum of the pieces' losses and gradients is the micro-batch's. Where to cut
+is a small dynamic programme over the sorted lengths: each piece costs its padded grid (rows x
+(longest prompt + longest response)) plus a fixed per-forward overhead in token equivalents.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PIECE_OVERHEAD_TOKENS = 256  # a forward + backward's fixed cost, in padded-token equivalents (tiny model, CPU)
+
+
+def pieces(prompt_lengths: torch.Tensor, response_lengths: torch.Tensor, rows: torch.Tensor,
+           overhead: int = PIECE_OVERHEAD_TOKENS) -> list[torch.Tensor]:
+    """`rows` (indices into the batch) cut into length-sorted pieces of least total padded cost."""
+    order = torch.argsort(response_lengths[rows], stable=True)
+    rows = rows[order]
+    p, r = prompt_lengths[rows].tolist(), response_lengths[rows].tolist()
+    n = len(rows)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of rows[:j]
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        max_p = 0
+        for i in range(j - 1, -1, -1):  # the last piece is rows[i:j]; r is sorted, so its longest is r[j-1]
+            max_p = max(max_p, p[i])
+            cost = best[i] + (j - i) * (max_p + r[j - 1]) + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    out, j = [], n
+    while j > 0:
+        out.append(rows[cut[j]:j])
+        j = cut[j]
+    return out[::-1]
+
+
+def normaliser(response_mask: torch.Tensor, aggregation: str) -> dict:
+    """The micro-batch's denominator for linear_ppo_loss: its valid tokens (token-mean) or its
+    sequences with a valid token (the sequence means)."""
+    if aggregation == "token-mean":
+        return {"num_tokens": float(response_mask.sum())}
+    return {"num_sequences": float(response_mask.any(1).sum())}
+
+
+def micro_batch_backward(model, ro, rows: torch.Tensor, old_logp, ref_logp, advantages, cfg, device,
+                         scale: float = 1.0, pack: bool = True) -> tuple[float, dict]:
+    """linear_ppo_loss over one micro-batch (`rows` of the rollout `ro`) and its backward, the
+    gradients multiplied by `scale`, in length-sorted pieces (one piece when pack is False or when
+    cutting does not pay). Returns (the micro-batch's loss, its metrics: token-weighted means)."""
+    import ia_kernels
+
+    from .train import loss_options, response_hidden  # train imports this module
+
+    opts = loss_options(cfg)
+    parts = [rows]
+    if pack:
+        prompt_lengths = ro.attention_mask[:, :ro.prompt_width].sum(1)
+        parts = pieces(prompt_lengths, ro.lengths, rows)
+    if len(parts) > 1:
+        opts.update(normaliser(ro.response_mask[rows], opts.get("aggregation", "token-mean")))
+    total, sums, weight_sum = 0.0, {}, 0.0
+    for piece in parts:
+        h, targets, mask, weight, bias = response_hidden(model, ro.select(piece), device)
+        T = h.shape[1]
+        loss, metrics = ia_kernels.linear_ppo_loss(
+            h, weight.to(h.dtype), targets, None if old_logp is None else old_logp[piece, :T].to(device),
+            advantages[piece].to(device), mask, bias=bias, temperature=cfg.temperature, backend=cfg.backend,
+            ref_logp=None if ref_logp is None else ref_logp[piece, :T].to(device), **opts)
+        (loss * scale).backward()
+        total += float(loss.detach())
+        w = float(mask.sum()) if len(parts) > 1 else 1.0
+        weight_sum += w
+        for key, value in metrics.items():
+            if torch.is_tensor(value) and value.numel() == 1:
+                sums[key] = sums.get(key, 0.0) + w * float(value)
+    return total, {key: value / max(weight_sum, 1e-30) for key, value in sums.items()}
