@@ -89,7 +89,7 @@ class Launch:
 
     @property
     def constexprs(self) -> dict:
-        return {k: v for k, v in self.kwargs.items() if k not in ("num_warps", "num_stages")}
+        return {k: v for k, v in self.kwargs.items() if k not in ("num_warps", "num_stages", "enable_fp_fusion")}
 
 
 class _Recorder:
