@@ -8,11 +8,14 @@ naming the path or the step, and exit status 1; the last good checkpoint stays u
 
 from __future__ import annotations
 
+import os
 import sys
 
 
 def _fail(prog: str, error: BaseException, code: int) -> int:
-    print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
+    rank = os.environ.get("RANK", "0")  # under a launcher every process reports; rank 0 unmarked
+    where = "" if rank in ("", "0") else f" (rank {rank})"
+    print(f"{prog}{where}: error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
     return code
 
 

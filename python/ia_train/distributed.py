@@ -2,7 +2,7 @@
 torch.distributed environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
 
 - Parameters, gradients and optimiser state are sharded with FSDP2 (`fully_shard`) over gloo on CPU
-  and nccl on GPU. The whole policy is one FSDP unit (`Policy`, below): every model call the loop
+  and nccl on GPU. The whole policy is one FSDP unit (models.Policy): every model call the loop
   makes (generate, the hidden states and the LM-head weight for the loss) is one forward of that
   unit, so FSDP gathers the full parameters around it and reduce-scatters (averages) the gradients.
 - A step's prompts_per_step prompts are the same whatever the number of processes; each rank takes a
@@ -68,7 +68,8 @@ def launcher_env(env=None) -> Dist | None:
     rank, world, local = values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"]
     if world < 1 or not 0 <= rank < world or local < 0:
         raise ConfigError(f"inconsistent torch.distributed environment: RANK={rank}, WORLD_SIZE={world}, "
-                          f"LOCAL_RANK={local} (need 0 <= RANK < WORLD_SIZE, LOCAL_RANK >= 0); start ia-train with torchrun")
+                          f"LOCAL_RANK={local} (need 0 <= RANK < WORLD_SIZE, LOCAL_RANK >= 0); "
+                          "start ia-train with torchrun")
     local_world = env.get("LOCAL_WORLD_SIZE")
     if local_world not in (None, "") and (not local_world.isdigit() or not local < int(local_world) <= world):
         raise ConfigError(f"inconsistent torch.distributed environment: LOCAL_RANK={local}, "
@@ -90,7 +91,7 @@ def check(cfg) -> None:
         raise ConfigError(f"each of the {d.world_size} processes holds {local} sequences per step (prompts_per_step / "
                           f"processes * n), which do not split into minibatches * grad_accum = "
                           f"{cfg.minibatches * cfg.grad_accum} equal parts; change one of them")
-    if d.world_size > 1 and cfg.device == "cuda" and torch.cuda.is_available() \
+    if d.world_size > 1 and cfg.device != "cpu" and torch.cuda.is_available() \
             and d.local_rank >= torch.cuda.device_count():
         raise ConfigError(f"LOCAL_RANK={d.local_rank} but this node has {torch.cuda.device_count()} CUDA devices; "
                           "start at most one process per device (torchrun --nproc-per-node)")
@@ -123,36 +124,7 @@ def shutdown(d: Dist) -> None:
 # the model
 
 
-class Policy(torch.nn.Module):
-    """The causal LM behind one forward that serves every call the loop makes:
-    policy("hidden", input_ids=..., attention_mask=..., position_ids=...) -> (final hidden states,
-    LM-head weight, LM-head bias), and policy.generate(...) (Hugging Face generate).
-
-    Under FSDP2 (`shard`) the LM-head weight the loss receives is the gathered (unsharded) parameter
-    that FSDP's forward has put in place, exactly as the head's own forward would use it: every rank
-    has different hidden states (its own sequences), so the loss needs the whole vocabulary on each
-    rank (the vocabulary-parallel path of ia_kernels assumes the same hidden states on every rank and
-    is not used here), and the weight's gradient then flows into FSDP's reduce-scatter like any
-    other parameter's. Without FSDP it is a plain call with the same arithmetic.
-    """
-
-    def __init__(self, lm):
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, call: str, **kwargs):
-        if call == "generate":
-            return self.lm.generate(**kwargs)
-        from .models import body_and_head
-
-        body, weight, bias = body_and_head(self.lm)
-        return body(**kwargs).last_hidden_state, weight, bias
-
-    def generate(self, **kwargs):
-        return self(call="generate", **kwargs)
-
-
-def shard(policy: Policy, d: Dist, device: torch.device) -> Policy:
+def shard(policy, d: Dist, device: torch.device):
     """FSDP2 over all ranks, one unit: parameters, gradients and optimiser state sharded between
     forwards. reshard_after_forward=False keeps the gathered parameters until `gathered` (or the
     backward pass) lets them go, so that ranks may run different numbers of forwards (generation,

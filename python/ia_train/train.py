@@ -4,6 +4,9 @@ PPO epochs on the fused linear PPO loss -> log -> checkpoint; evaluate again; wr
 Determinism: every step reseeds torch from (seed, step) before sampling and shuffling, so a step's
 rollouts depend only on the weights and the step number; with the optimiser state restored from a
 checkpoint, a resumed run repeats the uninterrupted one exactly (same device and thread count).
+
+Started by torchrun (or another launcher), every rank runs the same stages on its share of the
+prompts and of the held-out problems, with the model sharded by FSDP2: see distributed.py.
 """
 
 from __future__ import annotations
@@ -25,14 +28,14 @@ from tqdm.auto import tqdm
 from . import checkpoint, distributed, plots
 from .attention import CALLS as ATTENTION_CALLS
 from .attention import choose_attention
-from .distributed import SINGLE, Dist, Policy, gathered
+from .distributed import SINGLE, Dist, gathered
 from .engine import make_engine
 from .config import Config, resume_changes
 from .errors import ConfigError
 from .evaluation import METRICS, answer_ids, change, summarize
 from .files import RunFileError, read_json, write_json, writing
 from .logger import MetricsLog, read_metrics
-from .models import format_prompt, load_model
+from .models import Policy, format_prompt, load_model
 from .rollout import Rollout
 from .tasks import load_task
 

@@ -3,7 +3,8 @@
 - a 2-rank PPO update equals the 1-process update of the same global batch (token-mean and
   seq-mean aggregations, gradient clipping on): the loss is normalised by global counts;
 - a 2-process `torchrun -m ia_train` run ends with identical parameters on both ranks, its
-  sharded (DCP) checkpoint resumes in one process, and that run's checkpoint resumes under torchrun;
+  sharded (DCP) checkpoint is verified by its manifest (a damaged shard falls back to the previous
+  checkpoint) and resumes in one process, and that run's checkpoint resumes under torchrun;
 - an inconsistent launcher environment, or prompts that do not split across the processes, stop
   with one line (exit status 2).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,22 +60,31 @@ SMALL = ["--prompts-per-step", "4", "--n", "4", "--k", "2", "--max-new-tokens", 
          "--eval-n", "4", "--checkpoint-every", "2", "--tensorboard", "false"]
 
 
-def test_torchrun_run_identical_ranks_and_resume_across_process_counts(tmp_path):
+def test_torchrun_run_identical_ranks_and_resume_across_process_counts(tmp_path, capsys):
     out = tmp_path / "run"
-    torchrun([str(SCRIPTS / "run_and_hash.py"), "--", *SMALL, "--steps", "2", "--out", str(out)])
+    torchrun([str(SCRIPTS / "run_and_hash.py"), "--", *SMALL, "--steps", "2", "--checkpoint-every", "1",
+              "--out", str(out)])
     hashes = {p.name: p.read_text() for p in out.glob("params-rank*.sha256")}
     assert len(hashes) == 2 and len(set(hashes.values())) == 1, hashes
     summary = json.loads((out / "summary.json").read_text())
     assert summary["info"]["world_size"] == 2 and "after" in summary
     latest = out / "checkpoints" / "latest"
     manifest = json.loads((latest / "manifest.json").read_text())
-    assert manifest["format"] == "dcp" and manifest["world_size"] == 2
+    assert manifest["format"] == "dcp" and manifest["world_size"] == 2 and manifest["step"] == 2
     assert {"state.pt", "dcp/.metadata", "dcp/__0_0.distcp", "dcp/__1_0.distcp"} <= set(manifest["files"])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
 
+    # a damaged shard file is caught by the manifest: the previous checkpoint is used
+    shard = latest / "dcp" / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
     # the 2-process checkpoint resumes in one process (no launcher): DCP reshards
     assert main([*SMALL, "--steps", "4", "--out", str(out), "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "step-000002 is damaged: dcp/__1_0.distcp does not match its checksum" in captured.err
+    assert "resuming at step 1 from" in captured.out
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert json.loads((out / "summary.json").read_text())["info"]["world_size"] == 1
@@ -101,7 +112,8 @@ def test_inconsistent_launcher_environment_is_one_line(env, names, tmp_path, mon
         monkeypatch.setenv(name, value)
     assert main(["--steps", "1", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("ia-train: error: inconsistent torch.distributed environment"), err
+    assert len(err) == 1 and re.match(r"ia-train( \(rank \d+\))?: error: inconsistent torch.distributed environment",
+                                      err[0]), err
     assert all(name in err[0] for name in names), err
     assert not (tmp_path / "run").exists()
 

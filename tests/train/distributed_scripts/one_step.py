@@ -11,8 +11,7 @@ import torch
 
 from ia_train import distributed
 from ia_train.config import Config
-from ia_train.distributed import Policy
-from ia_train.models import load_model
+from ia_train.models import Policy, load_model
 from ia_train.rollout import Rollout
 from ia_train.train import ppo_update
 
