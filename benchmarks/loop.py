@@ -53,10 +53,27 @@ def _command() -> int:
 # workers
 
 
+def _import_ia_train_from(path: str) -> None:
+    """Makes `import ia_train` load the package under `path` (another checkout's python/ directory),
+    ahead of the installed one, to compare versions."""
+    import importlib.machinery
+
+    class Finder:
+        @staticmethod
+        def find_spec(name, search=None, target=None):
+            if name == "ia_train" or name.startswith("ia_train."):
+                return importlib.machinery.PathFinder.find_spec(name, [path] if name == "ia_train" else search)
+            return None
+
+    sys.meta_path.insert(0, Finder)
+
+
 def _ia_worker(s: dict) -> None:
     import torch
 
     torch.set_num_threads(s["threads"])
+    if s.get("ia_path"):
+        _import_ia_train_from(s["ia_path"])
     from ia_train import train as T
     from ia_train.config import Config, validate
 
@@ -267,6 +284,8 @@ def main(argv: list[str] | None = None):
                         help="issue: one optimiser step per rollout batch; default: the default experiment's two")
     parser.add_argument("--systems", default="ia,trl")
     parser.add_argument("--ia-options", default="{}", help="extra ia-train settings as JSON, e.g. '{\"rollout\": \"hf\"}'")
+    parser.add_argument("--ia-path", default=None, help="run the ia-train side from this checkout's python/ "
+                        "directory (e.g. a git worktree of an earlier commit), to compare before / after")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--json", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -280,7 +299,7 @@ def main(argv: list[str] | None = None):
     block = args.block or (1 if args.quick else 5)
     settings = {"threads": args.threads, "prompts": 16, "n": 8, "max_new_tokens": args.max_new_tokens,
                 "minibatches": 1 if args.preset == "issue" else 2, "total": warmup + steps + 1,
-                "ia_options": json.loads(args.ia_options)}
+                "ia_options": json.loads(args.ia_options), "ia_path": args.ia_path}
     systems = [s for s in args.systems.split(",") if s]
     if "trl" in systems and (why := _trl_available()):
         print(f"TRL side skipped: {why}")
