@@ -41,7 +41,7 @@ class Config:
     prompts_per_step: int = field(default=16, metadata={"help": "prompts per training step (each sampled n times)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature for rollouts and evaluation"})
     max_new_tokens: int = field(default=64, metadata={"help": "response length limit in tokens"})
-    rollout: str = field(default="hf", metadata={"help": "rollout engine: builtin (ia_train's decode loop: static KV cache, finished rows leave the batch; Llama-style models, others fall back to hf) or hf (Hugging Face generate)"})
+    rollout: str = field(default="builtin", metadata={"help": "rollout engine: builtin (ia_train's decode loop: static KV cache, finished rows leave the batch; Llama-style models, others fall back to hf) or hf (Hugging Face generate)"})
     # PPO
     steps: int = field(default=200, metadata={"help": "training steps (one rollout batch each)"})
     lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate"})
@@ -67,7 +67,7 @@ class Config:
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     attention: str = field(default="auto", metadata={"help": "auto (flash-attention when installed and supported, else sdpa), sdpa, eager, flash_attention_2, fa4"})
     backend: Optional[str] = field(default=None, metadata={"help": "ia_kernels backend for the loss (default: the fastest for the device)"})
-    threads: int = field(default=0, metadata={"help": "CPU threads for torch (0: 1 for the tiny model, whose small matrix products only lose from a second thread, else torch's default)"})
+    threads: int = field(default=0, metadata={"help": "CPU threads for torch (0: torch's default, one per core; on a machine that other busy processes share, fewer threads can be faster)"})
     tensorboard: bool = field(default=True, metadata={"help": "also log to TensorBoard when it is installed"})
 
     def to_dict(self) -> dict:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint, distributed, plots
+from . import checkpoint, distributed, packing, plots
 from .attention import CALLS as ATTENTION_CALLS
 from .attention import choose_attention
 from .distributed import SINGLE, Dist, gathered
@@ -216,20 +216,14 @@ def ppo_update(model, optimizer, scheduler, ro: Rollout, old_logp, ref_logp, adv
             optimizer.zero_grad(set_to_none=True)
             for a in range(cfg.grad_accum):
                 rows = batches[m * cfg.grad_accum + a]
-                h, targets, mask, weight, bias = response_hidden(model, ro.select(rows), device)
-                T = h.shape[1]
-                loss, metrics = ia_kernels.linear_ppo_loss(
-                    h, weight.to(h.dtype), targets, None if old_logp is None else old_logp[rows, :T].to(device),
-                    advantages[rows].to(device),
-                    mask, bias=bias, temperature=cfg.temperature, backend=cfg.backend,
-                    ref_logp=None if ref_logp is None else ref_logp[rows, :T].to(device), **loss_options(cfg))
-                if d.enabled:
-                    loss = loss * scales[m * cfg.grad_accum + a]
-                (loss / cfg.grad_accum).backward()
-                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+                scale = scales[m * cfg.grad_accum + a] if d.enabled else 1.0
+                # in length-sorted pieces (packing.py): compute scales with the real tokens. Under a
+                # launcher one piece, as every rank must run the same number of backward passes.
+                loss, metrics = packing.micro_batch_backward(model, ro, rows, old_logp, ref_logp, advantages, cfg,
+                                                             device, scale / cfg.grad_accum, pack=not d.enabled)
+                sums["loss"] = sums.get("loss", 0.0) + loss * scale
                 for key, value in metrics.items():
-                    if torch.is_tensor(value) and value.numel() == 1:
-                        sums[key] = sums.get(key, 0.0) + float(value)
+                    sums[key] = sums.get(key, 0.0) + value
                 count += 1
             if cfg.max_grad_norm > 0:
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -294,8 +288,8 @@ class Run:
 def run(cfg: Config) -> dict:
     """The whole experiment (see the module doc); returns the summary written to summary.json."""
     threads = torch.get_num_threads()
-    if cfg.threads or cfg.model == "tiny":
-        torch.set_num_threads(cfg.threads or 1)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     d = SINGLE
     try:
         d, device = distributed.init(cfg.device)
