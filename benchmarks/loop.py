@@ -12,7 +12,8 @@ rewards, advantages, batching), and the worker's peak RSS.
 
 --preset issue (default): one optimiser step per rollout batch (ia-train --minibatches 1, TRL
 steps_per_generation 1). --preset default: the default experiment's two optimiser steps per batch
-(ia-train --minibatches 2, TRL steps_per_generation 2). TRL is optional: without it the ia-train
+(ia-train --minibatches 2, TRL steps_per_generation 2). The ia-train side samples with --rollout
+builtin unless told otherwise (--rollout hf: Hugging Face generate, ia-train's default). TRL is optional: without it the ia-train
 side runs alone and the comparison is skipped with a message.
 """
 
@@ -77,11 +78,15 @@ def _ia_worker(s: dict) -> None:
     from ia_train import train as T
     from ia_train.config import Config, validate
 
+    import dataclasses
+
     out = tempfile.mkdtemp(prefix="loop-ia-")
+    known = {f.name for f in dataclasses.fields(Config)}  # an earlier version (--ia-path) may lack some
+    options = {k: v for k, v in s.get("ia_options", {}).items() if k in known}
     cfg = Config(model="tiny", task="chain_sum", prompts_per_step=s["prompts"], n=s["n"],
                  max_new_tokens=s["max_new_tokens"], temperature=1.0, steps=s["total"], kl_coef=0.0,
                  minibatches=s["minibatches"], eval_problems=0, tensorboard=False, threads=s["threads"], out=out,
-                 **s.get("ia_options", {}))
+                 **options)
     validate(cfg)
     r = T.setup(cfg)
     clock = {"old_logp": 0.0, "optimizer": 0.0}
@@ -99,7 +104,7 @@ def _ia_worker(s: dict) -> None:
         T.sequence_logprobs = timed(T.sequence_logprobs, "old_logp")
     r.optimizer.step = timed(r.optimizer.step, "optimizer")
     step = 0
-    _emit({"ready": True, "threads": torch.get_num_threads()})
+    _emit({"ready": True, "threads": torch.get_num_threads(), "options": options})
     while (k := _command()) > 0:
         records = []
         for _ in range(k):
@@ -283,7 +288,8 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--preset", choices=("issue", "default"), default="issue",
                         help="issue: one optimiser step per rollout batch; default: the default experiment's two")
     parser.add_argument("--systems", default="ia,trl")
-    parser.add_argument("--ia-options", default="{}", help="extra ia-train settings as JSON, e.g. '{\"rollout\": \"hf\"}'")
+    parser.add_argument("--rollout", default="builtin", help="ia-train's --rollout (builtin or hf; ignored by versions without it)")
+    parser.add_argument("--ia-options", default="{}", help="extra ia-train settings as JSON, e.g. '{\"lr\": 1e-4}'")
     parser.add_argument("--ia-path", default=None, help="run the ia-train side from this checkout's python/ "
                         "directory (e.g. a git worktree of an earlier commit), to compare before / after")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -299,7 +305,7 @@ def main(argv: list[str] | None = None):
     block = args.block or (1 if args.quick else 5)
     settings = {"threads": args.threads, "prompts": 16, "n": 8, "max_new_tokens": args.max_new_tokens,
                 "minibatches": 1 if args.preset == "issue" else 2, "total": warmup + steps + 1,
-                "ia_options": json.loads(args.ia_options), "ia_path": args.ia_path}
+                "ia_options": {"rollout": args.rollout, **json.loads(args.ia_options)}, "ia_path": args.ia_path}
     systems = [s for s in args.systems.split(",") if s]
     if "trl" in systems and (why := _trl_available()):
         print(f"TRL side skipped: {why}")
@@ -323,7 +329,8 @@ def main(argv: list[str] | None = None):
         rows[0]["x_vs_trl"] = ratio
     load = os.getloadavg()
     print(f"preset {args.preset}: 16 prompts x 8 samples, {args.max_new_tokens} new tokens, temperature 1, no KL, "
-          f"{settings['minibatches']} optimiser step(s) per batch, {args.threads} threads; {steps} timed steps each "
+          f"{settings['minibatches']} optimiser step(s) per batch, {args.threads} threads; ia-train settings "
+          f"{workers['ia'].ready.get('options') if 'ia' in workers else '-'}; {steps} timed steps each "
           f"after {warmup} warm-up, alternating in blocks of {block}; phases in s/step; "
           f"load average at the end {load[0]:.1f}; {time.time() - t_start:.0f}s")
     from .harness import report
