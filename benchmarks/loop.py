@@ -340,7 +340,8 @@ def main(argv: list[str] | None = None):
     report("loop", rows, cols, json_path=args.json, extra={"settings": settings, "preset": args.preset,
                                                             "loadavg": load, "records": records})
     if len(rows) == 2:
-        print(f"ia-train step throughput: {rows[0]['x_vs_trl']:.2f}x TRL's")
+        print(f"ia-train step throughput: {rows[0]['x_vs_trl']:.2f}x TRL's"
+              + (" (--quick: too few steps for a comparison; a smoke test)" if args.quick else ""))
     return 0
 
 
