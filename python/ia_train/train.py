@@ -462,7 +462,10 @@ def train_step(r: Run, step: int) -> dict:
     correct = scores >= 0.5
     rewards = scores
     if cfg.alpha > 0:
-        rewards = ia_kernels.length_penalized_rewards(correct, ro.lengths, cfg.n, alpha=cfg.alpha)
+        # Arora & Zanette's rule: a response cut off at --max-new-tokens (no EOS) scores 0 and stays
+        # out of its prompt's length statistics, else the penalty would reward the long tail it cuts.
+        finished = ((ro.targets == r.tokenizer.eos_token_id) & ro.response_mask).any(1)
+        rewards = ia_kernels.length_penalized_rewards(correct, ro.lengths, cfg.n, alpha=cfg.alpha, finished=finished)
     answers = answer_ids([r.task.extract_answer(p, t) for p, t in zip(rows, ro.texts)]) \
         if cfg.objective == "majority" else None
     advantages = ia_kernels.group_advantages(

@@ -93,6 +93,11 @@ def test_length_penalty_kl_epochs_and_evaluation(tmp_path, monkeypatch):
         assert torch.equal(rewards.cpu(), penalized) and row["reward"] == pytest.approx(float(penalized.mean()))
         # correct responses lose reward with length, wrong ones keep 0
         assert torch.all(penalized[~correct] == 0) and torch.all(penalized[correct] <= 1)
+        # responses cut off at the token limit (no EOS) score 0 (Arora & Zanette's truncation rule)
+        finished = kw["finished"]
+        assert finished.dtype == torch.bool and finished.shape == correct.shape
+        assert torch.all(penalized[~finished] == 0)
+        assert torch.all(finished[lengths < cfg.max_new_tokens])  # a shorter response ended with EOS
     # The KL penalty: every loss call gets the frozen reference's log-probs and kl_coef, and the step
     # reports the KL against the reference.
     assert len(losses.calls) == cfg.steps * cfg.ppo_epochs * cfg.minibatches * cfg.grad_accum
