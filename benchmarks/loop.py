@@ -31,6 +31,17 @@ MARK = "@@loop "  # worker -> parent lines start with this (everything else is t
 PHASES = ("generation", "old_logp", "loss_fwd_bwd", "optimizer", "other")
 
 
+def _timed(fn, clock: dict, key: str):
+    """fn, adding the wall time of each call to clock[key] (the phase split)."""
+    def wrapper(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            clock[key] += time.perf_counter() - t0
+    return wrapper
+
+
 def _peak_rss() -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -92,13 +103,7 @@ def _ia_worker(s: dict) -> None:
     clock = {"old_logp": 0.0, "optimizer": 0.0}
 
     def timed(fn, key):
-        def wrapper(*a, **k):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                clock[key] += time.perf_counter() - t0
-        return wrapper
+        return _timed(fn, clock, key)
 
     if hasattr(T, "sequence_logprobs"):
         T.sequence_logprobs = timed(T.sequence_logprobs, "old_logp")
@@ -164,13 +169,7 @@ def _trl_worker(s: dict) -> None:
     marks: dict = {}
 
     def timed(fn, key):
-        def wrapper(*a, **k):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                clock[key] += time.perf_counter() - t0
-        return wrapper
+        return _timed(fn, clock, key)
 
     trainer._generate = timed(trainer._generate, "generation")
     trainer._generate_and_score_completions = timed(trainer._generate_and_score_completions, "prepare")
