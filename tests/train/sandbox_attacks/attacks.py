@@ -157,18 +157,23 @@ def attack_environment():
     return bool(leaked), f"leaked {leaked}; {_detail(r)}"
 
 
+def _accepted(server) -> bool:
+    """Did the sandboxed program's connection reach this listening socket?"""
+    server.settimeout(0.1)
+    try:
+        server.accept()[0].close()
+        return True
+    except socket.timeout:
+        return False
+
+
 def attack_tcp_localhost():
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(1)
         port = server.getsockname()[1]
         r = _run(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'x')\nprint('connected')")
-        server.settimeout(0.1)
-        try:
-            server.accept()[0].close()
-            accepted = True
-        except socket.timeout:
-            accepted = False
+        accepted = _accepted(server)
     return accepted, _detail(r)
 
 
@@ -179,12 +184,7 @@ def attack_unix_socket(shared_dir):
         os.chmod(path, 0o777)
         server.listen(1)
         r = _run(f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({path!r})\ns.sendall(b'x')\nprint('connected')")
-        server.settimeout(0.1)
-        try:
-            server.accept()[0].close()
-            accepted = True
-        except socket.timeout:
-            accepted = False
+        accepted = _accepted(server)
     return accepted, _detail(r)
 
 
