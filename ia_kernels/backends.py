@@ -164,8 +164,9 @@ class OpBackends:
         parts = []
         for name in self.names():
             why = _WHY_NOT[name](device)
-            if why is None and _why_not_automatic(self, name, device) is not None:
-                why = "available, " + _why_not_automatic(self, name, device)
+            if why is None:
+                not_automatic = _why_not_automatic(self, name, device)
+                why = None if not_automatic is None else "available, " + not_automatic
             parts.append(f"{name} (available)" if why is None else f"{name} ({why})")
         return "backends of " + self.op + ": " + ", ".join(parts)
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .numerics import compute_dtype
+
 # Bytes of fp32 logits per chunk. CPU: small enough to stay ~10% of an eager pass over the same
 # tokens and large enough for BLAS to run near peak. GPU: a chunk of ~1-2k rows at 152k vocab.
 _DEFAULT_CHUNK_BYTES = {"cpu": 64 << 20, "cuda": 1 << 30}
@@ -97,7 +99,7 @@ class LMHead:
 
     @property
     def logits_dtype(self) -> torch.dtype:
-        return torch.float64 if self.gemm_dtype == torch.float64 else torch.float32
+        return compute_dtype(self.gemm_dtype)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """fp32 (or fp64) logits [rows, V] of a chunk of hidden states [rows, H], contiguous.
@@ -146,7 +148,7 @@ class LMHead:
         if low and (steps is None or steps <= cls.MAX_LOW_PRECISION_STEPS):
             dtype = weight.dtype
         else:
-            dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+            dtype = compute_dtype(weight.dtype)
         return torch.zeros(weight.shape, dtype=dtype, device=weight.device)
 
     @staticmethod

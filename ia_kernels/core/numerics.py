@@ -37,5 +37,10 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def as_compute(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A constant input as the kernels read it: detached, in the compute dtype, contiguous (None stays None)."""
+    return None if x is None else x.detach().to(dtype).contiguous()
+
+
 FP32 = (torch.float32,)
 FP32_FP64 = (torch.float32, torch.float64)

@@ -222,7 +222,7 @@ def _omit_nan(rewards, groups, nan, *, estimator, k, answers, eps, variant, back
         scored = torch.bincount(inverse, weights=keep.to(torch.float64)).to(torch.int64)
         enough = scored == total if estimator == "majority" else scored >= k
         keep = keep & enough[inverse]
-    out_dtype = torch.float64 if rewards.dtype == torch.float64 else torch.float32
+    out_dtype = compute_dtype(rewards.dtype)
     out = torch.zeros(n, dtype=out_dtype, device=rewards.device)
     if bool(keep.any()):
         sub_k = k if estimator in ESTIMATORS_USING_K and estimator != "majority" else None
@@ -312,6 +312,6 @@ def length_penalized_rewards(correct: torch.Tensor, lengths: torch.Tensor, group
         correct = correct & finished
     groups = group_ids(groups, correct.numel(), correct.device)
     layout = group_layout(groups, correct.numel(), correct.device, what="responses")
-    dtype = torch.float64 if lengths.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(lengths.dtype)
     _, kernels = _LENGTH_OP.select(correct.device, dtype, backend)
     return kernels.length_penalized_rewards(correct, lengths64, layout, alpha, dtype)

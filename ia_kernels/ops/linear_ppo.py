@@ -36,7 +36,7 @@ import torch
 from .. import backends
 from ..core import checks as _checks
 from ..core.chunks import ChunkDriver, LogitTransform, chunk_rows
-from ..core.numerics import FP32, FP32_FP64, compute_dtype
+from ..core.numerics import FP32, FP32_FP64, as_compute, compute_dtype
 from ..core.vocab_parallel import VocabShard, resolve_weight
 from . import ppo
 from .logprobs import RowPassCall, _validate, chunked_backward, chunked_forward, row_pass_call
@@ -381,15 +381,13 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     dtype = compute_dtype(weight.dtype)
     name, ppo_kernels = _OP.select(device, dtype, backend)
 
-    def prep(x):
-        return None if x is None else x.detach().to(dtype).contiguous()
-
     h2 = hidden.reshape(B * T, H)
     h2 = h2 if h2.is_contiguous() else h2.contiguous()
     w = weight if weight.stride(-1) == 1 else weight.contiguous()
     call = LinearPpoCall(
-        targets=torch.where(valid, targets, ignore_index).reshape(-1).contiguous(), old_logp=prep(old_logp),
-        advantages=prep(advantages), importance_weights=prep(importance_weights), ref_logp=prep(ref_logp),
+        targets=torch.where(valid, targets, ignore_index).reshape(-1).contiguous(), old_logp=as_compute(old_logp, dtype),
+        advantages=as_compute(advantages, dtype), importance_weights=as_compute(importance_weights, dtype),
+        ref_logp=as_compute(ref_logp, dtype),
         valid=valid, vrows=ValidRows.of(valid, lengths),
         temperature=temperature, ignore_index=ignore_index, opts=opts, ppo_kernels=ppo_kernels,
         logprob_kernels=importlib.import_module(f"ia_kernels.kernels.{name}.logprobs"),

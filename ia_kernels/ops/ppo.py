@@ -20,7 +20,7 @@ import torch
 
 from .. import backends
 from ..core import checks as _checks
-from ..core.numerics import FP32, FP32_FP64, KL_ESTIMATOR_CODES, MAX_LOG_RATIO, compute_dtype
+from ..core.numerics import FP32, FP32_FP64, KL_ESTIMATOR_CODES, MAX_LOG_RATIO, as_compute, compute_dtype
 from ..kernels.torch.ppo import kl_terms
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
@@ -289,14 +289,11 @@ class PpoLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logp, entropy, old_logp, advantages, valid, ref_logp, opts, terms, importance_weights):
         dtype = compute_dtype(logp.dtype)
-
-        def prep(x):
-            return None if x is None else x.detach().to(dtype).contiguous()
-
-        old = prep(logp) if old_logp is None else prep(old_logp)  # None: on-policy, old = logp.detach()
+        lp = as_compute(logp, dtype)
+        old = lp if old_logp is None else as_compute(old_logp, dtype)  # None: on-policy, old = logp.detach()
         loss, g_logp, g_entropy, ratio = loss_and_grads(
-            terms, prep(logp), old, prep(advantages), valid, prep(ref_logp), prep(entropy), opts,
-            prep(importance_weights))
+            terms, lp, old, as_compute(advantages, dtype), valid, as_compute(ref_logp, dtype),
+            as_compute(entropy, dtype), opts, as_compute(importance_weights, dtype))
         ctx.save_for_backward(g_logp, g_entropy)
         ctx.dtypes = (logp.dtype, None if entropy is None else entropy.dtype)
         ctx.mark_non_differentiable(ratio)
