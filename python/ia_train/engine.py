@@ -35,7 +35,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from .rollout import Rollout, sample
+from .rollout import Rollout, make_rollout, sample, stack_chunks
 
 ENGINES = ("builtin", "hf")
 _LLAMA_LIKE = {"llama", "mistral", "qwen2"}
@@ -303,23 +303,11 @@ class BuiltinEngine:
                                            max_new_tokens=max_new_tokens, temperature=temperature, n=n)
             p_ids = enc["input_ids"].repeat_interleave(n, 0)
             p_mask = enc["attention_mask"].repeat_interleave(n, 0)
-            chunks.append((p_ids, p_mask, r_ids, r_lp, r_len))
-        P = max(c[0].shape[1] for c in chunks)
-        T = max(c[2].shape[1] for c in chunks)
-        ids, amask, resp, lps = [], [], [], []
-        for p_ids, p_mask, r_ids, r_lp, _ in chunks:
-            lp_, lr = P - p_ids.shape[1], T - r_ids.shape[1]
-            ids.append(F.pad(p_ids, (lp_, 0), value=pad))
-            amask.append(F.pad(p_mask, (lp_, 0), value=0))
-            resp.append(F.pad(r_ids, (0, lr), value=pad))
-            lps.append(F.pad(r_lp, (0, lr), value=0.0))
-        prompt_ids, prompt_mask, response, logprobs = torch.cat(ids), torch.cat(amask), torch.cat(resp), torch.cat(lps)
-        lengths = torch.cat([c[4] for c in chunks])  # up to and including the first EOS
-        response_mask = torch.arange(T, device=device)[None] < lengths[:, None]
-        response = torch.where(response_mask, response, pad)
-        texts = tok.batch_decode(response, skip_special_tokens=True)
-        return Rollout(torch.cat([prompt_ids, response], 1), torch.cat([prompt_mask, response_mask.long()], 1),
-                       P, response_mask, texts, lengths, torch.where(response_mask, logprobs, 0.0).cpu())
+            # Response tokens up to and including the first EOS.
+            r_mask = torch.arange(r_ids.shape[1], device=device)[None] < r_len[:, None]
+            chunks.append((p_ids, p_mask, r_ids, r_mask.long(), r_lp))
+        prompt_ids, prompt_mask, response, response_mask, logprobs = stack_chunks(chunks, pad)
+        return make_rollout(tok, prompt_ids, prompt_mask, response, response_mask.bool(), logprobs)
 
 
 def make_engine(kind: str, model, tokenizer) -> RolloutEngine:

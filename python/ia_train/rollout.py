@@ -64,22 +64,33 @@ def sample(model, tokenizer, prompts: list[str], n: int, *, temperature: float, 
         prompt_mask = enc["attention_mask"].repeat_interleave(n, dim=0)
         chunks.append((out[:, :P], prompt_mask, out[:, P:]))
     model.train(was_training)
-    P = max(c[0].shape[1] for c in chunks)
-    T = max(c[2].shape[1] for c in chunks)
-    pad = tokenizer.pad_token_id
-    ids, amask, resp = [], [], []
-    for p_ids, p_mask, r_ids in chunks:
-        lp, lr = P - p_ids.shape[1], T - r_ids.shape[1]
-        ids.append(torch.nn.functional.pad(p_ids, (lp, 0), value=pad))
-        amask.append(torch.nn.functional.pad(p_mask, (lp, 0), value=0))
-        resp.append(torch.nn.functional.pad(r_ids, (0, lr), value=pad))
-    prompt_ids, prompt_mask, response = torch.cat(ids), torch.cat(amask), torch.cat(resp)
+    prompt_ids, prompt_mask, response = stack_chunks(chunks, tokenizer.pad_token_id)
     # Keep tokens up to and including the first EOS; what generate wrote after it is padding.
     is_eos = response == eos
     after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
-    response_mask = ~after_eos
-    response = torch.where(response_mask, response, pad)
-    lengths = response_mask.sum(1)
+    return make_rollout(tokenizer, prompt_ids, prompt_mask, response, ~after_eos)
+
+
+def stack_chunks(chunks, pad: int) -> list[torch.Tensor]:
+    """Chunks of (prompt ids [b, p], prompt mask [b, p], response ids [b, t], *per-response-token
+    tensors [b, t]) as one batch: prompts left-padded to the widest (ids with `pad`, mask with 0),
+    responses right-padded to the longest (ids with `pad`, the rest with 0)."""
+    P = max(c[0].shape[1] for c in chunks)
+    T = max(c[2].shape[1] for c in chunks)
+    columns = [[] for _ in chunks[0]]
+    for chunk in chunks:
+        lp, lr = P - chunk[0].shape[1], T - chunk[2].shape[1]
+        for j, x in enumerate(chunk):
+            widths = (lp, 0) if j < 2 else (0, lr)
+            columns[j].append(torch.nn.functional.pad(x, widths, value=pad if j in (0, 2) else 0))
+    return [torch.cat(c) for c in columns]
+
+
+def make_rollout(tokenizer, prompt_ids, prompt_mask, response, response_mask, logprobs=None) -> Rollout:
+    """The Rollout of a stacked batch: response tokens outside response_mask become padding, the
+    texts are decoded, lengths counted (EOS included), the sampler's log-probs (if any) kept on the mask."""
+    response = torch.where(response_mask, response, tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(response, skip_special_tokens=True)
     return Rollout(torch.cat([prompt_ids, response], 1), torch.cat([prompt_mask, response_mask.long()], 1),
-                   P, response_mask, texts, lengths)
+                   prompt_ids.shape[1], response_mask, texts, response_mask.sum(1),
+                   None if logprobs is None else torch.where(response_mask, logprobs, 0.0).cpu())
