@@ -1,4 +1,5 @@
-"""`ia-train` (train, the default) and `ia-train eval` (evaluate only): the command-line entry point.
+"""`ia-train` (train, the default), `ia-train eval` (evaluate only) and `ia-train study` (a grid of
+runs reproducing the papers' trade-offs): the command-line entry point.
 
 Configuration problems (a bad setting, a missing optional package, no usable checkpoint to resume)
 end the run before any work, with one line on stderr that says what to change, and exit status 2.
@@ -26,6 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     from .optional import MissingPackage
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["study"]:  # `ia-train study ...`: a grid of runs (study.py)
+        from .study import main as study_main
+
+        try:
+            return study_main(argv[1:])
+        except ConfigError as e:
+            return _fail("ia-train study", e, 2)
+        except KeyboardInterrupt:
+            print("ia-train study: interrupted; run the same command again to continue", file=sys.stderr)
+            return 130
     evaluating = argv[:1] == ["eval"]
     prog = "ia-train eval" if evaluating else "ia-train"
     try:

@@ -19,6 +19,7 @@ from typing import Any, Optional
 from .errors import ConfigError
 
 OBJECTIVES = ("rloo", "grpo", "dr_grpo", "passk", "passk_chen", "majority")
+AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
 SEED_MAX = 2**32 - 1  # numpy's seed range; torch and reasoning-gym accept it too
 # Settings a resumed run may change (they do not change what is trained or measured); every other
 # setting must match the run's config.json.
@@ -52,7 +53,9 @@ class Config:
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per minibatch (gradient accumulation)"})
     clip: float = field(default=0.2, metadata={"help": "PPO ratio clip (low side; also the high side unless clip_high is set)"})
     clip_high: Optional[float] = field(default=None, metadata={"help": "PPO ratio clip on the high side (DAPO's clip-higher)"})
-    kl_coef: float = field(default=0.0, metadata={"help": "KL penalty against the frozen initial model (0: no reference model kept)"})
+    kl_coef: float = field(default=0.0, metadata={"help": "KL penalty against the frozen initial model as a loss term (k3 estimator; 0: off)"})
+    kl_reward_coef: float = field(default=0.0, metadata={"help": "KL penalty against the frozen initial model in the reward (k1 estimator, beta of Arora & Zanette's runs: each token's advantage loses beta times the sum of log(pi/pi_ref) over it and the later tokens of its response; 0: off)"})
+    aggregation: Optional[str] = field(default=None, metadata={"help": "how the loss averages over tokens: token-mean (one mean over the batch's tokens), seq-mean-token-mean (each response's token mean, then the mean over responses: Arora & Zanette, OpenRLHF) or seq-mean-token-sum (default: token-mean; dr_grpo always uses its own constant-length normaliser)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 turns it off)"})
     # evaluation
     eval_problems: int = field(default=200, metadata={"help": "held-out problems for the before/after evaluation (0 skips it)"})
@@ -291,9 +294,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"--alpha must be in [0, 1], got {cfg.alpha}")
     if cfg.lr <= 0:
         raise ConfigError(f"--lr must be positive, got {cfg.lr}")
-    for name in ("kl_coef", "weight_decay", "max_grad_norm"):
+    for name in ("kl_coef", "kl_reward_coef", "weight_decay", "max_grad_norm"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(cfg, name)}")
+    if cfg.aggregation is not None and cfg.aggregation not in AGGREGATIONS:
+        raise ConfigError(f"--aggregation {cfg.aggregation!r} is unknown; use one of: {', '.join(AGGREGATIONS)}")
+    if cfg.objective == "dr_grpo" and cfg.aggregation not in (None, "seq-mean-token-sum-norm"):
+        raise ConfigError(f"--objective dr_grpo normalises by a constant length (its definition), so --aggregation "
+                          f"{cfg.aggregation} would change it; drop --aggregation or use another objective")
     if cfg.stop_after is not None and cfg.stop_after < 1:
         raise ConfigError(f"--stop-after must be at least 1 (or left unset), got {cfg.stop_after}")
     if not 0 <= cfg.seed <= SEED_MAX:

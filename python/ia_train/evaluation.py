@@ -53,27 +53,53 @@ def per_problem(correct: Sequence[Sequence[bool]], answers: Sequence[Sequence[Ha
     }
 
 
+def curve_ks(n: int, k: int) -> list[int]:
+    """The k of the pass@k / maj@k curves: the powers of two up to n, the run's k and n itself."""
+    ks = {1 << i for i in range(n.bit_length()) if 1 << i <= n} | {min(k, n), n}
+    return sorted(ks)
+
+
 def summarize(correct, answers, lengths, k: int, *, seed: int = 0) -> dict:
     """Means over problems under "pass@1", "pass@k", "maj@k", "mean_tokens", their 95% bootstrap
-    intervals under "<name>_ci" ([lo, hi]), "k", "n", "problems", and the per-problem values under
-    "per_problem" (for paired comparisons)."""
+    intervals under "<name>_ci" ([lo, hi]), "k", "n", "problems", the per-problem values under
+    "per_problem" (for paired comparisons), and under "curve" pass@j and maj@j (with "_ci") for
+    every j of curve_ks(n, k) (their per-problem values join "per_problem")."""
     values = per_problem(correct, answers, lengths, k)
     out: dict = {}
     for name in METRICS:
         out[name] = float(values[name].mean())
         out[name + "_ci"] = list(bootstrap_ci(values[name], seed=seed))
-    out.update(k=k, n=len(correct[0]), problems=len(correct))
+    n = len(correct[0])
+    out.update(k=k, n=n, problems=len(correct))
     out["per_problem"] = {name: values[name].tolist() for name in METRICS}
+    curve: dict = {"ks": curve_ks(n, k)}
+    for j in curve["ks"]:
+        part = per_problem(correct, answers, lengths, j)
+        for metric in ("pass", "maj"):
+            name = f"{metric}@{j}"
+            curve[name] = float(part[f"{metric}@k"].mean())
+            curve[name + "_ci"] = list(bootstrap_ci(part[f"{metric}@k"], seed=seed))
+            out["per_problem"][name] = part[f"{metric}@k"].tolist()
+    out["curve"] = curve
     return out
 
 
 def change(before: dict, after: dict, *, seed: int = 0) -> dict:
     """after - before on the same problems: the mean change of each metric and its 95% paired
     bootstrap interval (resampling problems, so problem difficulty cancels), under "<name>" and
-    "<name>_ci"."""
+    "<name>_ci"; the same for the curve's pass@j / maj@j under "curve" when both have them."""
+    def paired(name: str) -> tuple[float, list[float]]:
+        diff = np.asarray(after["per_problem"][name]) - np.asarray(before["per_problem"][name])
+        return float(diff.mean()), list(bootstrap_ci(diff, seed=seed))
+
     out: dict = {}
     for name in METRICS:
-        diff = np.asarray(after["per_problem"][name]) - np.asarray(before["per_problem"][name])
-        out[name] = float(diff.mean())
-        out[name + "_ci"] = list(bootstrap_ci(diff, seed=seed))
+        out[name], out[name + "_ci"] = paired(name)
+    ks = [j for j in after.get("curve", {}).get("ks", []) if j in before.get("curve", {}).get("ks", [])]
+    if ks:
+        out["curve"] = {"ks": ks}
+        for j in ks:
+            for metric in ("pass", "maj"):
+                name = f"{metric}@{j}"
+                out["curve"][name], out["curve"][name + "_ci"] = paired(name)
     return out

@@ -47,6 +47,12 @@ def normaliser(response_mask: torch.Tensor, aggregation: str) -> dict:
     return {"num_sequences": float(response_mask.any(1).sum())}
 
 
+def piece_advantages(advantages: torch.Tensor, rows: torch.Tensor, width: int) -> torch.Tensor:
+    """The rows' advantages: [rows] per response, or [rows, width] per token (cut to the piece's width)."""
+    adv = advantages[rows]
+    return adv[:, :width] if adv.dim() == 2 else adv
+
+
 def micro_batch_backward(model, ro, rows: torch.Tensor, old_logp, ref_logp, advantages, cfg, device,
                          scale: float = 1.0, pack: bool = True) -> tuple[float, dict]:
     """linear_ppo_loss over one micro-batch (`rows` of the rollout `ro`) and its backward, the
@@ -69,7 +75,7 @@ def micro_batch_backward(model, ro, rows: torch.Tensor, old_logp, ref_logp, adva
         T = h.shape[1]
         loss, metrics = ia_kernels.linear_ppo_loss(
             h, weight.to(h.dtype), targets, None if old_logp is None else old_logp[piece, :T].to(device),
-            advantages[piece].to(device), mask, bias=bias, temperature=cfg.temperature, backend=cfg.backend,
+            piece_advantages(advantages, piece, T).to(device), mask, bias=bias, temperature=cfg.temperature, backend=cfg.backend,
             ref_logp=None if ref_logp is None else ref_logp[piece, :T].to(device), **opts)
         (loss * scale).backward()
         total += float(loss.detach())

@@ -181,7 +181,23 @@ def loss_options(cfg: Config) -> dict:
     if cfg.objective == "dr_grpo":
         # Dr. GRPO: sum over each response's tokens divided by a constant, not by its own length.
         opts.update(aggregation="seq-mean-token-sum-norm", norm_length=cfg.max_new_tokens)
+    elif cfg.aggregation is not None:
+        opts["aggregation"] = cfg.aggregation
     return opts
+
+
+def kl_reward_advantages(advantages: torch.Tensor, sample_logp: torch.Tensor, ref_logp: torch.Tensor,
+                         mask: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B] advantages -> [B, T] with the k1 KL penalty in the reward, as OpenRLHF (Arora & Zanette's
+    trainer) shapes it for its REINFORCE-family estimators: the task reward (after the group
+    baseline) sits on the last token, every token t carries -beta * (log pi - log pi_ref)(t), and
+    each token's advantage is its return, the sum of the rewards from t to the end (gamma = 1):
+        A[i, t] = A[i] - beta * sum_{t' >= t} k1[i, t'].
+    sample_logp are the sampling policy's log-probs (zero on padding). Also returns each response's
+    summed k1 (its KL estimate, for the log)."""
+    k1 = (sample_logp - ref_logp) * mask
+    to_go = k1.flip(1).cumsum(1).flip(1)
+    return (advantages[:, None] - beta * to_go) * mask, k1.sum(1)
 
 
 def local_counts(ro: Rollout, batches: list[torch.Tensor], cfg: Config) -> torch.Tensor:
@@ -324,7 +340,8 @@ def setup(cfg: Config, d: Dist = SINGLE, device: torch.device | None = None) -> 
     attention = choose_attention(cfg.attention, device)
     lm, tokenizer = load_model(cfg.model, device=device, attention=attention)
     model = Policy(lm).train()
-    ref_model = Policy(copy.deepcopy(lm)).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+    needs_ref = cfg.kl_coef > 0 or cfg.kl_reward_coef > 0
+    ref_model = Policy(copy.deepcopy(lm)).eval().requires_grad_(False) if needs_ref else None
     if d.enabled:
         distributed.shard(model, d, device)
     task = load_task(cfg.task, cfg.task_options)
@@ -442,6 +459,13 @@ def step_problems(r: Run, step: int) -> list:
     return [r.train_problems[(position + i) % len(r.train_problems)] for i in range(per_step)]
 
 
+def mean_abs_advantage(advantages: torch.Tensor, response_mask: torch.Tensor) -> float:
+    """Mean |advantage| per response ([B]) or per response token ([B, T])."""
+    if advantages.dim() == 1:
+        return float(advantages.abs().mean())
+    return float(advantages.abs().sum() / response_mask.sum().clamp(min=1))
+
+
 def train_step(r: Run, step: int) -> dict:
     """One step: rollouts -> rewards -> advantages -> PPO epochs; returns the step's metrics row.
     Under a launcher each rank takes its block of the step's prompts (sampling with its own seed)."""
@@ -471,17 +495,29 @@ def train_step(r: Run, step: int) -> dict:
     advantages = ia_kernels.group_advantages(
         rewards.to(device), cfg.n, estimator=cfg.objective, k=cfg.k if cfg.objective in USES_K else None,
         answers=None if answers is None else answers.to(device)).float().cpu()
-    # --- PPO
+    # --- PPO (and the KL terms against the reference model)
     t0 = time.time()
     micro = ro.input_ids.shape[0] // (cfg.minibatches * cfg.grad_accum)
     old_logp = old_logprobs(r, ro, micro)
     ref_logp = sequence_logprobs(r.ref_model, ro, cfg, device, micro) if r.ref_model is not None else None
-    stats = ppo_update(r.model, r.optimizer, r.scheduler, ro, old_logp, ref_logp, advantages, cfg, device, generator, d)
+    extra = {}
+    if cfg.kl_reward_coef > 0:
+        sample_logp = old_logp
+        if sample_logp is None:  # on-policy: the loss would compute them itself; the reward needs them now
+            sample_logp = ro.logprobs
+        if sample_logp is None:
+            with gathered(r.model):
+                sample_logp = sequence_logprobs(r.model, ro, cfg, device, micro)
+        advantages, kl_seq = kl_reward_advantages(advantages, sample_logp, ref_logp, ro.response_mask.float(),
+                                                  cfg.kl_reward_coef)
+        extra["kl_k1"] = float(kl_seq.mean())
+    stats = ppo_update(r.model, r.optimizer, r.scheduler, ro, old_logp, ref_logp if cfg.kl_coef > 0 else None,
+                       advantages, cfg, device, generator, d)
     t_update = time.time() - t0
     batch = distributed.mean_over_ranks(
         {"reward": float(rewards.mean()), "accuracy": float(correct.float().mean()),
-         "mean_tokens": float(ro.lengths.float().mean()), "adv_abs": float(advantages.abs().mean())}, d)
-    row = {"step": step + 1, **{k: batch[k] for k in ("reward", "accuracy", "mean_tokens", "adv_abs")},
+         "mean_tokens": float(ro.lengths.float().mean()), "adv_abs": mean_abs_advantage(advantages, ro.response_mask), **extra}, d)
+    row = {"step": step + 1, **batch,
            "lr": r.scheduler.get_last_lr()[0], "time_sample": t_sample, "time_update": t_update, **stats}
     if not np.isfinite(stats.get("loss", 0.0)):
         raise TrainingDiverged(f"step {step + 1}: the loss is {stats['loss']}; the weights are no longer usable, "

@@ -1,0 +1,121 @@
+"""Arora & Zanette's recipe in ia-train: the k1 KL penalty in the reward (shaped as OpenRLHF, their
+trainer, does for REINFORCE-family estimators) and the per-sequence token-mean aggregation."""
+
+import pytest
+import torch
+
+from ia_train.config import Config, validate
+from ia_train.errors import ConfigError
+from ia_train.logger import read_metrics
+from ia_train.train import kl_reward_advantages, run
+
+from test_train_runs import Spy, small_config
+
+
+def openrlhf_returns(seq_reward, logp, ref_logp, mask, beta):
+    """Written from OpenRLHF's description, in float64 with loops: per token the reward
+    -beta * (logp - ref_logp), plus the (baseline-shaped) sequence reward on the last real token;
+    each token's advantage is its return, the undiscounted sum of the rewards from it to the end."""
+    B, T = logp.shape
+    out = torch.zeros(B, T, dtype=torch.float64)
+    for i in range(B):
+        last = max(t for t in range(T) if mask[i, t])
+        rewards = [(-beta * (float(logp[i, t]) - float(ref_logp[i, t])) if mask[i, t] else 0.0) for t in range(T)]
+        rewards[last] += float(seq_reward[i])
+        running = 0.0
+        for t in reversed(range(T)):
+            running += rewards[t]
+            out[i, t] = running if mask[i, t] else 0.0
+    return out
+
+
+def test_kl_in_the_reward_matches_openrlhf_shaping():
+    g = torch.Generator().manual_seed(3)
+    B, T, beta = 6, 9, 0.03
+    lengths = torch.tensor([9, 1, 4, 7, 2, 5])
+    mask = torch.arange(T)[None, :] < lengths[:, None]
+    logp = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3 * mask
+    ref_logp = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3 * mask
+    adv = torch.randn(B, generator=g, dtype=torch.float64)
+    got, kl_seq = kl_reward_advantages(adv, logp, ref_logp, mask.double(), beta)
+    want = openrlhf_returns(adv, logp, ref_logp, mask, beta)
+    assert torch.allclose(got, want, atol=1e-12, rtol=0)
+    assert torch.allclose(kl_seq, ((logp - ref_logp) * mask).sum(1), atol=1e-12, rtol=0)
+    assert torch.all(got[~mask] == 0)
+    # The last real token carries only its own KL term; beta = 0 gives the sequence advantage on every token.
+    last = lengths - 1
+    rows = torch.arange(B)
+    assert torch.allclose(got[rows, last], adv - beta * (logp - ref_logp)[rows, last], atol=1e-12)
+    zero, _ = kl_reward_advantages(adv, logp, ref_logp, mask.double(), 0.0)
+    assert torch.equal(zero, adv[:, None] * mask)
+
+
+def test_a_run_with_the_recipe_puts_the_kl_in_the_token_advantages(tmp_path, monkeypatch):
+    # long enough responses that some are right, so the first step's update moves the policy
+    cfg = small_config(tmp_path, objective="rloo", steps=2, alpha=0.2, kl_reward_coef=0.05, minibatches=1,
+                       aggregation="seq-mean-token-mean", prompts_per_step=4, max_new_tokens=80)
+    advantages, losses = Spy(monkeypatch, "group_advantages"), Spy(monkeypatch, "linear_ppo_loss")
+    run(cfg)
+    rows = read_metrics(tmp_path / "run")
+    assert len(losses.calls) == 2 and len(advantages.calls) == 2
+    for step, ((args, kw, _), (_, _, seq_adv)) in enumerate(zip(losses.calls, advantages.calls)):
+        targets, token_adv, mask = args[2], args[4], args[5]
+        assert kw["aggregation"] == "seq-mean-token-mean"
+        assert kw["ref_logp"] is None and kw["kl_coef"] == 0  # the KL is in the reward only
+        assert token_adv.shape == targets.shape and torch.all(token_adv[~mask] == 0)
+        # the first token's advantage is the sequence's minus beta times its whole-response k1 sum
+        kl_first = (seq_adv.float() - token_adv[:, 0]) / cfg.kl_reward_coef
+        assert float(kl_first.mean()) == pytest.approx(rows[step]["kl_k1"], abs=1e-4)
+        if step == 0:  # nothing has been updated yet: the policy is the reference, so k1 is 0 everywhere
+            # (the loss sees the rows shuffled: compare as sets, and each row constant over its tokens)
+            first = token_adv[:, :1].expand_as(token_adv)
+            assert torch.allclose(token_adv[mask], first[mask], atol=1e-6)
+            assert torch.allclose(token_adv[:, 0].sort().values, seq_adv.float().sort().values, atol=1e-6)
+            assert rows[0]["kl_k1"] == pytest.approx(0, abs=1e-6)
+    assert rows[0]["accuracy"] > 0 and rows[1]["kl_k1"] != 0  # one update moved the policy off the reference
+
+
+def test_a_run_with_the_loss_kl_only_sends_the_reference_to_the_loss(tmp_path, monkeypatch):
+    cfg = small_config(tmp_path, objective="rloo", steps=1, kl_coef=0.05, minibatches=1)
+    losses = Spy(monkeypatch, "linear_ppo_loss")
+    run(cfg)
+    (args, kw, _), = losses.calls
+    assert kw["ref_logp"] is not None and kw["kl_coef"] == 0.05 and args[4].dim() == 1
+    assert "kl_k1" not in read_metrics(tmp_path / "run")[0]
+
+
+@pytest.mark.parametrize("over,message", [
+    ({"aggregation": "seq-sum"}, "--aggregation 'seq-sum' is unknown; use one of: token-mean, seq-mean-token-mean, "
+                                 "seq-mean-token-sum"),
+    ({"objective": "dr_grpo", "aggregation": "token-mean"},
+     "--objective dr_grpo normalises by a constant length (its definition), so --aggregation token-mean would change it"),
+    ({"kl_reward_coef": -0.001}, "--kl-reward-coef must be 0 or more, got -0.001"),
+    ({"kl_reward_coef": float("nan")}, "--kl-reward-coef must be a finite number, got nan"),
+])
+def test_recipe_settings_are_checked(over, message, tmp_path):
+    cfg = Config(**{"out": str(tmp_path / "run"), **over})
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert message in str(e.value)
+
+
+def test_the_length_recipes_follow_arora_and_zanette():
+    """configs/recipes/*length*: their alpha family, RLOO, the k1 reward KL at beta 0.001 and the
+    per-sequence token mean; each file validates as a config."""
+    from pathlib import Path
+
+    import yaml
+
+    from ia_train.config import FIELDS
+
+    files = sorted((Path(__file__).parents[2] / "configs" / "recipes").glob("*length_alpha*.yaml"))
+    alphas = set()
+    for f in files:
+        settings = yaml.safe_load(f.read_text())
+        assert set(settings) <= set(FIELDS), f.name
+        assert (settings["objective"], settings["kl_reward_coef"], settings["aggregation"]) == \
+            ("rloo", 0.001, "seq-mean-token-mean"), f.name
+        alphas.add(settings["alpha"])
+        text = f.read_text()
+        assert "Arora & Zanette" in text and "OpenRLHF" in text, f.name  # says where the values come from
+    assert alphas == {0.0, 0.05, 0.1, 0.2, 0.4}
