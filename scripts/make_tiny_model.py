@@ -1,16 +1,23 @@
 """Build the bundled tiny model (python/ia_train/assets/tiny/) from scratch, reproducibly.
 
 A character-level tokenizer (printable ASCII + newline, built with `tokenizers`) and a small Llama,
-warm-started by supervised training on worked solutions of reasoning-gym's chain_sum problems:
-    prompt "5 - 4 - 7 =\n"  ->  response "5 - 4 = 1\n1 - 7 = -6\n<answer>-6</answer>" + EOS
-The warm start is deliberately short (300 steps of 64 problems, AdamW at a constant 4e-3 after 15
+warm-started by supervised training on two worked solutions of each of reasoning-gym's chain_sum
+problems, a concise one (the whole sum in one line) and a verbose one (a preamble, then step by step):
+    prompt "5 - 4 - 7 =\n"  ->  "5 - 4 - 7 = -6\n<answer>-6</answer>" + EOS                      (35 tokens)
+                            or  "Work left to right.\n5 - 4 = 1\n1 - 7 = -6\n<answer>-6</answer>" + EOS  (61)
+The model therefore samples both lengths of an answer, about half of each. On two-term problems the
+concise one is right as often (the preamble adds only tokens); on three-term ones the step-by-step
+one is right about twice as often. That is what a length penalty (Arora & Zanette) works with:
+shorter correct answers to find, at a cost in accuracy where the steps help. The warm start is
+deliberately short (600 steps of 32 problems x 2 solutions, AdamW at a constant 2e-3 after 15
 warm-up steps), so the model is right often but not reliably when sampled at temperature 1: on 200
-held-out problems pass@1 0.33, pass@4 0.65 (8 samples each). That is the room RL fine-tuning
-(`ia-train`) then works in. 0.88 M parameters (4 layers, width 128), 3.5 MB of safetensors.
+held-out problems (8 samples each) pass@1 0.38, pass@4 0.67, 44 mean tokens. That is the room RL
+fine-tuning (`ia-train`) then works in. 0.88 M parameters (4 layers, width 128), 3.5 MB of
+safetensors.
 
 The SFT problems come from the task's train split with seed SFT_SEED (far from the seeds ia-train
 uses for training and evaluation). Deterministic on CPU with one thread (the default: a rerun
-reproduces the committed safetensors bit for bit); about 2 minutes on one core:
+reproduces the committed safetensors bit for bit); about 4 minutes on one core:
     python scripts/make_tiny_model.py            # writes python/ia_train/assets/tiny
 """
 
@@ -24,6 +31,8 @@ from pathlib import Path
 import torch
 
 SFT_SEED = 500_000_000
+MAX_NEW_TOKENS = 80  # ia-train's default limit: the longest verbose solution is 65 tokens with EOS
+VERBOSE_PREAMBLE = "Work left to right."
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "python" / "ia_train" / "assets" / "tiny"
 CHAT_TEMPLATE = ("{% for m in messages %}{{ m['content'] }}{% endfor %}"
                  "{% if add_generation_prompt %}{{ '\\n' }}{% endif %}")
@@ -45,16 +54,31 @@ def build_tokenizer():
     return fast
 
 
-def worked_solution(expression: str) -> str:
-    """Left-to-right partial sums, one line per operation, then the answer tag."""
+def steps_of(expression: str) -> tuple[list[tuple[int, str, int, int]], int]:
+    """[(accumulator, op, term, new accumulator)] left to right, and the result."""
     parts = expression.split()
     acc = int(parts[0])
-    lines = []
+    steps = []
     for op, num in zip(parts[1::2], parts[2::2]):
         new = acc + int(num) if op == "+" else acc - int(num)
-        lines.append(f"{acc} {op} {num} = {new}")
+        steps.append((acc, op, int(num), new))
         acc = new
-    return "\n".join(lines) + f"\n<answer>{acc}</answer>"
+    return steps, acc
+
+
+def concise_solution(expression: str) -> str:
+    """The whole expression in one line, then the answer tag: short, but the model must add all the
+    terms at once, which it does less reliably than step by step when there are three."""
+    _steps, result = steps_of(expression)
+    return f"{expression} = {result}\n<answer>{result}</answer>"
+
+
+def verbose_solution(expression: str) -> str:
+    """A fixed preamble, then left-to-right partial sums, one line per operation, then the answer
+    tag: longer (the preamble is pure verbosity), and on three terms more often right."""
+    steps, result = steps_of(expression)
+    return (f"{VERBOSE_PREAMBLE}\n" + "\n".join(f"{a} {op} {b} = {c}" for a, op, b, c in steps)
+            + f"\n<answer>{result}</answer>")
 
 
 def build_model(vocab_size: int, args):
@@ -68,18 +92,22 @@ def build_model(vocab_size: int, args):
 
 
 def sft_batches(tokenizer, task, args):
+    """Each batch holds args.batch // 2 problems, each twice: once with its concise and once with
+    its verbose solution, so that style is independent of the problem and both lengths of a correct
+    answer exist in the model's samples."""
     from ia_train.models import format_prompt
 
-    problems = task.problems("train", args.steps * args.batch, SFT_SEED)
+    per_batch = args.batch // 2
+    problems = task.problems("train", args.steps * per_batch, SFT_SEED)
     for step in range(args.steps):
-        rows = problems[step * args.batch:(step + 1) * args.batch]
         ids, labels = [], []
-        for p in rows:
+        for p in problems[step * per_batch:(step + 1) * per_batch]:
             prompt = tokenizer(format_prompt(tokenizer, p.prompt), add_special_tokens=False)["input_ids"]
-            answer = tokenizer(worked_solution(p.meta["entry"]["metadata"]["expression"]),
-                               add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            ids.append(prompt + answer)
-            labels.append([-100] * len(prompt) + answer)
+            expression = p.meta["entry"]["metadata"]["expression"]
+            for solution in (concise_solution(expression), verbose_solution(expression)):
+                answer = tokenizer(solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                ids.append(prompt + answer)
+                labels.append([-100] * len(prompt) + answer)
         width = max(map(len, ids))
         input_ids = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x in ids])
         label_ids = torch.tensor([x + [-100] * (width - len(x)) for x in labels])
@@ -94,7 +122,7 @@ def evaluate(model, tokenizer, task, count: int, n: int, seed: int) -> dict:
     problems = task.problems("eval", count, seed)
     torch.manual_seed(seed)
     ro = sample(model, tokenizer, [format_prompt(tokenizer, p.prompt) for p in problems], n,
-                temperature=1.0, max_new_tokens=64)
+                temperature=1.0, max_new_tokens=MAX_NEW_TOKENS)
     rows = [problems[i // n] for i in range(len(ro.texts))]
     correct = [task.score(p, t) > 0.5 for p, t in zip(rows, ro.texts)]
     answers = [task.extract_answer(p, t) for p, t in zip(rows, ro.texts)]
@@ -105,9 +133,9 @@ def evaluate(model, tokenizer, task, count: int, n: int, seed: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=4e-3)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--batch", type=int, default=64, help="sequences per step: batch / 2 problems, two solutions each")
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
@@ -154,7 +182,7 @@ def main() -> None:
     tokenizer.save_pretrained(args.out)
     if args.eval_problems:
         summary = evaluate(model, tokenizer, task, args.eval_problems, 8, seed=7)
-        print(json.dumps({k: (v["mean"] if isinstance(v, dict) else v) for k, v in summary.items()}))
+        print(json.dumps({k: round(summary[k], 4) for k in ("pass@1", "pass@k", "maj@k", "mean_tokens")}))
     size = (args.out / "model.safetensors").stat().st_size
     print(f"wrote {args.out} (model.safetensors {size / 1e6:.2f} MB) in {time.time() - t0:.0f}s")
 

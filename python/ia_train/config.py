@@ -38,10 +38,11 @@ class Config:
     k: int = field(default=4, metadata={"help": "k of the inference-time objective (passk, majority) and of the pass@k / maj@k report"})
     n: int = field(default=8, metadata={"help": "samples per prompt during training (a group)"})
     alpha: float = field(default=0.0, metadata={"help": "length penalty (Arora & Zanette); 0 turns it off"})
+    truncated_reward: str = field(default="zero", metadata={"help": "what a response cut off at --max-new-tokens without an end-of-sequence token earns, in training and in the evaluation: zero (it gave no final answer; Arora & Zanette's rule, and what keeps a policy from running on past its answer) or score (its text is scored like a finished response's)"})
     # rollouts
     prompts_per_step: int = field(default=16, metadata={"help": "prompts per training step (each sampled n times)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature for rollouts and evaluation"})
-    max_new_tokens: int = field(default=64, metadata={"help": "response length limit in tokens"})
+    max_new_tokens: int = field(default=80, metadata={"help": "response length limit in tokens (the bundled model's longest worked solution is 65)"})
     rollout: str = field(default="hf", metadata={"help": "rollout engine: builtin (ia_train's decode loop: static KV cache, finished rows leave the batch; Llama-style models, others fall back to hf) or hf (Hugging Face generate)"})
     # PPO
     steps: int = field(default=200, metadata={"help": "training steps (one rollout batch each)"})
@@ -292,6 +293,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"--clip-high must be positive, got {cfg.clip_high}")
     if cfg.alpha < 0 or cfg.alpha > 1:
         raise ConfigError(f"--alpha must be in [0, 1], got {cfg.alpha}")
+    if cfg.truncated_reward not in ("zero", "score"):
+        raise ConfigError(f"--truncated-reward {cfg.truncated_reward!r} is unknown; use zero or score")
+    if cfg.truncated_reward == "score" and cfg.alpha > 0:
+        raise ConfigError("--truncated-reward score with --alpha > 0: Arora & Zanette's length penalty scores a "
+                          "response cut off without EOS 0 by definition; drop one of them")
     if cfg.lr <= 0:
         raise ConfigError(f"--lr must be positive, got {cfg.lr}")
     for name in ("kl_coef", "kl_reward_coef", "weight_decay", "max_grad_norm"):

@@ -17,8 +17,8 @@ from .config import ConfigError, OneLineParser, build_parser, load_config
 
 # The training command's settings that `ia-train eval` uses; giving any other one is refused (it would
 # be ignored). A --config file may hold the others (a training recipe): they are validated, not used.
-EVAL_SETTINGS = ("model", "task", "task_options", "temperature", "max_new_tokens", "eval_problems", "eval_batch",
-                 "seed", "out", "device", "attention", "threads", "config")
+EVAL_SETTINGS = ("model", "task", "task_options", "temperature", "max_new_tokens", "truncated_reward", "eval_problems",
+                 "eval_batch", "seed", "out", "device", "attention", "threads", "config")
 
 
 def parse(argv: list[str]):

@@ -54,7 +54,7 @@ OBJECTIVES = (  # (label, settings): the same 128 samples per step for each
 )
 MODES = {  # what --quick and the full study run; the flags below override
     "quick": {"seeds": 1, "steps": 100, "eval_problems": 100, "eval_n": 8, "alphas": (0.0, 0.4)},
-    "full": {"seeds": 3, "steps": 200, "eval_problems": 200, "eval_n": 16, "alphas": ALPHAS},
+    "full": {"seeds": 3, "steps": 100, "eval_problems": 200, "eval_n": 16, "alphas": ALPHAS},
 }
 
 
@@ -75,14 +75,14 @@ def grid(mode: dict, seeds: list[int]) -> list[RunSpec]:
               "checkpoint_every": 0, "tensorboard": False}
     specs = []
     for seed in seeds:
-        for label, settings in OBJECTIVES:
-            s = {**common, **settings, "seed": seed}
-            name = f"objective-{settings['objective']}-k{settings['k']}-n{settings['n']}-seed{seed}"
-            specs.append(RunSpec(name, "objectives", label, tuple(sorted(s.items()))))
         for alpha in mode["alphas"]:
             s = {**common, **LENGTH_RECIPE, "n": 8, "k": 4, "alpha": alpha, "seed": seed}
             specs.append(RunSpec(f"length-alpha{alpha:g}-seed{seed}", "length", f"alpha={alpha:g}",
                                  tuple(sorted(s.items()))))
+        for label, settings in OBJECTIVES:
+            s = {**common, **settings, "seed": seed}
+            name = f"objective-{settings['objective']}-k{settings['k']}-n{settings['n']}-seed{seed}"
+            specs.append(RunSpec(name, "objectives", label, tuple(sorted(s.items()))))
     return specs
 
 
@@ -165,10 +165,11 @@ def two_level_interval(per_seed: list[np.ndarray], *, resamples: int = 2000, see
     then the problems within each drawn seed (a hierarchical bootstrap)."""
     rng = np.random.default_rng(seed)
     s = len(per_seed)
-    means = np.empty(resamples)
-    for b in range(resamples):
-        picks = rng.integers(0, s, size=s)
-        means[b] = np.mean([per_seed[i][rng.integers(0, per_seed[i].size, per_seed[i].size)].mean() for i in picks])
+    # each draw of a seed gets its own resample of that seed's problems: draw resamples * s of them
+    # per seed up front, and let draw (b, j) use the column b * s + j of the seed it picked
+    boots = np.stack([x[rng.integers(0, x.size, size=(resamples * s, x.size))].mean(axis=1) for x in per_seed])
+    picks = rng.integers(0, s, size=(resamples, s))
+    means = boots[picks, np.arange(resamples * s).reshape(resamples, s)].mean(axis=1)
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
@@ -336,7 +337,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         f"{MODES['quick']['eval_problems']} held-out problems x {MODES['quick']['eval_n']} samples")
     p.add_argument("--out", default=None, help="output directory (default: runs/study, or runs/study-quick with --quick)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per setting (default: 1 quick, 3 full)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: 100 quick, 200 full)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: 100)")
     p.add_argument("--eval-problems", type=int, default=None, help="held-out problems per run (default: 100 quick, 200 full)")
     p.add_argument("--eval-n", type=int, default=None, help="samples per held-out problem (default: 8 quick, 16 full)")
     p.add_argument("--grid", choices=("all", "objectives", "length"), default="all", help="which grid to run")

@@ -105,15 +105,32 @@ def sample_and_score(model, tokenizer, task, problems, cfg: Config, label: str, 
             [format_prompt(tokenizer, p.prompt) for p in chunk], n, temperature=cfg.temperature,
             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch)
         rows = [chunk[i // n] for i in range(len(ro.texts))]
-        scores = task.score_batch(rows, ro.texts)
+        scores = scored_rewards(task, rows, ro, tokenizer, cfg).tolist()
+        ended = finished(ro, tokenizer).tolist()
         for j, p in enumerate(chunk):
             sl = slice(j * n, (j + 1) * n)
             correct.append([s >= 0.5 for s in scores[sl]])
-            answers.append([task.extract_answer(p, t) for t in ro.texts[sl]])
+            # a response that counts as unfinished gave no final answer: it cannot win a majority vote
+            answers.append([task.extract_answer(p, t) if e or cfg.truncated_reward == "score" else None
+                            for t, e in zip(ro.texts[sl], ended[sl])])
             lengths.append(ro.lengths[sl].tolist())
             samples.append({"uid": p.uid, "prompt": p.prompt, "answer": str(p.answer),
                             "responses": ro.texts[sl], "scores": scores[sl]})
     return correct, answers, lengths, samples
+
+
+def finished(ro: Rollout, tokenizer) -> torch.Tensor:
+    """[B] bool: which responses ended with the end-of-sequence token (the others were cut off at
+    --max-new-tokens)."""
+    return ((ro.targets == tokenizer.eos_token_id) & ro.response_mask).any(1)
+
+
+def scored_rewards(task, problems: list, ro: Rollout, tokenizer, cfg: Config) -> torch.Tensor:
+    """[B] float: the task's score of each response, 0 for a cut-off one under --truncated-reward zero."""
+    scores = torch.tensor(task.score_batch(problems, ro.texts), dtype=torch.float32)
+    if cfg.truncated_reward == "zero":
+        scores = torch.where(finished(ro, tokenizer), scores, torch.zeros_like(scores))
+    return scores
 
 
 # ------------------------------------------------------------------------------------------------
@@ -482,14 +499,14 @@ def train_step(r: Run, step: int) -> dict:
     t_sample = time.time() - t0
     # --- rewards and advantages
     rows = [problems[i // cfg.n] for i in range(len(ro.texts))]
-    scores = torch.tensor(r.task.score_batch(rows, ro.texts), dtype=torch.float32)
+    scores = scored_rewards(r.task, rows, ro, r.tokenizer, cfg)
     correct = scores >= 0.5
     rewards = scores
     if cfg.alpha > 0:
         # Arora & Zanette's rule: a response cut off at --max-new-tokens (no EOS) scores 0 and stays
         # out of its prompt's length statistics, else the penalty would reward the long tail it cuts.
-        finished = ((ro.targets == r.tokenizer.eos_token_id) & ro.response_mask).any(1)
-        rewards = ia_kernels.length_penalized_rewards(correct, ro.lengths, cfg.n, alpha=cfg.alpha, finished=finished)
+        rewards = ia_kernels.length_penalized_rewards(correct, ro.lengths, cfg.n, alpha=cfg.alpha,
+                                                      finished=finished(ro, r.tokenizer))
     answers = answer_ids([r.task.extract_answer(p, t) for p, t in zip(rows, ro.texts)]) \
         if cfg.objective == "majority" else None
     advantages = ia_kernels.group_advantages(

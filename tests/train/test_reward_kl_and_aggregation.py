@@ -119,3 +119,35 @@ def test_the_length_recipes_follow_arora_and_zanette():
         text = f.read_text()
         assert "Arora & Zanette" in text and "OpenRLHF" in text, f.name  # says where the values come from
     assert alphas == {0.0, 0.05, 0.1, 0.2, 0.4}
+
+
+def test_a_response_cut_off_without_eos_earns_nothing_unless_asked():
+    """--truncated-reward zero (the default): a correct answer followed by more tokens up to the limit
+    (a policy running on past its answer) scores 0 in training and is no answer in the evaluation."""
+    from ia_train.models import load_model
+    from ia_train.rollout import Rollout
+    from ia_train.tasks import load_task
+    from ia_train.train import scored_rewards
+
+    _, tok = load_model("tiny", device=torch.device("cpu"), attention="sdpa")
+    task = load_task("chain_sum", {})
+    problem = task.problems("eval", 1, 0)[0]
+    text = f"{problem.prompt} {problem.answer}\n<answer>{problem.answer}</answer>"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    ended, cut = ids + [tok.eos_token_id], ids + tok("xx", add_special_tokens=False)["input_ids"]
+    width = max(len(ended), len(cut))
+    targets = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x in (ended, cut)])
+    mask = torch.tensor([[i < len(x) for i in range(width)] for x in (ended, cut)])
+    ro = Rollout(targets, mask, 0, mask, [text, text + "xx"], mask.sum(1))
+    zero = scored_rewards(task, [problem, problem], ro, tok, Config(truncated_reward="zero"))
+    score = scored_rewards(task, [problem, problem], ro, tok, Config(truncated_reward="score"))
+    assert zero.tolist() == [1.0, 0.0] and score.tolist() == [1.0, 1.0]
+
+
+def test_truncated_reward_is_checked(tmp_path):
+    for over, message in (({"truncated_reward": "half"}, "--truncated-reward 'half' is unknown; use zero or score"),
+                          ({"truncated_reward": "score", "alpha": 0.1},
+                           "--truncated-reward score with --alpha > 0: Arora & Zanette's length penalty scores")):
+        with pytest.raises(ConfigError) as e:
+            validate(Config(out=str(tmp_path / "run"), **over))
+        assert message in str(e.value)

@@ -62,7 +62,7 @@ def test_aggregate_table_and_figures(tmp_path):
     summaries = {s.name: fake_summary(s, 0.3, 0.5 if s.grid == "objectives" else 0.4,
                                       60 - 50 * s.config.get("alpha", 0)) for s in specs}
     rows = aggregate(specs, summaries)
-    assert [r["label"] for r in rows] == ["rloo", "grpo", "passk (k=4)", "majority (k=4)", "alpha=0", "alpha=0.4"]
+    assert [r["label"] for r in rows] == ["alpha=0", "alpha=0.4", "rloo", "grpo", "passk (k=4)", "majority (k=4)"]
     for r in rows:
         runs = [summaries[s.name] for s in specs if s.label == r["label"]]
         assert r["seeds"] == [0, 1]
