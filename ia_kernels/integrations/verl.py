@@ -14,7 +14,8 @@ group the `uid` column, settings from `algorithm.ia_kernels`):
     ia_passk                 PKPO's unbiased pass@k values (k, variant: "loo-1" | "loo" | "s")
     ia_passk_chen            Chen et al.'s analytic pass@k advantages (binary scores; k, eps)
     ia_rloo_length_penalty   Arora & Zanette: length-penalised rewards (alpha, threshold: a score >
-                             threshold is correct, default 0.5; lengths = response tokens), then RLOO
+                             threshold is correct, default 0.5; lengths = response tokens; a response
+                             filling the whole response width was cut off and scores 0), then RLOO
     ia_rloo, ia_grpo, ia_dr_grpo, ia_reinforce
                              the plain estimators (ia_grpo honours norm_adv_by_std_in_grpo=False as
                              dr_grpo; eps default 1e-6 as verl's)
@@ -75,8 +76,12 @@ def _estimator(name: str, estimator: str, length_penalty: bool):
                 raise ValueError(f"adv_estimator={name} needs algorithm.ia_kernels.alpha (the length penalty's "
                                  f"weight in [0, 1]), e.g. +algorithm.ia_kernels.alpha=0.1")
             lengths = response_mask.sum(dim=-1)
+            # Arora & Zanette's truncation rule: a response cut off at the length limit scores 0 and
+            # stays out of its prompt's length statistics. verl pads every response to the limit
+            # (data.max_response_length), so one that fills the whole width was cut off.
+            finished = lengths < response_mask.shape[-1]
             penalised = ik.length_penalized_rewards(scores, lengths, groups, alpha=s["alpha"],
-                                                    threshold=s.get("threshold", 0.5))
+                                                    threshold=s.get("threshold", 0.5), finished=finished)
             scores = torch.where(torch.isnan(scores), scores, penalised.to(scores.dtype))
         est = estimator
         if est == "grpo" and config is not None and not config.get("norm_adv_by_std_in_grpo", True):

@@ -67,13 +67,31 @@ def test_pkpo_chen_and_length_penalty_from_config():
     for name, settings, want in [
         ("ia_passk", dict(k=3, variant="loo"), ik.group_advantages(scores, ids, estimator="passk", k=3, variant="loo")),
         ("ia_passk_chen", dict(k=2), ik.group_advantages(scores, ids, estimator="passk_chen", k=2)),
+        # a response as long as the response width (7) was cut off: it scores 0 (Arora & Zanette)
         ("ia_rloo_length_penalty", dict(alpha=0.2),
-         ik.group_advantages(ik.length_penalized_rewards(scores > 0.5, lengths, ids, alpha=0.2), ids,
-                             estimator="rloo")),
+         ik.group_advantages(ik.length_penalized_rewards(scores > 0.5, lengths, ids, alpha=0.2, finished=lengths < 7),
+                             ids, estimator="rloo")),
     ]:
         got, returns = core_algos.get_adv_estimator_fn(name)(token_level_rewards=rewards, response_mask=mask,
                                                               index=uids, config=_algo(**settings))
         torch.testing.assert_close(got, want[:, None] * mask, rtol=1e-6, atol=1e-7)
+
+
+def test_length_penalty_scores_a_cut_off_response_zero():
+    rewards, mask, uids, scores, lengths = _batch(seed=2, groups=5, n=8, binary=True)
+    cut = (lengths == mask.shape[1]) & (scores > 0.5)
+    assert cut.any()  # the batch holds correct responses that fill the width
+    plain = ik.length_penalized_rewards(scores > 0.5, lengths, torch.tensor([int(u.split("-")[1]) for u in uids]),
+                                        alpha=0.2)
+    assert torch.all(plain[cut] > 0)  # without the rule they would earn a reward
+    got, _ = core_algos.get_adv_estimator_fn("ia_rloo_length_penalty")(
+        token_level_rewards=rewards, response_mask=mask, index=uids, config=_algo(alpha=0.2))
+    ids = torch.tensor([int(u.split("-")[1]) for u in uids])
+    for g in ids[cut].unique():  # in their groups, a cut-off correct response is below every finished correct one
+        rows = ids == g
+        finished_correct = rows & (scores > 0.5) & ~cut
+        if finished_correct.any():
+            assert got[rows & cut, 0].max() < got[finished_correct, 0].min()
 
 
 def test_estimator_config_errors():
