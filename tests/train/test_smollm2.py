@@ -99,9 +99,11 @@ def test_one_rl_step_through_the_training_loop(smollm2, tmp_path, monkeypatch):
     model.requires_grad_(False)
     trainable.requires_grad_(True)
     before = trainable.up_proj.weight.detach().clone()
+    # 4 new tokens cut every response off; --truncated-reward score keeps the patched scores as rewards
     cfg = Config(model="smollm2", task="chain_sum", objective="passk", n=2, k=2, prompts_per_step=1,
                  max_new_tokens=4, steps=2, stop_after=1, minibatches=1, eval_problems=0, lr=1e-4,
-                 checkpoint_every=0, out=str(tmp_path / "run"), device="cpu", tensorboard=False)
+                 truncated_reward="score", checkpoint_every=0, out=str(tmp_path / "run"), device="cpu",
+                 tensorboard=False)
     result = run(cfg)
     assert result["stopped_at"] == 1
     row = result["last"]
