@@ -38,19 +38,19 @@ def answer_ids(answers: Sequence[Hashable | None]) -> torch.Tensor:
 
 
 def per_problem(correct: Sequence[Sequence[bool]], answers: Sequence[Sequence[Hashable | None]],
-                lengths: Sequence[Sequence[int]], k: int) -> dict[str, np.ndarray]:
-    """Per-problem pass@1, pass@k, maj@k and mean tokens ([problems] arrays); n samples per problem."""
+                lengths: Sequence[Sequence[int]], ks: Sequence[int]) -> dict[str, np.ndarray]:
+    """Per-problem pass@j and maj@j for every j in ks, and mean tokens ([problems] arrays); n samples
+    per problem."""
     n = len(correct[0])
     if any(len(c) != n for c in correct):
         raise ValueError("every problem needs the same number of samples")
     flat_correct = torch.tensor([bool(v) for row in correct for v in row])
     flat_answers = answer_ids([a for row in answers for a in row])
-    return {
-        "pass@1": ia_kernels.group_pass_at_k(flat_correct, n, 1).numpy(),
-        "pass@k": ia_kernels.group_pass_at_k(flat_correct, n, k).numpy(),
-        "maj@k": ia_kernels.maj_at_k(flat_answers, flat_correct, n, k).numpy(),
-        "mean_tokens": np.array([float(np.mean(row)) for row in lengths]),
-    }
+    out = {"mean_tokens": np.array([float(np.mean(row)) for row in lengths])}
+    for j in ks:
+        out[f"pass@{j}"] = ia_kernels.group_pass_at_k(flat_correct, n, j).numpy()
+        out[f"maj@{j}"] = ia_kernels.maj_at_k(flat_answers, flat_correct, n, j).numpy()
+    return out
 
 
 def curve_ks(n: int, k: int) -> list[int]:
@@ -64,22 +64,25 @@ def summarize(correct, answers, lengths, k: int, *, seed: int = 0) -> dict:
     intervals under "<name>_ci" ([lo, hi]), "k", "n", "problems", the per-problem values under
     "per_problem" (for paired comparisons), and under "curve" pass@j and maj@j (with "_ci") for
     every j of curve_ks(n, k) (their per-problem values join "per_problem")."""
-    values = per_problem(correct, answers, lengths, k)
+    n = len(correct[0])
+    ks = curve_ks(n, k)
+    values = per_problem(correct, answers, lengths, sorted(set(ks) | {k}))
+    # the report's names for the run's k; every value is computed once, in per_problem
+    named = {"pass@1": values["pass@1"], "pass@k": values[f"pass@{k}"], "maj@k": values[f"maj@{k}"],
+             "mean_tokens": values["mean_tokens"]}
     out: dict = {}
     for name in METRICS:
-        out[name] = float(values[name].mean())
-        out[name + "_ci"] = list(bootstrap_ci(values[name], seed=seed))
-    n = len(correct[0])
+        out[name] = float(named[name].mean())
+        out[name + "_ci"] = list(bootstrap_ci(named[name], seed=seed))
     out.update(k=k, n=n, problems=len(correct))
-    out["per_problem"] = {name: values[name].tolist() for name in METRICS}
-    curve: dict = {"ks": curve_ks(n, k)}
-    for j in curve["ks"]:
-        part = per_problem(correct, answers, lengths, j)
+    out["per_problem"] = {name: named[name].tolist() for name in METRICS}
+    curve: dict = {"ks": ks}
+    for j in ks:
         for metric in ("pass", "maj"):
             name = f"{metric}@{j}"
-            curve[name] = float(part[f"{metric}@k"].mean())
-            curve[name + "_ci"] = list(bootstrap_ci(part[f"{metric}@k"], seed=seed))
-            out["per_problem"][name] = part[f"{metric}@k"].tolist()
+            curve[name] = float(values[name].mean())
+            curve[name + "_ci"] = list(bootstrap_ci(values[name], seed=seed))
+            out["per_problem"][name] = values[name].tolist()
     out["curve"] = curve
     return out
 
