@@ -105,14 +105,13 @@ def sample_and_score(model, tokenizer, task, problems, cfg: Config, label: str, 
             [format_prompt(tokenizer, p.prompt) for p in chunk], n, temperature=cfg.temperature,
             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch)
         rows = [chunk[i // n] for i in range(len(ro.texts))]
-        scores = scored_rewards(task, rows, ro, tokenizer, cfg).tolist()
-        ended = finished(ro, tokenizer).tolist()
+        ended = finished(ro, tokenizer)
+        scores = scored_rewards(task, rows, ro.texts, ended, cfg).tolist()
+        answers_all = final_answers(task, rows, ro.texts, ended, cfg)
         for j, p in enumerate(chunk):
             sl = slice(j * n, (j + 1) * n)
             correct.append([s >= 0.5 for s in scores[sl]])
-            # a response that counts as unfinished gave no final answer: it cannot win a majority vote
-            answers.append([task.extract_answer(p, t) if e or cfg.truncated_reward == "score" else None
-                            for t, e in zip(ro.texts[sl], ended[sl])])
+            answers.append(answers_all[sl])
             lengths.append(ro.lengths[sl].tolist())
             samples.append({"uid": p.uid, "prompt": p.prompt, "answer": str(p.answer),
                             "responses": ro.texts[sl], "scores": scores[sl]})
@@ -125,12 +124,20 @@ def finished(ro: Rollout, tokenizer) -> torch.Tensor:
     return ((ro.targets == tokenizer.eos_token_id) & ro.response_mask).any(1)
 
 
-def scored_rewards(task, problems: list, ro: Rollout, tokenizer, cfg: Config) -> torch.Tensor:
-    """[B] float: the task's score of each response, 0 for a cut-off one under --truncated-reward zero."""
-    scores = torch.tensor(task.score_batch(problems, ro.texts), dtype=torch.float32)
+def scored_rewards(task, problems: list, texts: list[str], ended: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """[B] float: the task's score of each response, 0 for a cut-off one (ended False) under
+    --truncated-reward zero."""
+    scores = torch.tensor(task.score_batch(problems, texts), dtype=torch.float32)
     if cfg.truncated_reward == "zero":
-        scores = torch.where(finished(ro, tokenizer), scores, torch.zeros_like(scores))
+        scores = torch.where(ended, scores, torch.zeros_like(scores))
     return scores
+
+
+def final_answers(task, problems: list, texts: list[str], ended: torch.Tensor, cfg: Config) -> list:
+    """Each response's final answer for majority votes; None (no answer) for a cut-off one under
+    --truncated-reward zero: it gave no final answer, so it cannot win a vote."""
+    counts = ended.tolist() if cfg.truncated_reward == "zero" else [True] * len(texts)
+    return [task.extract_answer(p, t) if e else None for p, t, e in zip(problems, texts, counts)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -499,14 +506,14 @@ def train_step(r: Run, step: int) -> dict:
     t_sample = time.time() - t0
     # --- rewards and advantages
     rows = [problems[i // cfg.n] for i in range(len(ro.texts))]
-    scores = scored_rewards(r.task, rows, ro, r.tokenizer, cfg)
+    ended = finished(ro, r.tokenizer)
+    scores = scored_rewards(r.task, rows, ro.texts, ended, cfg)
     correct = scores >= 0.5
     rewards = scores
     if cfg.alpha > 0:
         # Arora & Zanette's rule: a response cut off at --max-new-tokens (no EOS) scores 0 and stays
         # out of its prompt's length statistics, else the penalty would reward the long tail it cuts.
-        rewards = ia_kernels.length_penalized_rewards(correct, ro.lengths, cfg.n, alpha=cfg.alpha,
-                                                      finished=finished(ro, r.tokenizer))
+        rewards = ia_kernels.length_penalized_rewards(correct, ro.lengths, cfg.n, alpha=cfg.alpha, finished=ended)
     answers = answer_ids([r.task.extract_answer(p, t) for p, t in zip(rows, ro.texts)]) \
         if cfg.objective == "majority" else None
     advantages = ia_kernels.group_advantages(

@@ -127,7 +127,7 @@ def test_a_response_cut_off_without_eos_earns_nothing_unless_asked():
     from ia_train.models import load_model
     from ia_train.rollout import Rollout
     from ia_train.tasks import load_task
-    from ia_train.train import scored_rewards
+    from ia_train.train import final_answers, finished, scored_rewards
 
     _, tok = load_model("tiny", device=torch.device("cpu"), attention="sdpa")
     task = load_task("chain_sum", {})
@@ -139,9 +139,15 @@ def test_a_response_cut_off_without_eos_earns_nothing_unless_asked():
     targets = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x in (ended, cut)])
     mask = torch.tensor([[i < len(x) for i in range(width)] for x in (ended, cut)])
     ro = Rollout(targets, mask, 0, mask, [text, text + "xx"], mask.sum(1))
-    zero = scored_rewards(task, [problem, problem], ro, tok, Config(truncated_reward="zero"))
-    score = scored_rewards(task, [problem, problem], ro, tok, Config(truncated_reward="score"))
+    ended = finished(ro, tok)
+    assert ended.tolist() == [True, False]
+    zero = scored_rewards(task, [problem, problem], ro.texts, ended, Config(truncated_reward="zero"))
+    score = scored_rewards(task, [problem, problem], ro.texts, ended, Config(truncated_reward="score"))
     assert zero.tolist() == [1.0, 0.0] and score.tolist() == [1.0, 1.0]
+    answer = task.extract_answer(problem, text)
+    assert answer is not None
+    assert final_answers(task, [problem, problem], ro.texts, ended, Config(truncated_reward="zero")) == [answer, None]
+    assert final_answers(task, [problem, problem], ro.texts, ended, Config(truncated_reward="score")) == [answer, answer]
 
 
 def test_truncated_reward_is_checked(tmp_path):
