@@ -514,8 +514,8 @@ def train_step(r: Run, step: int) -> dict:
         # Arora & Zanette's rule: a response cut off at --max-new-tokens (no EOS) scores 0 and stays
         # out of its prompt's length statistics, else the penalty would reward the long tail it cuts.
         rewards = ia_kernels.length_penalized_rewards(correct, ro.lengths, cfg.n, alpha=cfg.alpha, finished=ended)
-    answers = answer_ids([r.task.extract_answer(p, t) for p, t in zip(rows, ro.texts)]) \
-        if cfg.objective == "majority" else None
+    # the majority objective votes as the evaluation does: a cut-off response casts no vote
+    answers = answer_ids(final_answers(r.task, rows, ro.texts, ended, cfg)) if cfg.objective == "majority" else None
     advantages = ia_kernels.group_advantages(
         rewards.to(device), cfg.n, estimator=cfg.objective, k=cfg.k if cfg.objective in USES_K else None,
         answers=None if answers is None else answers.to(device)).float().cpu()

@@ -157,3 +157,20 @@ def test_truncated_reward_is_checked(tmp_path):
         with pytest.raises(ConfigError) as e:
             validate(Config(out=str(tmp_path / "run"), **over))
         assert message in str(e.value)
+
+
+@pytest.mark.parametrize("rule", ["zero", "score"])
+def test_the_majority_objective_gives_cut_off_responses_no_vote(rule, tmp_path, monkeypatch):
+    """Training votes as the evaluation does: under --truncated-reward zero a response cut off
+    without EOS casts no vote (answer id -1), so running on past an answer cannot sway the vote."""
+    import ia_train.train
+
+    monkeypatch.setattr(ia_train.train, "finished", lambda ro, tok: torch.zeros(ro.input_ids.shape[0], dtype=torch.bool))
+    cfg = small_config(tmp_path, objective="majority", k=4, n=4, steps=1, max_new_tokens=80, truncated_reward=rule)
+    advantages = Spy(monkeypatch, "group_advantages")
+    run(cfg)
+    (_, kw, adv), = advantages.calls
+    if rule == "zero":
+        assert torch.all(kw["answers"] == -1) and torch.all(adv == 0)
+    else:  # the same responses, scored by their text, do vote
+        assert torch.any(kw["answers"] >= 0)
