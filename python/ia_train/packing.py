@@ -75,8 +75,8 @@ def micro_batch_backward(model, ro, rows: torch.Tensor, old_logp, ref_logp, adva
         T = h.shape[1]
         loss, metrics = ia_kernels.linear_ppo_loss(
             h, weight.to(h.dtype), targets, None if old_logp is None else old_logp[piece, :T].to(device),
-            piece_advantages(advantages, piece, T).to(device), mask, bias=bias, temperature=cfg.temperature, backend=cfg.backend,
-            ref_logp=None if ref_logp is None else ref_logp[piece, :T].to(device), **opts)
+            piece_advantages(advantages, piece, T).to(device), mask, bias=bias, temperature=cfg.temperature,
+            backend=cfg.backend, ref_logp=None if ref_logp is None else ref_logp[piece, :T].to(device), **opts)
         (loss * scale).backward()
         total += float(loss.detach())
         w = float(mask.sum()) if len(parts) > 1 else 1.0

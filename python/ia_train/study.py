@@ -124,7 +124,7 @@ def run_one(spec: RunSpec, runs_dir: Path, threads: int, extra: list[str]) -> tu
     with open(run_dir / "log.txt", "w") as log:
         log.write(" ".join(cmd) + "\n")
         log.flush()
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"}).returncode
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
     summary = finished_summary(run_dir, spec)
     if rc != 0 or summary is None:
         tail = (run_dir / "log.txt").read_text(errors="replace").strip().splitlines()[-3:]
@@ -221,7 +221,7 @@ def table(rows: list[dict]) -> str:
     lines = []
     obj = [r for r in rows if r["grid"] == "objectives"]
     if obj:
-        ks = [n.split("@")[1] for n in obj[0]["after"] if n.startswith("pass@") and not n.endswith("_ci")]
+        ks = curve_ks_of(obj[0]["after"])
         lines += ["Objectives: change after training (mean over seeds [95% interval])", "",
                   "| objective | " + " | ".join(f"pass@{j}" for j in ks) + " | " + " | ".join(f"maj@{j}" for j in ks) + " |",
                   "|---|" + "---|" * (2 * len(ks))]
@@ -240,6 +240,11 @@ def table(rows: list[dict]) -> str:
         lines += ["", f"Base model (mean over the same seeds' held-out problems): pass@1 {_cell(base, 'pass@1')}, "
                       f"mean tokens {_cell(base, 'mean_tokens', 1)}"]
     return "\n".join(lines) + "\n"
+
+
+def curve_ks_of(part: dict) -> list[int]:
+    """The j of the pass@j entries of an aggregated before / after / change."""
+    return sorted(int(name.split("@")[1]) for name in part if name.startswith("pass@") and not name.endswith("_ci"))
 
 
 def _cell(part: dict, name: str, digits: int = 3) -> str:
@@ -262,7 +267,7 @@ def plot_objectives(rows: list[dict], path: Path) -> Path | None:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for i, r in enumerate(obj):
-        ks = sorted(int(n.split("@")[1]) for n in r["after"] if n.startswith("pass@") and not n.endswith("_ci"))
+        ks = curve_ks_of(r["after"])
         shift = (i - (len(obj) - 1) / 2) * 0.03  # keep error bars apart on the log axis
         xs = [k * 2 ** shift for k in ks]
         for ax, when, metric in ((axes[0], "after", "pass"), (axes[1], "change", "pass"), (axes[2], "change", "maj")):
@@ -270,7 +275,7 @@ def plot_objectives(rows: list[dict], path: Path) -> Path | None:
             err = np.array([_errors(r[when], n) for n in names]).T
             ax.errorbar(xs, [r[when][n] for n in names], yerr=err, marker="o", capsize=3, label=r["label"], color=f"C{i}")
     base = obj[0]["before"]
-    ks = sorted(int(n.split("@")[1]) for n in base if n.startswith("pass@") and not n.endswith("_ci"))
+    ks = curve_ks_of(base)
     axes[0].plot(ks, [base[f"pass@{k}"] for k in ks], "k--", lw=1, label="before training")
     titles = ("pass@k after training", "change in pass@k", "change in maj@k")
     for ax, title in zip(axes, titles):
@@ -378,8 +383,7 @@ def main(argv: list[str]) -> int:
     t0 = time.time()
     summaries, failures = run_grid(specs, args.out / "runs", args.jobs, args.threads, extra)
     rows = aggregate(specs, summaries)
-    study = {"mode": "quick" if args.quick else "full", "settings": {k: list(v) if isinstance(v, tuple) else v
-                                                                     for k, v in mode.items()},
+    study = {"mode": "quick" if args.quick else "full", "settings": mode,
              "command": "ia-train study " + " ".join(argv), "wall_seconds": time.time() - t0,
              "failed": failures, "aggregates": rows,
              "runs": [run_record(s, summaries[s.name]) for s in specs if s.name in summaries]}
