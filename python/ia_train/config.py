@@ -305,7 +305,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(cfg, name)}")
     if cfg.aggregation is not None and cfg.aggregation not in AGGREGATIONS:
         raise ConfigError(f"--aggregation {cfg.aggregation!r} is unknown; use one of: {', '.join(AGGREGATIONS)}")
-    if cfg.objective == "dr_grpo" and cfg.aggregation not in (None, "seq-mean-token-sum-norm"):
+    if cfg.objective == "dr_grpo" and cfg.aggregation is not None:
         raise ConfigError(f"--objective dr_grpo normalises by a constant length (its definition), so --aggregation "
                           f"{cfg.aggregation} would change it; drop --aggregation or use another objective")
     if cfg.stop_after is not None and cfg.stop_after < 1:
