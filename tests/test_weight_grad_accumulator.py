@@ -118,9 +118,16 @@ def test_bf16_accumulator_one_chunk_equals_fp32_then_round():
 
 
 def test_block_rows_do_not_change_the_result(monkeypatch):
-    """The CPU path's blocking over vocabulary rows (a bounded fp32 temporary) is exact."""
+    """The CPU path's blocking over vocabulary rows (a bounded fp32 temporary) adds no error of its
+    own: each element is still one fp32 sum rounded once per chunk. Bit equality is not promised: the
+    CPU BLAS picks its summation order by the GEMM's shape (on some CPUs a third of a [300, 32] fp32
+    product's elements differ in the last bit between one GEMM and 7-row blocks), so the results may
+    differ where that last fp32 bit moves a bf16 rounding, by one bf16 step at most."""
     hidden, weight, targets, g_logp = _inputs(256, 32, 300, seed=3, scale=1.0)
     whole = _chunked_grad_weight(hidden, weight, targets, g_logp, 32, LMHead.new_weight_grad_accumulator(weight))
     monkeypatch.setattr(LMHead, "_ACC_BLOCK_ROWS", 7)
     blocked = _chunked_grad_weight(hidden, weight, targets, g_logp, 32, LMHead.new_weight_grad_accumulator(weight))
-    assert torch.equal(whole, blocked)
+    step = torch.finfo(torch.bfloat16).eps * torch.maximum(whole.float().abs(), blocked.float().abs())
+    diff = (whole.float() - blocked.float()).abs()
+    assert torch.all(diff <= step), float((diff / step).max())
+    assert (diff > 0).float().mean() < 0.01  # a rare tie, not a different computation
