@@ -8,9 +8,12 @@ Public API (see README.md and docs/design.md):
     length_penalized_rewards  Arora & Zanette's length-penalised correctness rewards
     pass_at_k, group_pass_at_k, maj_at_k   evaluation estimators from n samples per problem
     available_backends        which backends each op has and whether they run on a device
+    ESTIMATORS, ESTIMATORS_USING_K   group_advantages's estimator names, and those that take a k
 """
 
 from .backends import available_backends
+from .core.numerics import ESTIMATOR_CODES as _ESTIMATOR_CODES
+from .core.numerics import ESTIMATORS_USING_K
 # The compiled row passes are public torch custom ops (torch.ops.ia_kernels.logprob_rows_*): they
 # exist from `import ia_kernels` on, not from the first call that selects their backend.
 from .kernels.cpu import logprobs as _cpu_logprob_ops  # noqa: F401
@@ -21,6 +24,8 @@ from .ops.logprobs import linear_logprobs
 from .ops.linear_ppo import linear_ppo_loss
 from .ops.ppo import ppo_loss
 
-__all__ = ["linear_logprobs", "ppo_loss", "linear_ppo_loss", "group_advantages",
+ESTIMATORS = tuple(_ESTIMATOR_CODES)  # every estimator= that group_advantages accepts
+
+__all__ = ["ESTIMATORS", "ESTIMATORS_USING_K", "linear_logprobs", "ppo_loss", "linear_ppo_loss", "group_advantages",
            "length_penalized_rewards", "pass_at_k", "group_pass_at_k", "maj_at_k", "available_backends"]
 __version__ = "0.1.0"
