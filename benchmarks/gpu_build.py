@@ -1,9 +1,10 @@
 """python -m benchmarks gpu-build: every GPU kernel compiled for sm_80 and sm_90, no GPU needed.
 
-Kernels: kernels/triton/logprobs.py, ppo.py, linear_stats.py (every input dtype it takes) and
+Kernels: ia_kernels/kernels/triton/logprobs.py and ppo.py (the grid's Triton backend), the
+experimental ia_kernels/experimental/linear_stats.py (every input dtype it takes), and
 csrc/cuda/*.cu.
 
-Triton: the launchers in ia_kernels/kernels/triton/ are called with stand-in CUDA tensors over a
+Triton: the launchers of those modules are called with stand-in CUDA tensors over a
 domain of shapes and loss options; each launch is recorded (kernel, arguments, constexprs,
 num_warps) instead of run, so the variants are exactly those the launchers produce. Each distinct
 variant is specialised by Triton's own binder (argument types, 16-byte divisibility) and compiled
@@ -154,11 +155,12 @@ QUICK_LENGTHS = (4096, 1000)
 
 
 def enumerate_triton_launches(quick: bool = False) -> list[Launch]:
-    """Calls each launcher of kernels/triton over the domain; returns the recorded launches."""
+    """Calls each Triton launcher (the grid's and the experimental one) over the domain; returns the
+    recorded launches."""
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("gpu-build compiles the kernels: run it without TRITON_INTERPRET (the kernels are "
                            "interpreter functions under it)")
-    from ia_kernels.kernels.triton import linear_stats as tls
+    from ia_kernels.experimental import linear_stats as tls
     from ia_kernels.kernels.triton import logprobs as tlp
     from ia_kernels.kernels.triton import ppo as tppo
 

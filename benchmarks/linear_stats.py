@@ -4,8 +4,8 @@ Candidates, forward only, bf16 inputs on GPU:
   eager         fp32 logits [N, V] materialised, log_softmax, gather
   ia_kernels    ia_kernels.linear_logprobs under no_grad (cuBLAS GEMM per chunk -> fp32 logits in
                 HBM -> row pass)
-  fused         kernels/triton/linear_stats.py (the GEMM with the row statistics in registers; on
-                GPU only: the Triton interpreter would time NumPy)
+  fused         ia_kernels/experimental/linear_stats.py (the GEMM with the row statistics in
+                registers; on GPU only: the Triton interpreter would time NumPy)
 Each row carries the model's prediction (benchmarks/model.py, op linear_logprobs_nograd) when the
 device is one the model knows. FLOP basis 2 N H V.
 """
@@ -35,7 +35,7 @@ def unfused(hidden, weight, targets):
 
 
 def fused(hidden, weight, targets):
-    from ia_kernels.kernels.triton.linear_stats import linear_stats_forward
+    from ia_kernels.experimental.linear_stats import linear_stats_forward
 
     out = torch.empty((3, hidden.shape[0]), dtype=torch.float32, device=hidden.device)
     linear_stats_forward(hidden, weight, targets, 1.0, -100, out[0], out[1], out[2])

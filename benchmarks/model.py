@@ -21,8 +21,8 @@ backward):
   fp32 row, which it has already read) instead of a separate cast pass and copy.
 - `epilogue-recompute` — the cut-cross-entropy design: row statistics in the GEMM epilogue (no
   logits in HBM), so the gradient needs the logits again: 8 N H V FLOPs.
-- `fused-fwd` — linear_logprobs whose forward is kernels/triton/linear_stats.py (the GEMM with the
-  row statistics in registers; no logits in HBM); its backward is bf16-acc's. Also the no-grad
+- `fused-fwd` — linear_logprobs whose forward is ia_kernels/experimental/linear_stats.py (the GEMM
+  with the row statistics in registers; no logits in HBM); its backward is bf16-acc's. Also the no-grad
   forward (`linear_logprobs_nograd`: behaviour / reference log-probs, 2 N H V).
 Memory is the peak a call allocates beyond its inputs, given with and without the gradients it
 returns (grad_hidden, grad_weight: the caller holds those whichever implementation runs).

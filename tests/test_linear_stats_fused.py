@@ -1,4 +1,5 @@
-"""The fused GEMM + row-statistics Triton kernel (kernels/triton/linear_stats.py) against float64.
+"""The experimental fused GEMM + row-statistics Triton kernel (ia_kernels/experimental/linear_stats.py)
+against float64.
 
 On CPU it runs under the Triton interpreter (tests/conftest.py), at small odd shapes that exercise
 every tile edge; the logits are never materialised by the kernel, so its log-probs, log-sum-exp
@@ -14,7 +15,7 @@ triton = pytest.importorskip("triton")
 if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs CUDA or the Triton interpreter", allow_module_level=True)
 
-from ia_kernels.kernels.triton.linear_stats import launch_config, linear_stats_forward  # noqa: E402
+from ia_kernels.experimental.linear_stats import launch_config, linear_stats_forward  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

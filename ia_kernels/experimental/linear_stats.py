@@ -8,8 +8,8 @@ registers by tl.dot (fp32 accumulation; fp32 inputs at full IEEE precision, neve
 into the running (max, sum exp, sum exp * (x - max)) of each row, as kernels/triton/logprobs.py's
 row_stats does column by column. The forward of linear_logprobs and the no-grad log-probs of RL
 (behaviour and reference policies) need nothing more. benchmarks/model.py prices it (design
-`fused-fwd`); it is not yet selected by the front-ends (a GPU run must measure it against cuBLAS
-first).
+`fused-fwd`); it is experimental, selected by no front-end, until a GPU run has measured it
+against cuBLAS + the row pass (benchmarks/linear_stats.py).
 
 Same conventions as rows_forward: ignored targets give logp 0, a target outside [0, V) gives NaN,
 a row whose logits hold NaN or +inf (or only -inf) gives NaN.
@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...core.numerics import SHIFTED_LOGIT_FLOOR as _FLOOR
+from ..core.numerics import SHIFTED_LOGIT_FLOOR as _FLOOR
 
 SHIFTED_LOGIT_FLOOR = tl.constexpr(_FLOOR)
 
