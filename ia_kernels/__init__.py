@@ -14,10 +14,6 @@ Public API (see README.md and docs/design.md):
 from .backends import available_backends
 from .core.numerics import ESTIMATOR_CODES as _ESTIMATOR_CODES
 from .core.numerics import ESTIMATORS_USING_K
-# The compiled row passes are public torch custom ops (torch.ops.ia_kernels.logprob_rows_*): they
-# exist from `import ia_kernels` on, not from the first call that selects their backend.
-from .kernels.cpu import logprobs as _cpu_logprob_ops  # noqa: F401
-from .kernels.cuda import logprobs as _cuda_logprob_ops  # noqa: F401
 from .ops.advantages import group_advantages, length_penalized_rewards
 from .ops.eval_metrics import group_pass_at_k, maj_at_k, pass_at_k
 from .ops.logprobs import linear_logprobs

@@ -3,7 +3,9 @@
 Every op family registers, per backend, the module that implements it (ia_kernels/kernels/<backend>/
 <op>.py, imported on first use) and the compute dtypes it serves (`Impl`). What a backend needs
 of the device is declared once, below (`_WHY_NOT`), and which (op, backend, device) have passed
-their tests in `VERIFIED`.
+their tests in `VERIFIED`. Nothing reaches a backend module except through here: the front-ends
+select one (`OpBackends.select`), or ask for the module a backend registered for another op
+(`kernel_module`); `ops` and `op_backends` list what is registered.
 
 Selection: the call's `backend=` argument, else the `IA_KERNELS_BACKEND` environment variable
 (applied to the ops that implement the backend it names), else the fastest backend that can run on
@@ -206,6 +208,31 @@ def register(op: str, impls: dict[str, Impl], cuda_preference: tuple[str, ...] |
     return entry
 
 
+def ops() -> list[str]:
+    """The registered ops, sorted (each front-end in ia_kernels/ops/ registers its own on import)."""
+    return sorted(_OPS)
+
+
+def op_backends(op: str) -> OpBackends:
+    """The registry entry of `op`: its backends, their modules and dtypes, its selection."""
+    if op not in _OPS:
+        raise ValueError(f"unknown op {op!r}; ops: {', '.join(sorted(_OPS))}")
+    return _OPS[op]
+
+
+def kernel_module(op: str, backend: str):
+    """The module that `backend` registered for `op` (kernels/<backend>/<family>.py), imported.
+
+    For a front-end that runs another op's kernels on the backend it selected for itself
+    (linear_ppo_loss runs linear_logprobs's row passes), and for loading the modules that register
+    torch custom-op kernels. No device or dtype check: the caller's own selection made those.
+    """
+    entry = op_backends(op)
+    if backend not in entry.impls:
+        raise ValueError(f"{op} has no {backend!r} backend; it has: {', '.join(entry.names())}")
+    return entry.impls[backend].load()
+
+
 def available_backends(op: str | None = None, device: str | torch.device = "cpu") -> dict:
     """{op: {backend: None if it runs on `device` and backend=None may choose it, else the reason}}.
 
@@ -216,10 +243,8 @@ def available_backends(op: str | None = None, device: str | torch.device = "cpu"
     still runs when asked for with backend= or IA_KERNELS_BACKEND.
     """
     device = torch.device(device)
-    ops = [op] if op is not None else sorted(_OPS)
     out = {}
-    for name in ops:
-        if name not in _OPS:
-            raise ValueError(f"unknown op {name!r}; ops: {', '.join(sorted(_OPS))}")
-        out[name] = {b: _WHY_NOT[b](device) or _why_not_automatic(_OPS[name], b, device) for b in _OPS[name].names()}
+    for name in ([op] if op is not None else ops()):
+        entry = op_backends(name)
+        out[name] = {b: _WHY_NOT[b](device) or _why_not_automatic(entry, b, device) for b in entry.names()}
     return out

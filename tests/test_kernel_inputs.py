@@ -7,7 +7,6 @@ NaN / inf propagation, the sign of log-probs and entropies, empty dimensions, me
 ill-typed settings.
 """
 
-import importlib
 import subprocess
 import sys
 
@@ -19,9 +18,9 @@ from ia_kernels import backends
 from ia_kernels.ops import ppo
 
 
-def _kernels(backend: str, op: str):
-    """kernels/<backend>/<op>.py, the module the front-ends select."""
-    return importlib.import_module(f"ia_kernels.kernels.{backend}.{op}")
+def _kernels(backend: str, family: str):
+    """kernels/<backend>/<family>.py, the module the front-ends select, from the registry."""
+    return backends.kernel_module({"logprobs": "linear_logprobs", "ppo": "ppo_loss"}[family], backend)
 
 TRITON = pytest.param("triton", marks=pytest.mark.skipif(
     not backends.triton_installed(), reason="triton is not installed"))

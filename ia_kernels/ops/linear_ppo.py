@@ -28,7 +28,6 @@ the two GEMMs — linear_logprobs's forward and backward.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +38,7 @@ from ..core.chunks import ChunkDriver, LogitTransform, chunk_rows
 from ..core.numerics import FP32, FP32_FP64, as_compute, compute_dtype
 from ..core.vocab_parallel import VocabShard, resolve_weight
 from . import ppo
-from .logprobs import RowPassCall, _validate, chunked_backward, chunked_forward, row_pass_call
+from .logprobs import RowPassCall, chunked_backward, chunked_forward, row_pass_call, validate_lm_head
 
 
 @dataclass
@@ -361,7 +360,7 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     if hidden.dim() != 3:
         raise ValueError(f"hidden must have shape [B, T, H], got {tuple(hidden.shape)}")
     weight, tp_group = resolve_weight(weight, tp_group)
-    temperature = _validate(hidden, weight, targets, bias, temperature)
+    temperature = validate_lm_head(hidden, weight, targets, bias, temperature)
     B, T, H = hidden.shape
     advantages = ppo.validate_token_inputs((B, T), old_logp, advantages, mask, ref_logp, None, opts,
                                            importance_weights)
@@ -390,7 +389,7 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         ref_logp=as_compute(ref_logp, dtype),
         valid=valid, vrows=ValidRows.of(valid, lengths),
         temperature=temperature, ignore_index=ignore_index, opts=opts, ppo_kernels=ppo_kernels,
-        logprob_kernels=importlib.import_module(f"ia_kernels.kernels.{name}.logprobs"),
+        logprob_kernels=backends.kernel_module("linear_logprobs", name),  # the same backend's row passes
         rows=chunk_rows(B * T, vocab, device, chunk_size), want_grads=torch.is_grad_enabled(), shard=shard,
         transform=transform)
     loss, logp, entropy, ratio = LinearPpoLossFunction.apply(h2, w, bias, call)

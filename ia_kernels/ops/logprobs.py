@@ -101,7 +101,9 @@ class LinearLogprobsFunction(torch.autograd.Function):
         return gh, gw, gb, None
 
 
-def _validate(hidden, weight, targets, bias, temperature):
+def validate_lm_head(hidden, weight, targets, bias, temperature) -> float:
+    """Checks an LM-head call's tensors (dtypes, shapes, one device) and returns the temperature as a
+    positive finite float. Shared by linear_logprobs and linear_ppo_loss."""
     _checks.require_float("hidden", hidden)
     _checks.require_float("weight", weight)
     _checks.require_int("targets", targets)
@@ -156,6 +158,12 @@ _OP = backends.register("linear_logprobs", {
     "triton": backends.Impl("ia_kernels.kernels.triton.logprobs", FP32),
     "cuda": backends.Impl("ia_kernels.kernels.cuda.logprobs", FP32),
 }, cuda_preference=("triton", "cuda", "torch"))
+# The compiled row passes are public torch custom ops (torch.ops.ia_kernels.logprob_rows_*, defined in
+# custom_ops.py) whose CPU and CUDA kernels register when those backends' modules load: load them
+# now, so that the ops run from `import ia_kernels` on, not from the first call that selects them.
+# Neither load needs its compiled module (that is loaded at the first launch).
+for _native_backend in ("cpu", "cuda"):
+    backends.kernel_module("linear_logprobs", _native_backend)
 
 
 def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
@@ -194,7 +202,7 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         Differentiable w.r.t. hidden, weight and bias.
     """
     weight, tp_group = resolve_weight(weight, tp_group)
-    temperature = _validate(hidden, weight, targets, bias, temperature)
+    temperature = validate_lm_head(hidden, weight, targets, bias, temperature)
     shard = None if tp_group is None else VocabShard.of(weight.shape[0], tp_group, hidden.device)
     vocab = weight.shape[0] if shard is None else shard.total
     targets, ignore_index = as_int64_targets(targets, vocab, ignore_index)

@@ -20,8 +20,8 @@ import torch
 
 from .. import backends
 from ..core import checks as _checks
+from ..core.kl import kl_terms
 from ..core.numerics import FP32, FP32_FP64, KL_ESTIMATOR_CODES, MAX_LOG_RATIO, as_compute, compute_dtype
-from ..kernels.torch.ppo import kl_terms
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 # TRL's loss_type names: (the aggregation it is, whether empty sequences count in its sequence mean).

@@ -8,13 +8,12 @@ from __future__ import annotations
 import torch
 
 from ... import _native
-from ..cpu.advantages import native_args, native_length_args
 
 _NO_ERROR = torch.iinfo(torch.int64).max
 
 
 def group_advantages(rewards, answers, layout, estimator, k, variant, eps):
-    r, ans, out, args = native_args(rewards, answers, layout, estimator, variant)
+    r, ans, out, args = _native.advantage_args(rewards, answers, layout, estimator, variant)
     n = r.numel() if estimator in ("passk", "majority") else 0  # the others need no scratch
     scratch = torch.empty(6 * n, dtype=torch.float64, device=r.device)
     idx = torch.empty(n, dtype=torch.int32, device=r.device)
@@ -30,7 +29,7 @@ def group_advantages(rewards, answers, layout, estimator, k, variant, eps):
 
 
 def length_penalized_rewards(correct, lengths, layout, alpha, dtype):
-    c, out, args = native_length_args(correct, lengths, layout, dtype)
+    c, out, args = _native.length_penalty_args(correct, lengths, layout, dtype)
     n = lengths.numel()
     scratch = torch.empty(2 * n, dtype=torch.float64, device=lengths.device)
     flags = torch.empty(n, dtype=torch.uint8, device=lengths.device)

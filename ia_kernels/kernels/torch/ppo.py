@@ -15,20 +15,9 @@ from __future__ import annotations
 
 import torch
 
+from ...core.kl import kl_terms
 from ...core.numerics import MAX_LOG_RATIO
 from . import logprobs
-
-
-def kl_terms(logp, ref_logp, estimator):
-    """(kl, dkl/dlogp) of ia::kl_penalty."""
-    d = ref_logp - logp
-    if estimator == "k1":
-        return -d, torch.ones_like(d)
-    if estimator == "k2":
-        return 0.5 * d * d, -d
-    dc = d.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
-    e = torch.exp(dc)
-    return e - dc - 1, torch.where(d.abs() > MAX_LOG_RATIO, 0.0, 1 - e)
 
 
 def clipped_surrogate(ratio, adv, opts):

@@ -149,7 +149,8 @@ def _logprob_rows_backward_kernel(
     write_row_grad(z_row, V, t, ignored, lse, ent, g, ge, inv_temp, BLOCK_V)
 
 
-def _block_v(V: int, device: torch.device) -> int:
+def block_v(V: int, device: torch.device) -> int:
+    """Columns per step of a row sweep (BLOCK_V), for every Triton row pass (ppo.py's fused rows too)."""
     # The interpreter runs a block as one NumPy op: one big block is fastest there.
     cap = 4096 if device.type == "cuda" else 1 << 16
     return min(cap, triton.next_power_of_2(V))
@@ -161,7 +162,7 @@ def rows_forward(z, targets, temperature, ignore_index, logp, lse, entropy):
         return
     _logprob_rows_forward_kernel[(rows,)](
         z, z.stride(0), V, targets, 1.0 / temperature, ignore_index, logp, lse, entropy,
-        BLOCK_V=_block_v(V, z.device), num_warps=8 if z.is_cuda else 1, enable_fp_fusion=False)
+        BLOCK_V=block_v(V, z.device), num_warps=8 if z.is_cuda else 1, enable_fp_fusion=False)
 
 
 def rows_backward(z, targets, temperature, ignore_index, lse, entropy, g_logp, g_entropy):
@@ -171,4 +172,4 @@ def rows_backward(z, targets, temperature, ignore_index, lse, entropy, g_logp, g
     _logprob_rows_backward_kernel[(rows,)](
         z, z.stride(0), V, targets, 1.0 / temperature, ignore_index, lse, entropy, g_logp,
         g_logp if g_entropy is None else g_entropy, HAS_G_ENTROPY=g_entropy is not None,
-        BLOCK_V=_block_v(V, z.device), num_warps=8 if z.is_cuda else 1, enable_fp_fusion=False)
+        BLOCK_V=block_v(V, z.device), num_warps=8 if z.is_cuda else 1, enable_fp_fusion=False)

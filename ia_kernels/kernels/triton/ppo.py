@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from ...core.numerics import KL_ESTIMATOR_CODES, MAX_LOG_RATIO
-from .logprobs import _block_v, finish_row_stats, row_stats, write_row_grad
+from .logprobs import block_v, finish_row_stats, row_stats, write_row_grad
 
 _MAX_LOG_RATIO = tl.constexpr(MAX_LOG_RATIO)
 
@@ -269,5 +269,5 @@ def fused_rows(z, targets, temperature, ignore_index, old_logp, adv, ref_logp, w
     _ppo_rows_fused_kernel[(rows,)](
         z, z.stride(0), V, targets, 1.0 / temperature, ignore_index, adv if old_logp is None else old_logp, adv,
         adv if ref_logp is None else ref_logp, weight, logp, entropy, loss, ratio, *_params(opts),
-        BLOCK_V=_block_v(V, z.device), num_warps=8 if z.is_cuda else 1, enable_fp_fusion=False, HAS_OLD=old_logp is not None,
+        BLOCK_V=block_v(V, z.device), num_warps=8 if z.is_cuda else 1, enable_fp_fusion=False, HAS_OLD=old_logp is not None,
         **_flags(opts))
