@@ -396,8 +396,9 @@ def compile_cuda(source: Path, cc: int) -> list[dict]:
         return [dict(base, kernel="-", error="nvcc not found")]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        # The flags of CMakeLists.txt's _cuda target, plus -cubin for one architecture.
-        cmd = [nvcc, "-cubin", f"-arch=sm_{cc}", "-std=c++17", "-O3", "--use_fast_math", "-lineinfo",
+        # The flags of CMakeLists.txt's _cuda target (no --use_fast_math: see there), plus -cubin for
+        # one architecture.
+        cmd = [nvcc, "-cubin", f"-arch=sm_{cc}", "-std=c++17", "-O3", "-lineinfo",
                "-Xptxas", "-v", "-I", str(ROOT / "csrc" / "include"), "-o", os.path.join(tmp, "k.cubin"), str(source)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
     secs = round(time.perf_counter() - t0, 2)
