@@ -80,16 +80,23 @@ def _import_ia_train_from(path: str) -> None:
     sys.meta_path.insert(0, Finder)
 
 
+# the phases a step reports in its row (ia_train.loop.phases), as this benchmark names them
+IA_PHASES = {"generation": "time_generation", "old_logp": "time_old_logp", "loss_fwd_bwd": "time_loss",
+             "optimizer": "time_optimizer"}
+
+
 def _ia_worker(s: dict) -> None:
     import torch
 
     torch.set_num_threads(s["threads"])
     if s.get("ia_path"):
         _import_ia_train_from(s["ia_path"])
-    from ia_train import train as T
-    from ia_train.config import Config, validate
-
     import dataclasses
+
+    from ia_train.config import Config
+    from ia_train.loop import validate
+    from ia_train.loop.stages import setup
+    from ia_train.loop.step import train_step
 
     out = tempfile.mkdtemp(prefix="loop-ia-")
     known = {f.name for f in dataclasses.fields(Config)}  # an earlier version (--ia-path) may lack some
@@ -99,32 +106,24 @@ def _ia_worker(s: dict) -> None:
                  minibatches=s["minibatches"], eval_problems=0, tensorboard=False, threads=s["threads"], out=out,
                  **options)
     validate(cfg)
-    r = T.setup(cfg)
-    clock = {"old_logp": 0.0, "optimizer": 0.0}
-
-    def timed(fn, key):
-        return _timed(fn, clock, key)
-
-    if hasattr(T, "sequence_logprobs"):
-        T.sequence_logprobs = timed(T.sequence_logprobs, "old_logp")
-    r.optimizer.step = timed(r.optimizer.step, "optimizer")
+    r = setup(cfg)
     step = 0
     _emit({"ready": True, "threads": torch.get_num_threads(), "options": options})
     while (k := _command()) > 0:
         records = []
         for _ in range(k):
-            for key in clock:
-                clock[key] = 0.0
             t0 = time.perf_counter()
-            row = T.train_step(r, step)
+            row = train_step(r, step)
             wall = time.perf_counter() - t0
             step += 1
-            gen, update = row["time_sample"], row["time_update"]
-            records.append({"wall": wall, "generation": gen, "old_logp": clock["old_logp"],
-                            "optimizer": clock["optimizer"],
-                            "loss_fwd_bwd": update - clock["old_logp"] - clock["optimizer"],
-                            "other": wall - gen - update,
-                            "tokens": row["mean_tokens"] * s["prompts"] * s["n"]})
+            missing = [key for key in IA_PHASES.values() if key not in row]
+            if missing:  # the phase split is what this benchmark reports: never guess it
+                raise RuntimeError(f"ia-train's step row lacks {', '.join(missing)}: this checkout does not report "
+                                   "the phase split the loop benchmark reads (ia_train.loop.phases)")
+            record = {name: row[key] for name, key in IA_PHASES.items()}
+            record.update(wall=wall, other=wall - sum(record.values()),
+                          tokens=row["mean_tokens"] * s["prompts"] * s["n"])
+            records.append(record)
         _emit({"records": records})
     _emit({"peak_rss": _peak_rss()})
 
@@ -138,15 +137,11 @@ def _trl_worker(s: dict) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from ia_train.models import format_prompt, load_model
-    from ia_train.train import split_problems
-    from ia_train.config import Config
-    from ia_train.tasks import load_task
+    from ia_train.tasks import load_task, split_problems
 
     set_seed(0)
-    cfg = Config(model="tiny", task="chain_sum", prompts_per_step=s["prompts"], n=s["n"], steps=s["total"],
-                 eval_problems=0)
-    task = load_task(cfg.task, cfg.task_options)
-    problems, _ = split_problems(task, cfg)
+    task = load_task("chain_sum")
+    problems, _ = split_problems(task, train=s["total"] * s["prompts"], held_out=0, seed=0)
     model, tok = load_model("tiny", device=torch.device("cpu"), attention="sdpa")
     by_prompt = {format_prompt(tok, p.prompt): p for p in problems}
     counts = {"tokens": 0}
@@ -290,7 +285,8 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--rollout", default="builtin", help="ia-train's --rollout (builtin or hf; ignored by versions without it)")
     parser.add_argument("--ia-options", default="{}", help="extra ia-train settings as JSON, e.g. '{\"lr\": 1e-4}'")
     parser.add_argument("--ia-path", default=None, help="run the ia-train side from this checkout's python/ "
-                        "directory (e.g. a git worktree of an earlier commit), to compare before / after")
+                        "directory (e.g. a git worktree of an earlier commit with ia_train.loop), to compare "
+                        "before / after")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--json", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)

@@ -115,9 +115,9 @@ def sft_batches(tokenizer, task, args):
 
 
 def evaluate(model, tokenizer, task, count: int, n: int, seed: int) -> dict:
-    from ia_train.evaluation import summarize
+    from ia_train.evaluation.metrics import summarize
     from ia_train.models import format_prompt
-    from ia_train.rollout import sample
+    from ia_train.rollout.hf import sample
 
     problems = task.problems("eval", count, seed)
     torch.manual_seed(seed)

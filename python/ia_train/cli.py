@@ -20,15 +20,16 @@ def _fail(prog: str, error: BaseException, code: int) -> int:
     return code
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .checkpoint import CheckpointError
-    from .config import ConfigError, load_config
-    from .files import RunFileError
+def main(argv: list[str] | None = None, hooks=None) -> int:
+    """The command line; `hooks` (loop.Hooks) reach a training run (scripts and tests observe it)."""
+    from .errors import ConfigError
     from .optional import MissingPackage
+    from .runtime.checkpoint import CheckpointError
+    from .runtime.files import RunFileError
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["study"]:  # `ia-train study ...`: a grid of runs (study.py)
-        from .study import main as study_main
+    if argv[:1] == ["study"]:  # `ia-train study ...`: a grid of runs (study/)
+        from .study.cli import main as study_main
 
         try:
             return study_main(argv[1:])
@@ -40,22 +41,24 @@ def main(argv: list[str] | None = None) -> int:
     evaluating = argv[:1] == ["eval"]
     prog = "ia-train eval" if evaluating else "ia-train"
     try:
-        if evaluating:  # `ia-train eval ...`: evaluation only (eval_cli.py)
-            from .eval_cli import parse
+        if evaluating:  # `ia-train eval ...`: evaluation only (evaluation/cli.py)
+            from .evaluation.cli import parse
 
             cfg, ks = parse(argv[1:])
         else:
-            cfg = load_config(argv)
+            from .loop import training_config
+
+            cfg = training_config(argv)
     except (ConfigError, MissingPackage) as e:
         return _fail(prog, e, 2)
-    from .eval_cli import run_eval
-    from .train import TrainingDiverged, run
+    from .evaluation.cli import run_eval
+    from .loop import TrainingDiverged, run
 
     try:
         if evaluating:
             run_eval(cfg, ks)
         else:
-            run(cfg)
+            run(cfg, hooks)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted" + ("" if evaluating else "; continue with --resume"), file=sys.stderr)
         return 130

@@ -1,24 +1,30 @@
-"""The run configuration: defaults, YAML file, command-line overrides, and validation.
+"""The run configuration, at the bottom of ia_train: the settings (`Config`), how they are read (YAML
+file, command-line flags, the saved settings of a resumed run) and the checks of their values.
 
-Precedence: the dataclass defaults < the YAML file (`--config`) < command-line flags. Validation
-happens before any model, data or output directory is touched, and every problem is reported as one
-`ConfigError` line that says what to change (the CLI prints it and exits with status 2).
+Precedence: the dataclass defaults < the YAML file (`--config`) < command-line flags. The checks here
+need nothing but the values; what needs a subsystem (the model's files, the task's generator, the
+output directory, the launcher's environment, the kernels' backends) is checked by that subsystem,
+and the commands call those checks (loop/checks.py for training, evaluation/cli.py for `eval`) before
+any model, data or output directory is touched. Every problem is one `ConfigError` line that says
+what to change (the CLI prints it and exits with status 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ia_kernels import ESTIMATORS, ESTIMATORS_USING_K
+
 from .errors import ConfigError
 
-OBJECTIVES = ("rloo", "grpo", "dr_grpo", "passk", "passk_chen", "majority")
+OBJECTIVES = ESTIMATORS  # every group_advantages estimator is a training objective
+USES_K = ESTIMATORS_USING_K  # the objectives whose definition involves k samples
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
 SEED_MAX = 2**32 - 1  # numpy's seed range; torch and reasoning-gym accept it too
 # Settings a resumed run may change (they do not change what is trained or measured); every other
@@ -173,34 +179,45 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"setting '{name}' must be {kind.replace('Optional[', '').rstrip(']')}, got {value!r}") from None
 
 
-def load_config(argv: list[str] | None = None) -> Config:
-    """Parse the command line (and the YAML file it names) into a validated Config."""
-    args = vars(build_parser().parse_args(argv))
+def read_settings(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> dict[str, Any]:
+    """The settings given on the command line and in the YAML file it names (--config), as given
+    (flags override the file); nothing is coerced or checked yet."""
+    args = vars((parser or build_parser()).parse_args(argv))
     config_path = args.pop("config", None)
     values: dict[str, Any] = {}
     if config_path is not None:
         values.update(read_yaml(config_path))
     values.update(args)
+    return values
+
+
+def make_config(values: dict[str, Any]) -> Config:
+    """A Config from given settings, each coerced to its field's type (ConfigError when it cannot be);
+    the others keep their defaults."""
+    return Config(**{name: _coerce(name, v) for name, v in values.items()})
+
+
+def load_config(argv: list[str] | None = None) -> Config:
+    """The training command's settings: the command line and its YAML file, and with --resume the
+    resumed run's saved settings under them. Only parsed and coerced: loop.checks.validate checks them."""
+    values = read_settings(argv)
     if _coerce("resume", values.get("resume", False)):
         values = {**saved_settings(values), **values}
-    cfg = Config(**{name: _coerce(name, v) for name, v in values.items()})
-    validate(cfg)
-    return cfg
+    return make_config(values)
 
 
 def saved_settings(values: dict) -> dict:
     """The settings in the resumed run's config.json; ConfigError when `values` (the settings given
     now) would change the experiment (see RESUME_MAY_CHANGE)."""
-    from .files import RunFileError, read_json
-
     out = str(values.get("out", Config.out))
     path = Path(out) / "config.json"
     if not path.exists():
         return {}  # validate() says what is missing
     try:
-        saved = read_json(path)
-    except RunFileError as e:
-        raise ConfigError(f"--resume: {e}; the run's settings are unknown, start a new run with another --out") from None
+        saved = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"--resume: {path} is unreadable ({str(e).splitlines()[0][:120]}); the run's settings are "
+                          "unknown, start a new run with another --out") from None
     if not isinstance(saved, dict):
         raise ConfigError(f"--resume: {path} does not hold a mapping of settings; start a new run with another --out")
     base = {k: v for k, v in saved.items() if k in FIELDS and k not in ("resume", "stop_after")}
@@ -252,154 +269,76 @@ def read_yaml(path: str) -> dict:
     return data
 
 
-def validate(cfg: Config) -> None:
-    """Cheap checks of everything that can be checked without loading a model."""
-    from .distributed import check as check_launcher
-    from .models import check_model_source
-    from .tasks import check_task
+def flag(name: str) -> str:
+    """The command-line flag of a setting."""
+    return "--" + name.replace("_", "-")
 
-    for name, f in FIELDS.items():  # nan and inf pass every comparison below; refuse them first
-        value = getattr(cfg, name)
-        if "float" in str(f.type) and value is not None and not math.isfinite(value):
-            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
-    if cfg.objective not in OBJECTIVES:
-        raise ConfigError(f"--objective {cfg.objective!r} is unknown; use one of: {', '.join(OBJECTIVES)}")
-    positive = ("k", "n", "prompts_per_step", "max_new_tokens", "ppo_epochs", "minibatches", "grad_accum",
+
+# per-setting checks: the choices each named setting takes, and the numeric ranges
+CHOICES = {"objective": OBJECTIVES, "rollout": ("builtin", "hf"), "truncated_reward": ("zero", "score"),
+           "aggregation": AGGREGATIONS, "device": ("auto", "cpu", "cuda"),
+           "attention": ("auto", "sdpa", "eager", "flash_attention_2", "fa4")}
+AT_LEAST_ONE = ("k", "n", "prompts_per_step", "max_new_tokens", "ppo_epochs", "minibatches", "grad_accum",
                 "eval_n", "eval_batch")
-    for name in positive:
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("steps", "eval_problems", "checkpoint_every", "warmup_steps", "threads"):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(cfg, name)}")
+AT_LEAST_ZERO = ("steps", "eval_problems", "checkpoint_every", "warmup_steps", "threads", "kl_coef",
+                 "kl_reward_coef", "weight_decay", "max_grad_norm")
+
+
+def _choice_error(name: str, value) -> ConfigError:
+    options = CHOICES[name]
+    if name == "objective" or name == "aggregation":
+        return ConfigError(f"{flag(name)} {value!r} is unknown; use one of: {', '.join(options)}")
+    listed = ", ".join(options[:-1]) + f" or {options[-1]}" if len(options) > 2 else " or ".join(options)
+    return ConfigError(f"{flag(name)} {value!r} is unknown; use {listed}")
+
+
+def check_values(cfg: Config, names=None) -> None:
+    """ConfigError (one line) for the first setting among `names` (default: all) whose value is out
+    of its range or not one of its choices; each setting on its own, no relation between them."""
+    names = list(FIELDS) if names is None else [n for n in FIELDS if n in names]
+    for name in names:  # nan and inf pass every comparison below; refuse them first
+        value = getattr(cfg, name)
+        if "float" in str(FIELDS[name].type) and value is not None and not math.isfinite(value):
+            raise ConfigError(f"{flag(name)} must be a finite number, got {value}")
+    for name in names:
+        value = getattr(cfg, name)
+        if name in CHOICES and value is not None and value not in CHOICES[name]:
+            raise _choice_error(name, value)
+        if name in AT_LEAST_ONE and value < 1:
+            raise ConfigError(f"{flag(name)} must be at least 1, got {value}")
+        if name in AT_LEAST_ZERO and value < 0:
+            raise ConfigError(f"{flag(name)} must be 0 or more, got {value}")
+    ranges = {
+        "temperature": (lambda v: v > 0, "must be positive (sampling)"),
+        "clip": (lambda v: 0 < v < 1, "must be in (0, 1)"),
+        "clip_high": (lambda v: v is None or v > 0, "must be positive"),
+        "alpha": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+        "lr": (lambda v: v > 0, "must be positive"),
+        "stop_after": (lambda v: v is None or v >= 1, "must be at least 1 (or left unset)"),
+        "seed": (lambda v: 0 <= v <= SEED_MAX, f"must be in [0, {SEED_MAX}]"),
+    }
+    for name in names:
+        if name in ranges and not ranges[name][0](getattr(cfg, name)):
+            raise ConfigError(f"{flag(name)} {ranges[name][1]}, got {getattr(cfg, name)}")
+
+
+def check_training(cfg: Config) -> None:
+    """Every setting's value (check_values), then what the training settings require of each other."""
+    check_values(cfg)
     if cfg.k > cfg.n:
         raise ConfigError(f"--k {cfg.k} is larger than --n {cfg.n}: need k <= n (samples per prompt); raise --n or lower --k")
     if cfg.eval_problems and cfg.k > cfg.eval_n:
         raise ConfigError(f"--k {cfg.k} is larger than --eval-n {cfg.eval_n}: pass@k needs k <= n; raise --eval-n or lower --k")
     if cfg.objective == "majority" and cfg.k != cfg.n:
         raise ConfigError(f"--objective majority needs k == n (got k={cfg.k}, n={cfg.n}); set --k equal to --n")
-    if cfg.n < 2 and cfg.objective != "passk":
+    if cfg.n < 2 and cfg.objective not in ("passk", "reinforce"):
         raise ConfigError(f"--n {cfg.n}: group estimators need at least 2 samples per prompt; raise --n")
     if (cfg.prompts_per_step * cfg.n) % (cfg.minibatches * cfg.grad_accum):
         raise ConfigError(f"prompts_per_step * n = {cfg.prompts_per_step * cfg.n} sequences do not split into "
                           f"minibatches * grad_accum = {cfg.minibatches * cfg.grad_accum} equal parts; change one of them")
-    if cfg.temperature <= 0:
-        raise ConfigError(f"--temperature must be positive (sampling), got {cfg.temperature}")
-    if cfg.rollout not in ("builtin", "hf"):
-        raise ConfigError(f"--rollout {cfg.rollout!r} is unknown; use builtin or hf")
-    if not 0 < cfg.clip < 1:
-        raise ConfigError(f"--clip must be in (0, 1), got {cfg.clip}")
-    if cfg.clip_high is not None and cfg.clip_high <= 0:
-        raise ConfigError(f"--clip-high must be positive, got {cfg.clip_high}")
-    if cfg.alpha < 0 or cfg.alpha > 1:
-        raise ConfigError(f"--alpha must be in [0, 1], got {cfg.alpha}")
-    if cfg.truncated_reward not in ("zero", "score"):
-        raise ConfigError(f"--truncated-reward {cfg.truncated_reward!r} is unknown; use zero or score")
     if cfg.truncated_reward == "score" and cfg.alpha > 0:
         raise ConfigError("--truncated-reward score with --alpha > 0: Arora & Zanette's length penalty scores a "
                           "response cut off without EOS 0 by definition; drop one of them")
-    if cfg.lr <= 0:
-        raise ConfigError(f"--lr must be positive, got {cfg.lr}")
-    for name in ("kl_coef", "kl_reward_coef", "weight_decay", "max_grad_norm"):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(cfg, name)}")
-    if cfg.aggregation is not None and cfg.aggregation not in AGGREGATIONS:
-        raise ConfigError(f"--aggregation {cfg.aggregation!r} is unknown; use one of: {', '.join(AGGREGATIONS)}")
     if cfg.objective == "dr_grpo" and cfg.aggregation is not None:
         raise ConfigError(f"--objective dr_grpo normalises by a constant length (its definition), so --aggregation "
                           f"{cfg.aggregation} would change it; drop --aggregation or use another objective")
-    if cfg.stop_after is not None and cfg.stop_after < 1:
-        raise ConfigError(f"--stop-after must be at least 1 (or left unset), got {cfg.stop_after}")
-    if not 0 <= cfg.seed <= SEED_MAX:
-        raise ConfigError(f"--seed must be in [0, {SEED_MAX}], got {cfg.seed}")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"--device {cfg.device!r} is unknown; use auto, cpu or cuda")
-    if cfg.attention not in ("auto", "sdpa", "eager", "flash_attention_2", "fa4"):
-        raise ConfigError(f"--attention {cfg.attention!r} is unknown; use auto, sdpa, eager, flash_attention_2 or fa4")
-    import torch
-
-    from .attention import choose_attention
-
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu or auto")
-    device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
-    try:
-        choose_attention(cfg.attention, device)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    check_backend(cfg.backend, device)
-    out = Path(cfg.out)
-    check_output_dir(out)
-    if cfg.resume:
-        check_resume(cfg, out)
-    check_task(cfg.task, cfg.task_options)
-    check_model_source(cfg.model)
-    check_launcher(cfg)
-
-
-# ops that ia-train calls with backend=cfg.backend
-BACKEND_OPS = ("linear_logprobs", "linear_ppo_loss")
-
-
-def check_backend(backend: str | None, device) -> None:
-    """ConfigError when --backend (or IA_KERNELS_BACKEND) cannot run the loss ops on `device`."""
-    import ia_kernels
-    from ia_kernels.backends import BACKEND_NAMES, ENV_VAR
-
-    source, name = ("--backend", backend) if backend is not None else (ENV_VAR, os.environ.get(ENV_VAR) or None)
-    if name is None:
-        return
-    if name not in BACKEND_NAMES:
-        raise ConfigError(f"{source} {name!r} is not a backend; use one of {', '.join(BACKEND_NAMES)}")
-    for op in BACKEND_OPS:
-        reasons = ia_kernels.available_backends(op, device)[op]
-        if name not in reasons:
-            if source == ENV_VAR:
-                continue  # the environment variable applies only to the ops that have that backend
-            raise ConfigError(f"--backend {name}: {op} has no {name} backend (it has {', '.join(reasons)}); "
-                              "choose another or leave --backend unset")
-        why = reasons[name]
-        if why is not None and not why.startswith("not chosen automatically"):
-            usable_here = [b for b, w in reasons.items() if w is None or w.startswith("not chosen automatically")]
-            raise ConfigError(f"{source} {name} cannot run on {device.type}: {why}; "
-                              f"available here: {', '.join(usable_here)} (or leave it unset)")
-
-
-def check_output_dir(out: Path) -> None:
-    """ConfigError unless `out` is, or can be created as, a directory this process can write to.
-    Nothing is created: the check writes a probe file in `out` or its nearest existing parent."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a directory; give a directory path (it is created if missing)")
-    existing = out
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"--out {out}: {existing} is a file, so the directory cannot be created; give another path")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".ia-train-probe-", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        where = "" if existing == out else f" (cannot create it in {existing})"
-        raise ConfigError(f"--out {out} is not writable{where}: {(e.strerror or str(e)).lower()}; "
-                          "give a directory you can write to") from None
-
-
-def check_resume(cfg: Config, out: Path) -> None:
-    from . import checkpoint
-
-    folder, damaged = checkpoint.usable(out / "checkpoints")
-    if folder is None:
-        why = f"no usable checkpoint in {out / 'checkpoints'} ({'; '.join(damaged)})" if damaged \
-            else f"no checkpoint in {out / 'checkpoints'}"
-        raise ConfigError(f"--resume: {why}; "
-                          "drop --resume to start over, or point --out at the killed run")
-    if not (out / "config.json").is_file():
-        raise ConfigError(f"--resume: {out / 'config.json'} is missing, so the run's settings are unknown; "
-                          "restore it or start a new run with another --out")
-    step = checkpoint.step_of(folder)
-    if cfg.steps < step:
-        raise ConfigError(f"--steps {cfg.steps} is below the checkpoint's step {step} ({folder}); "
-                          f"give --steps {step} or more")

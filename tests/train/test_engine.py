@@ -1,5 +1,5 @@
-"""The built-in decode loop (ia_train.engine): its logits equal the model's full-sequence forward, it
-samples the distribution Hugging Face `generate` samples, and its rollouts have rollout.sample's layout."""
+"""The built-in decode loop (ia_train.rollout.builtin): its logits equal the model's full-sequence forward, it
+samples the distribution Hugging Face `generate` samples, and its rollouts have rollout.hf.sample's layout."""
 
 import math
 from collections import Counter
@@ -7,8 +7,9 @@ from collections import Counter
 import pytest
 import torch
 
-from ia_train.engine import BuiltinEngine, HFEngine, builtin_unsupported, decode, make_engine
 from ia_train.models import load_model
+from ia_train.rollout import BuiltinEngine, HFEngine, make_engine
+from ia_train.rollout.builtin import builtin_unsupported, decode
 
 PROMPTS = ["5 - 4 - 7 =", "1 + 2 =", "3 + 3 + 9 =", "8 - 1 ="]
 
@@ -140,7 +141,8 @@ def test_make_engine_and_fallback(tiny):
 
 
 def _small(tmp_path, **over):
-    from ia_train.config import Config, validate
+    from ia_train.config import Config
+    from ia_train.loop import validate
 
     cfg = Config(**{**dict(model="tiny", task="chain_sum", prompts_per_step=2, n=4, k=2, max_new_tokens=16,
                            eval_problems=0, steps=2, lr=3e-3, warmup_steps=1, tensorboard=False, threads=1,
@@ -150,22 +152,23 @@ def _small(tmp_path, **over):
 
 
 @pytest.mark.parametrize("minibatches", [1, 2])
-def test_training_takes_old_logprobs_without_a_pass(tmp_path, monkeypatch, minibatches):
+def test_training_takes_old_logprobs_without_a_pass(tmp_path, minibatches):
     """One optimiser step per batch: old_logp=None (the loss pass computes them); two: the sampler's
     log-probs from the built-in engine. Either way no separate no-grad pass runs."""
     import ia_kernels
-    from ia_train import train
+    from ia_train.loop import Hooks, Kernels, run
 
     calls = []
-    real = ia_kernels.linear_ppo_loss
 
     def spy(*args, **kwargs):
         calls.append(args[3])
-        return real(*args, **kwargs)
+        return ia_kernels.linear_ppo_loss(*args, **kwargs)
 
-    monkeypatch.setattr(ia_kernels, "linear_ppo_loss", spy)
-    monkeypatch.setattr(train, "sequence_logprobs", lambda *a, **k: pytest.fail("an old-logp pass ran"))
-    summary = train.run(_small(tmp_path, minibatches=minibatches))
+    def no_logprob_pass(*args, **kwargs):
+        pytest.fail("an old-logp pass ran")
+
+    kernels = Kernels(linear_ppo_loss=spy, linear_logprobs=no_logprob_pass)
+    summary = run(_small(tmp_path, minibatches=minibatches), Hooks(kernels=kernels))
     assert summary["last_step"]["step"] == 2 and len(calls) == 2 * minibatches
     if minibatches == 1:
         assert all(c is None for c in calls)
@@ -174,7 +177,8 @@ def test_training_takes_old_logprobs_without_a_pass(tmp_path, monkeypatch, minib
 
 
 def test_rollout_setting_is_checked():
-    from ia_train.config import Config, ConfigError, validate
+    from ia_train.config import Config, ConfigError
+    from ia_train.loop import validate
 
     with pytest.raises(ConfigError, match="--rollout 'vllm' is unknown"):
         validate(Config(rollout="vllm"))

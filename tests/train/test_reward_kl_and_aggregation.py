@@ -4,12 +4,13 @@ trainer, does for REINFORCE-family estimators) and the per-sequence token-mean a
 import pytest
 import torch
 
-from ia_train.config import Config, validate
+from ia_train.config import Config
 from ia_train.errors import ConfigError
-from ia_train.logger import read_metrics
-from ia_train.train import kl_reward_advantages, run
+from ia_train.loop import Hooks, run, validate
+from ia_train.loop.advantages import kl_reward_advantages
+from ia_train.runtime.logger import read_metrics
 
-from test_train_runs import Spy, small_config
+from test_train_runs import Spy, small_config, spying
 
 
 def openrlhf_returns(seq_reward, logp, ref_logp, mask, beta):
@@ -50,12 +51,12 @@ def test_kl_in_the_reward_matches_openrlhf_shaping():
     assert torch.equal(zero, adv[:, None] * mask)
 
 
-def test_a_run_with_the_recipe_puts_the_kl_in_the_token_advantages(tmp_path, monkeypatch):
+def test_a_run_with_the_recipe_puts_the_kl_in_the_token_advantages(tmp_path):
     # long enough responses that some are right, so the first step's update moves the policy
     cfg = small_config(tmp_path, objective="rloo", steps=2, alpha=0.2, kl_reward_coef=0.05, minibatches=1,
                        aggregation="seq-mean-token-mean", prompts_per_step=4, max_new_tokens=80)
-    advantages, losses = Spy(monkeypatch, "group_advantages"), Spy(monkeypatch, "linear_ppo_loss")
-    run(cfg)
+    advantages, losses = Spy("group_advantages"), Spy("linear_ppo_loss")
+    run(cfg, spying(advantages, losses))
     rows = read_metrics(tmp_path / "run")
     assert len(losses.calls) == 2 and len(advantages.calls) == 2
     for step, ((args, kw, _), (_, _, seq_adv)) in enumerate(zip(losses.calls, advantages.calls)):
@@ -75,10 +76,10 @@ def test_a_run_with_the_recipe_puts_the_kl_in_the_token_advantages(tmp_path, mon
     assert rows[0]["accuracy"] > 0 and rows[1]["kl_k1"] != 0  # one update moved the policy off the reference
 
 
-def test_a_run_with_the_loss_kl_only_sends_the_reference_to_the_loss(tmp_path, monkeypatch):
+def test_a_run_with_the_loss_kl_only_sends_the_reference_to_the_loss(tmp_path):
     cfg = small_config(tmp_path, objective="rloo", steps=1, kl_coef=0.05, minibatches=1)
-    losses = Spy(monkeypatch, "linear_ppo_loss")
-    run(cfg)
+    losses = Spy("linear_ppo_loss")
+    run(cfg, spying(losses))
     (args, kw, _), = losses.calls
     assert kw["ref_logp"] is not None and kw["kl_coef"] == 0.05 and args[4].dim() == 1
     assert "kl_k1" not in read_metrics(tmp_path / "run")[0]
@@ -125,9 +126,9 @@ def test_a_response_cut_off_without_eos_earns_nothing_unless_asked():
     """--truncated-reward zero (the default): a correct answer followed by more tokens up to the limit
     (a policy running on past its answer) scores 0 in training and is no answer in the evaluation."""
     from ia_train.models import load_model
+    from ia_train.rewards import final_answers, finished, scored_rewards
     from ia_train.rollout import Rollout
     from ia_train.tasks import load_task
-    from ia_train.train import final_answers, finished, scored_rewards
 
     _, tok = load_model("tiny", device=torch.device("cpu"), attention="sdpa")
     task = load_task("chain_sum", {})
@@ -160,15 +161,28 @@ def test_truncated_reward_is_checked(tmp_path):
 
 
 @pytest.mark.parametrize("rule", ["zero", "score"])
-def test_the_majority_objective_gives_cut_off_responses_no_vote(rule, tmp_path, monkeypatch):
+def test_the_majority_objective_gives_cut_off_responses_no_vote(rule, tmp_path):
     """Training votes as the evaluation does: under --truncated-reward zero a response cut off
     without EOS casts no vote (answer id -1), so running on past an answer cannot sway the vote."""
-    import ia_train.train
 
-    monkeypatch.setattr(ia_train.train, "finished", lambda ro, tok: torch.zeros(ro.input_ids.shape[0], dtype=torch.bool))
+    class WithoutEos:
+        """The run's engine, with every response's EOS replaced by another token: each reads as cut off,
+        its text (and so its answer) unchanged."""
+
+        def __init__(self, engine):
+            self.engine, self.name, self.model, self.tokenizer = engine, engine.name, engine.model, engine.tokenizer
+
+        def generate(self, *args, **kwargs):
+            ro = self.engine.generate(*args, **kwargs)
+            eos = self.tokenizer.eos_token_id
+            response = ro.input_ids[:, ro.prompt_width:]
+            assert (response == eos).any()  # some responses did end
+            response[response == eos] = 1 if eos != 1 else 2
+            return ro
+
     cfg = small_config(tmp_path, objective="majority", k=4, n=4, steps=1, max_new_tokens=80, truncated_reward=rule)
-    advantages = Spy(monkeypatch, "group_advantages")
-    run(cfg)
+    advantages = Spy("group_advantages")
+    run(cfg, Hooks(kernels=spying(advantages).kernels, wrap_engine=WithoutEos))
     (_, kw, adv), = advantages.calls
     if rule == "zero":
         assert torch.all(kw["answers"] == -1) and torch.all(adv == 0)

@@ -19,7 +19,7 @@ pytestmark = [
 def smollm2():
     mp = pytest.MonkeyPatch()
     mp.setenv("HF_HUB_OFFLINE", "1")  # nothing may be downloaded
-    from ia_train.smollm2 import load_smollm2
+    from ia_train.models.smollm2 import load_smollm2
 
     model, tokenizer = load_smollm2()
     yield model, tokenizer
@@ -36,7 +36,7 @@ def test_loads_a_dense_trainable_model(smollm2):
 
 
 def test_chat_template_prompt(smollm2):
-    from ia_train.smollm2 import format_prompt
+    from ia_train.models import format_prompt
 
     _, tokenizer = smollm2
     text = format_prompt(tokenizer, "What is 2+2?")
@@ -50,7 +50,7 @@ def test_chat_template_prompt(smollm2):
 
 
 def test_greedy_answer_is_sensible(smollm2):
-    from ia_train.smollm2 import format_prompt
+    from ia_train.models import format_prompt
 
     model, tokenizer = smollm2
     ids = tokenizer(format_prompt(tokenizer, "What is the capital of France?"), return_tensors="pt").input_ids
@@ -82,17 +82,30 @@ def test_forward_backward_through_linear_logprobs(smollm2):
 
 def test_one_rl_step_through_the_training_loop(smollm2, tmp_path, monkeypatch):
     """Runs ia_train's loop for one step on SmolLM2 (must be the last test: it changes the weights)."""
-    import ia_train.smollm2
     from ia_train.config import Config
-    from ia_train.tasks.reasoning_gym import ReasoningGymTask
-    from ia_train.train import run
+    from ia_train.loop import Hooks, run
+    from ia_train.tasks import load_task
 
     model, tokenizer = smollm2
-    monkeypatch.setattr(ia_train.smollm2, "load_smollm2", lambda *a, **k: (model, tokenizer))
-    # chain_sum's prompts are short (this test is about the model, not the task). Reward the group's
-    # samples 1, 0 so the advantages (Tang's pass@k leave-one-out: [1, 0]) and the update are not zero.
-    monkeypatch.setattr(ReasoningGymTask, "score_batch",
-                        lambda self, problems, responses: [float(i % 2 == 0) for i in range(len(responses))])
+
+    class AlternatingScores:
+        """chain_sum's prompts (short: this test is about the model, not the task), with the group's
+        samples scored 1, 0 so the advantages (Tang's pass@k leave-one-out: [1, 0]) and the update
+        are not zero."""
+
+        def __init__(self, task):
+            self.task, self.name = task, task.name
+
+        def problems(self, split, count, seed):
+            return self.task.problems(split, count, seed)
+
+        def score_batch(self, problems, responses):
+            return [float(i % 2 == 0) for i in range(len(responses))]
+
+        def extract_answer(self, problem, response):
+            return self.task.extract_answer(problem, response)
+
+    hooks = Hooks(load_model=lambda *a, **k: (model, tokenizer), task=AlternatingScores(load_task("chain_sum")))
     # Only the first layer's MLP trains (the loop's AdamW skips parameters without gradients): the
     # step still runs the whole model forward and backward, without 135M-parameter optimiser state.
     trainable = model.model.layers[0].mlp
@@ -104,7 +117,7 @@ def test_one_rl_step_through_the_training_loop(smollm2, tmp_path, monkeypatch):
                  max_new_tokens=4, steps=2, stop_after=1, minibatches=1, eval_problems=0, lr=1e-4,
                  truncated_reward="score", checkpoint_every=0, out=str(tmp_path / "run"), device="cpu",
                  tensorboard=False)
-    result = run(cfg)
+    result = run(cfg, hooks)
     assert result["stopped_at"] == 1
     row = result["last"]
     assert row["reward"] == pytest.approx(0.5) and row["adv_abs"] > 0

@@ -12,7 +12,7 @@ from ia_train.config import Config, ConfigError, load_config
 
 
 def save_a_checkpoint(root, step):
-    from ia_train import checkpoint
+    from ia_train.runtime import checkpoint
 
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters())
@@ -27,7 +27,7 @@ def run_cli(argv, capsys):
 
 @pytest.mark.parametrize("argv,needle", [
     (["--task", "no_such_task"], "--task 'no_such_task' is unknown"),
-    (["--objective", "ppo"], "--objective 'ppo' is unknown; use one of: rloo, grpo"),
+    (["--objective", "ppo"], "--objective 'ppo' is unknown; use one of: reinforce, rloo, grpo"),
     (["--k", "8", "--n", "4"], "--k 8 is larger than --n 4"),
     (["--objective", "majority", "--k", "2", "--n", "4"], "majority needs k == n"),
     (["--eval-n", "2"], "--k 4 is larger than --eval-n 2"),

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from ia_train.evaluation import bootstrap_ci, change, summarize
+from ia_train.evaluation.metrics import bootstrap_ci, change, summarize
 
 
 def brute_pass_at_k(correct, k):

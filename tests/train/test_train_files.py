@@ -8,10 +8,12 @@ import subprocess
 import pytest
 import torch
 
-from ia_train import checkpoint
 from ia_train.cli import main
-from ia_train.files import RunFileError, write_text
-from ia_train.logger import MetricsLog, read_metrics
+from ia_train.runtime import checkpoint
+from ia_train.runtime.files import RunFileError, write_text
+from ia_train.runtime.logger import MetricsLog, read_metrics
+
+from test_train_runs import without_times
 
 FLAGS = ["--objective", "grpo", "--prompts-per-step", "2", "--n", "4", "--k", "2", "--max-new-tokens", "20",
          "--eval-problems", "0", "--minibatches", "2", "--lr", "3e-3", "--warmup-steps", "1",
@@ -24,10 +26,6 @@ def ia_train(out, *args, capsys=None):
         return code
     captured = capsys.readouterr()
     return code, captured.out, [line for line in captured.err.splitlines() if line.startswith("ia-train")]
-
-
-def strip(rows):
-    return [{k: v for k, v in r.items() if k not in ("time_sample", "time_update")} for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +75,7 @@ def test_a_damaged_checkpoint_is_reported_and_the_previous_one_resumes(damage, w
     assert err[1] == "ia-train: resuming from step-000002 (step 2) instead"
     assert f"resuming at step 2 from {out}/checkpoints/step-000002" in stdout
     # Steps 3 and 4 are trained again from the step-2 checkpoint: the same as the undamaged run.
-    assert strip(read_metrics(out)) == strip(read_metrics(finished_run))
+    assert without_times(read_metrics(out)) == without_times(read_metrics(finished_run))
     a = torch.load(finished_run / "checkpoints" / "latest" / "model.pt")
     b = torch.load(out / "checkpoints" / "latest" / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -141,7 +139,7 @@ def test_a_full_disk_mid_run_is_one_line_and_the_last_checkpoint_stays_usable(sm
     assert code == 0, err
     full = tmp_path / "full"
     assert ia_train(full, "--steps", "6", "--checkpoint-every", "1") == 0
-    assert strip(read_metrics(out)) == strip(read_metrics(full))
+    assert without_times(read_metrics(out)) == without_times(read_metrics(full))
 
 
 def test_a_failed_write_keeps_the_old_file_and_names_the_path(tmp_path, monkeypatch):

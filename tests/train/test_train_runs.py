@@ -7,11 +7,11 @@ import ia_kernels
 import pytest
 import torch
 
-from ia_train import checkpoint
-from ia_train.config import OBJECTIVES, Config, validate
-from ia_train.files import RunFileError
-from ia_train.logger import read_metrics
-from ia_train.train import run
+from ia_train.runtime import checkpoint
+from ia_train.config import OBJECTIVES, Config
+from ia_train.runtime.files import RunFileError
+from ia_train.runtime.logger import read_metrics
+from ia_train.loop import Hooks, Kernels, run, validate
 
 SMALL = dict(model="tiny", task="chain_sum", prompts_per_step=2, n=4, k=2, max_new_tokens=20, eval_problems=0,
              minibatches=2, lr=3e-3, warmup_steps=1, tensorboard=False, threads=0)
@@ -24,11 +24,11 @@ def small_config(tmp_path, **over):
 
 
 class Spy:
-    """Records the calls ia_train makes to an ia_kernels function (arguments and result)."""
+    """Records the calls ia_train makes to an ia_kernels function (arguments and result); handed to the
+    run in its Hooks (spying)."""
 
-    def __init__(self, monkeypatch, name):
-        self.real, self.calls = getattr(ia_kernels, name), []
-        monkeypatch.setattr(ia_kernels, name, self)
+    def __init__(self, name):
+        self.name, self.real, self.calls = name, getattr(ia_kernels, name), []
 
     def __call__(self, *args, **kwargs):
         out = self.real(*args, **kwargs)
@@ -36,12 +36,22 @@ class Spy:
         return out
 
 
+def without_times(rows: list[dict]) -> list[dict]:
+    """Metrics rows without their wall times (time_sample, time_<phase>): what a repeated run repeats."""
+    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
+
+
+def spying(*spies: Spy) -> Hooks:
+    """The hooks of a run whose calls to these ops are recorded."""
+    return Hooks(kernels=Kernels(**{spy.name: spy for spy in spies}))
+
+
 @pytest.mark.parametrize("objective", OBJECTIVES)
-def test_two_steps_of_every_objective(objective, tmp_path, monkeypatch):
+def test_two_steps_of_every_objective(objective, tmp_path):
     over = {"k": 4} if objective == "majority" else {}
     cfg = small_config(tmp_path, objective=objective, steps=2, **over)
-    advantages, losses = Spy(monkeypatch, "group_advantages"), Spy(monkeypatch, "linear_ppo_loss")
-    run(cfg)
+    advantages, losses = Spy("group_advantages"), Spy("linear_ppo_loss")
+    run(cfg, spying(advantages, losses))
     rows = read_metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
@@ -70,12 +80,12 @@ def test_two_steps_of_every_objective(objective, tmp_path, monkeypatch):
     assert (tmp_path / "run" / "training_curves.png").stat().st_size > 1000
 
 
-def test_length_penalty_kl_epochs_and_evaluation(tmp_path, monkeypatch):
+def test_length_penalty_kl_epochs_and_evaluation(tmp_path):
     cfg = small_config(tmp_path, objective="rloo", steps=2, alpha=0.2, kl_coef=0.05, ppo_epochs=2, grad_accum=2,
                        minibatches=1, eval_problems=3, eval_n=2)
-    penalty, advantages = Spy(monkeypatch, "length_penalized_rewards"), Spy(monkeypatch, "group_advantages")
-    losses = Spy(monkeypatch, "linear_ppo_loss")
-    summary = run(cfg)
+    penalty, advantages = Spy("length_penalized_rewards"), Spy("group_advantages")
+    losses = Spy("linear_ppo_loss")
+    summary = run(cfg, spying(penalty, advantages, losses))
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     for when in ("before", "after"):
         for key in ("pass@1", "pass@k", "maj@k", "mean_tokens"):
@@ -109,22 +119,17 @@ def test_length_penalty_kl_epochs_and_evaluation(tmp_path, monkeypatch):
     assert all(args[0].shape[0] == per_step // cfg.grad_accum for args, _, _ in losses.calls)
 
 
-def test_a_run_that_diverges_stops_before_writing_a_checkpoint(tmp_path, monkeypatch, capsys):
-    from ia_train import train
+def test_a_run_that_diverges_stops_before_writing_a_checkpoint(tmp_path, capsys):
     from ia_train.cli import main
 
-    real_update = train.ppo_update
-
-    def poisoned(model, *args, **kwargs):  # what an overflowing update does to the weights
-        out = real_update(model, *args, **kwargs)
+    def poison(r, row):  # what an overflowing update does to the weights, before the step's checkpoint
         with torch.no_grad():
-            model.lm.lm_head.weight.fill_(float("nan"))  # model: the Policy around the causal LM
-        return out
+            r.model.lm.lm_head.weight.fill_(float("nan"))  # model: the Policy around the causal LM
 
-    monkeypatch.setattr(train, "ppo_update", poisoned)
     out = tmp_path / "run"
     code = main(["--steps", "2", "--checkpoint-every", "1", "--prompts-per-step", "2", "--n", "4", "--k", "2",
-                 "--max-new-tokens", "8", "--eval-problems", "0", "--tensorboard", "false", "--out", str(out)])
+                 "--max-new-tokens", "8", "--eval-problems", "0", "--tensorboard", "false", "--out", str(out)],
+                Hooks(on_step_end=poison))
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ia-train")]
     assert code == 1 and len(err) == 1, err
     assert err[0].startswith("ia-train: error: step 1: ") and "non-finite values; no checkpoint was written" in err[0]
@@ -143,9 +148,7 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
     run(resumed)
     a, b = read_metrics(tmp_path / "a" / "run"), read_metrics(tmp_path / "b" / "run")
     assert [r["step"] for r in b] == [1, 2, 3, 4]  # step 3 of the killed run is replaced, not repeated
-    drop = ("time_sample", "time_update")
-    assert [{k: v for k, v in r.items() if k not in drop} for r in a] == \
-           [{k: v for k, v in r.items() if k not in drop} for r in b]
+    assert without_times(a) == without_times(b)
     wa = torch.load(tmp_path / "a" / "run" / "checkpoints" / "latest" / "model.pt")
     wb = torch.load(tmp_path / "b" / "run" / "checkpoints" / "latest" / "model.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -213,6 +216,4 @@ def test_resume_after_sigkill(tmp_path):
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     full = small_config(tmp_path / "full", objective="rloo", steps=6, checkpoint_every=2)
     run(full)
-    drop = ("time_sample", "time_update")
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
-    assert strip(read_metrics(out)) == strip(read_metrics(tmp_path / "full" / "run"))
+    assert without_times(read_metrics(out)) == without_times(read_metrics(tmp_path / "full" / "run"))

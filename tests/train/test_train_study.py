@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ia_train.cli import main as cli_main
-from ia_train.evaluation import change, summarize
+from ia_train.evaluation.metrics import change, summarize
 from ia_train.study import (ALPHAS, LENGTH_RECIPE, MODES, RunSpec, aggregate, grid, plot_length, plot_objectives,
                             run_grid, table, two_level_interval)
 

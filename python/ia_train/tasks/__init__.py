@@ -11,7 +11,7 @@ import importlib
 
 from ..errors import ConfigError
 from ..optional import MissingPackage, require
-from .base import Problem, Task
+from .base import Problem, Task, split_problems
 
 # name -> module that provides make_task(name)
 BENCHMARK_TASKS = {
@@ -69,4 +69,4 @@ def load_task(name: str, options: dict | None = None) -> Task:
     return ReasoningGymTask(name, options)
 
 
-__all__ = ["Problem", "Task", "check_task", "load_task", "BENCHMARK_TASKS"]
+__all__ = ["Problem", "Task", "check_task", "load_task", "split_problems", "BENCHMARK_TASKS"]

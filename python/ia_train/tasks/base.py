@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Protocol, Sequence
 
+from ..errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -62,3 +64,17 @@ def draw_problems(pool: Sequence[Problem], split: str, count: int, seed: int) ->
         rng.shuffle(epoch)
         out.extend(epoch[: count - len(out)])
     return out
+
+
+def split_problems(task: Task, *, train: int, held_out: int, seed: int) -> tuple[list[Problem], list[Problem]]:
+    """(`train` training problems, `held_out` held-out problems). The held-out set is the task's eval
+    split as drawn; training problems whose prompt is in it are skipped (small generated problem
+    spaces repeat problems across seeds), so training never sees a held-out prompt and the held-out
+    set stays an unbiased sample of the task."""
+    held = list(task.problems("eval", held_out, seed)) if held_out else []
+    pool = task.problems("train", 2 * train if getattr(task, "repeats_problems", False) else train, seed)
+    held_prompts = {p.prompt for p in held}
+    chosen = [p for p in pool if p.prompt not in held_prompts][:train]
+    if not chosen:
+        raise ConfigError(f"every training problem of {task.name} is also a held-out problem; lower --eval-problems")
+    return chosen, held

@@ -9,11 +9,11 @@ import sys
 
 import torch
 
-from ia_train import distributed
 from ia_train.config import Config
+from ia_train.loop.update import ppo_update
 from ia_train.models import Policy, load_model
 from ia_train.rollout import Rollout
-from ia_train.train import ppo_update
+from ia_train.runtime import distributed
 
 
 def batch(B: int, P: int, T: int, V: int) -> tuple[Rollout, torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .files import write_text, writing
-from .optional import installed, missing_message
+from ..optional import installed, missing_message
 
 
 def _rows(text: str) -> list[dict]:

@@ -14,7 +14,7 @@ from collections import Counter
 
 import torch
 
-from .optional import missing_message
+from ..optional import missing_message
 
 CALLS: Counter = Counter()  # which kernel actually ran, for the log
 

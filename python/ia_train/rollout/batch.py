@@ -1,4 +1,4 @@
-"""Rollouts: n sampled responses per prompt with Hugging Face `generate`, laid out for the loss.
+"""The rollout batch every engine returns: n sampled responses per prompt, laid out for the loss.
 
 Layout of a batch of B = prompts * n sequences (samples of one prompt contiguous, as the group
 estimators expect):
@@ -41,34 +41,6 @@ class Rollout:
         return Rollout(self.input_ids[rows], self.attention_mask[rows], self.prompt_width,
                        self.response_mask[rows], texts, self.lengths[rows],
                        None if self.logprobs is None else self.logprobs[rows])
-
-
-@torch.no_grad()
-def sample(model, tokenizer, prompts: list[str], n: int, *, temperature: float, max_new_tokens: int,
-           batch_size: int = 512) -> Rollout:
-    """n samples for each prompt (pure temperature sampling: no top-k/top-p, so the policy the loss
-    sees is exactly the one that sampled). Prompts are processed in chunks of batch_size // n."""
-    device = next(model.parameters()).device
-    eos = tokenizer.eos_token_id
-    per_chunk = max(1, batch_size // n)
-    chunks = []
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(prompts), per_chunk):
-        enc = tokenizer(prompts[start:start + per_chunk], return_tensors="pt", padding=True,
-                        add_special_tokens=False).to(device)
-        out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                             max_new_tokens=max_new_tokens, num_return_sequences=n, eos_token_id=eos,
-                             pad_token_id=tokenizer.pad_token_id, use_cache=True)
-        P = enc["input_ids"].shape[1]
-        prompt_mask = enc["attention_mask"].repeat_interleave(n, dim=0)
-        chunks.append((out[:, :P], prompt_mask, out[:, P:]))
-    model.train(was_training)
-    prompt_ids, prompt_mask, response = stack_chunks(chunks, tokenizer.pad_token_id)
-    # Keep tokens up to and including the first EOS; what generate wrote after it is padding.
-    is_eos = response == eos
-    after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
-    return make_rollout(tokenizer, prompt_ids, prompt_mask, response, ~after_eos)
 
 
 def stack_chunks(chunks, pad: int) -> list[torch.Tensor]:

@@ -1,5 +1,5 @@
 """Length-sorted pieces of a training micro-batch, so that the training forward's compute scales with
-the real tokens rather than with rows x the longest sequence.
+the real tokens rather than with rows x the longest sequence (update.micro_batch_backward runs them).
 
 A micro-batch's rows are sorted by length and cut into contiguous pieces; each piece runs its own
 forward, trimmed to its own longest prompt and response, and the fused loss of each piece is
@@ -51,37 +51,3 @@ def piece_advantages(advantages: torch.Tensor, rows: torch.Tensor, width: int) -
     """The rows' advantages: [rows] per response, or [rows, width] per token (cut to the piece's width)."""
     adv = advantages[rows]
     return adv[:, :width] if adv.dim() == 2 else adv
-
-
-def micro_batch_backward(model, ro, rows: torch.Tensor, old_logp, ref_logp, advantages, cfg, device,
-                         scale: float = 1.0, pack: bool = True) -> tuple[float, dict]:
-    """linear_ppo_loss over one micro-batch (`rows` of the rollout `ro`) and its backward, the
-    gradients multiplied by `scale`, in length-sorted pieces (one piece when pack is False or when
-    cutting does not pay). Returns (the micro-batch's loss, its metrics: token-weighted means)."""
-    import ia_kernels
-
-    from .train import loss_options, response_hidden  # train imports this module
-
-    opts = loss_options(cfg)
-    parts = [rows]
-    if pack:
-        prompt_lengths = ro.attention_mask[:, :ro.prompt_width].sum(1)
-        parts = pieces(prompt_lengths, ro.lengths, rows)
-    if len(parts) > 1:
-        opts.update(normaliser(ro.response_mask[rows], opts.get("aggregation", "token-mean")))
-    total, sums, weight_sum = 0.0, {}, 0.0
-    for piece in parts:
-        h, targets, mask, weight, bias = response_hidden(model, ro.select(piece), device)
-        T = h.shape[1]
-        loss, metrics = ia_kernels.linear_ppo_loss(
-            h, weight.to(h.dtype), targets, None if old_logp is None else old_logp[piece, :T].to(device),
-            piece_advantages(advantages, piece, T).to(device), mask, bias=bias, temperature=cfg.temperature,
-            backend=cfg.backend, ref_logp=None if ref_logp is None else ref_logp[piece, :T].to(device), **opts)
-        (loss * scale).backward()
-        total += float(loss.detach())
-        w = float(mask.sum()) if len(parts) > 1 else 1.0
-        weight_sum += w
-        for key, value in metrics.items():
-            if torch.is_tensor(value) and value.numel() == 1:
-                sums[key] = sums.get(key, 0.0) + w * float(value)
-    return total, {key: value / max(weight_sum, 1e-30) for key, value in sums.items()}

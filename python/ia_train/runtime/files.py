@@ -11,8 +11,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from ..errors import ConfigError
 
 
 class RunFileError(Exception):
@@ -88,3 +91,25 @@ def read_json(path: Path):
         raise RunFileError(f"{path} is missing") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise RunFileError(f"{path} is unreadable ({str(e).splitlines()[0][:120]})") from None
+
+
+def check_output_dir(out: Path) -> None:
+    """ConfigError unless `out` is, or can be created as, a directory this process can write to.
+    Nothing is created: the check writes a probe file in `out` or its nearest existing parent."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory; give a directory path (it is created if missing)")
+    existing = out
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file, so the directory cannot be created; give another path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ia-train-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        where = "" if existing == out else f" (cannot create it in {existing})"
+        raise ConfigError(f"--out {out} is not writable{where}: {(e.strerror or str(e)).lower()}; "
+                          "give a directory you can write to") from None

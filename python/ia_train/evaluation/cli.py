@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import ConfigError, OneLineParser, build_parser, load_config
+from ..config import Config, OneLineParser, build_parser, check_values, make_config, read_settings
+from ..errors import ConfigError
 
-# The training command's settings that `ia-train eval` uses; giving any other one is refused (it would
-# be ignored). A --config file may hold the others (a training recipe): they are validated, not used.
-EVAL_SETTINGS = ("model", "task", "task_options", "temperature", "max_new_tokens", "truncated_reward", "eval_problems",
-                 "eval_batch", "seed", "out", "device", "attention", "threads", "config")
+# The training command's settings that `ia-train eval` uses; giving any other one as a flag is refused
+# (it would be ignored). A --config file may hold the others (a training recipe): they are read and
+# type-checked, not used.
+EVAL_SETTINGS = ("model", "task", "task_options", "temperature", "max_new_tokens", "truncated_reward", "rollout",
+                 "eval_problems", "eval_batch", "seed", "out", "device", "attention", "threads", "config")
+DEFAULT_OUT = "runs/ia-train-eval"
 
 
 def parse(argv: list[str]):
@@ -31,7 +34,7 @@ def parse(argv: list[str]):
     if args.help:
         parser.print_help()
         print("\nother options: as `ia-train --help` (model, task, eval-problems, temperature, max-new-tokens, "
-              "eval-batch, seed, device, attention, threads, out)")
+              "eval-batch, rollout, seed, device, attention, threads, out)")
         raise SystemExit(0)
     try:
         ks = sorted({int(v) for v in args.k.split(",") if v.strip()})
@@ -51,36 +54,48 @@ def parse(argv: list[str]):
         raise ConfigError(f"{flags}: training setting{'s' if len(unused) > 1 else ''} that ia-train eval does not "
                           f"use{hint}; drop {'them' if len(unused) > 1 else 'it'} (it takes: --n, --k, "
                           f"{', '.join('--' + n.replace('_', '-') for n in EVAL_SETTINGS)})")
+    values = read_settings(rest)
     if "out" not in given:
-        rest = [*rest, "--out", "runs/ia-train-eval"]
-    # The training options are validated too (same parser); training-only ones keep their defaults,
-    # made consistent with n so that validation passes.
-    cfg = load_config([*rest, "--eval-n", str(args.n), "--n", str(max(2, args.n)), "--k", str(ks[-1]),
-                       "--steps", "0", "--objective", "passk"])
-    if cfg.eval_problems < 1:
-        raise ConfigError("--eval-problems must be at least 1 for an evaluation")
+        values["out"] = DEFAULT_OUT
+    cfg = make_config({**values, "eval_n": args.n})
+    check(cfg)
     return cfg, ks
 
 
-def table(results: dict, ks: list[int], n: int, problems: int) -> str:
-    lines = [f"{problems} held-out problems, n = {n} samples each; 95% bootstrap intervals over problems",
-             f"{'metric':<12} {'value':>8}  interval"]
-    for name in [f"pass@{k}" for k in ks] + [f"maj@{k}" for k in ks] + ["mean_tokens"]:
-        lo, hi = results[name + "_ci"]
-        fmt = "{:.1f}" if name == "mean_tokens" else "{:.3f}"
-        lines.append(f"{name:<12} {fmt.format(results[name]):>8}  [{fmt.format(lo)}, {fmt.format(hi)}]")
-    return "\n".join(lines)
+def check(cfg: Config) -> None:
+    """ConfigError (one line) for the first problem with the settings an evaluation uses."""
+    from ..models import check_model_source
+    from ..models.attention import choose_attention
+    from ..runtime import distributed
+    from ..runtime.files import check_output_dir
+    from ..tasks import check_task
+
+    check_values(cfg, EVAL_SETTINGS)
+    if cfg.eval_problems < 1:
+        raise ConfigError("--eval-problems must be at least 1 for an evaluation")
+    distributed.check_device(cfg.device)
+    try:
+        choose_attention(cfg.attention, distributed.pick_device(cfg.device))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    check_output_dir(Path(cfg.out))
+    check_task(cfg.task, cfg.task_options)
+    check_model_source(cfg.model)
 
 
-def run_eval(cfg, ks: list[int]) -> dict:
+def run_eval(cfg: Config, ks: list[int]) -> dict:
     import torch
 
-    from .evaluation import summarize
-    from .files import write_json, writing
-    from .models import load_model
-    from .attention import choose_attention
-    from .tasks import load_task
-    from .train import pick_device, sample_and_score, seed_everything
+    from ..models import load_model
+    from ..models.attention import choose_attention
+    from ..rollout import make_engine
+    from ..runtime.distributed import pick_device
+    from ..runtime.files import write_json, writing
+    from ..runtime.seeding import seed_everything
+    from ..tasks import load_task
+    from .metrics import summarize
+    from .report import eval_table
+    from .sampling import sample_and_score
 
     out = Path(cfg.out)
     with writing(out):
@@ -99,7 +114,8 @@ def run_eval(cfg, ks: list[int]) -> dict:
         print(f"ia-train eval: model {cfg.model}, task {cfg.task}, {len(problems)} problems, n={cfg.eval_n}, "
               f"k={','.join(map(str, ks))}, device {device}, attention {attention}", flush=True)
         with torch.no_grad():
-            correct, answers, lengths, samples = sample_and_score(model, tokenizer, task, problems, cfg, "eval")
+            correct, answers, lengths, samples = sample_and_score(make_engine(cfg.rollout, model, tokenizer), task,
+                                                                  problems, cfg, "eval")
     finally:
         torch.set_num_threads(threads)
     results: dict = {"model": cfg.model, "task": cfg.task, "n": cfg.eval_n, "ks": ks, "problems": len(problems),
@@ -110,7 +126,7 @@ def run_eval(cfg, ks: list[int]) -> dict:
             results[f"{metric}@{k}"] = s[f"{metric}@k"]
             results[f"{metric}@{k}_ci"] = s[f"{metric}@k_ci"]
         results["mean_tokens"], results["mean_tokens_ci"] = s["mean_tokens"], s["mean_tokens_ci"]
-    print(table(results, ks, cfg.eval_n, len(problems)))
+    print(eval_table(results, ks, cfg.eval_n, len(problems)))
     write_json(out / "eval.json", results)
     write_json(out / "samples_eval.json", samples[:50], indent=1)
     print(f"wrote {out / 'eval.json'}")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -97,14 +97,28 @@ def check(cfg) -> None:
                           "start at most one process per device (torchrun --nproc-per-node)")
 
 
+def pick_device(name: str) -> torch.device:
+    """The device --device names for a single process: auto is cuda when one is visible, else cpu
+    ("cuda" without a visible device is refused before, by the run's checks)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def check_device(name: str) -> None:
+    """ConfigError when --device names a device this machine does not have."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+
+
 def init(device_name: str) -> tuple[Dist, torch.device]:
     """Joins the process group when a launcher started this process; (Dist, this process's device)."""
     import torch.distributed as dist
 
     d = launcher_env()
-    cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    cuda = pick_device(device_name).type == "cuda"
     if d is None:
-        return SINGLE, torch.device("cuda" if cuda else "cpu")
+        return SINGLE, pick_device(device_name)
     device = torch.device("cuda", d.local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)

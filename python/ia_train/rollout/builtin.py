@@ -1,11 +1,6 @@
-"""Rollout engines: what samples the n responses per prompt, behind one small interface.
-
-    engine.generate(prompts, n, temperature=..., max_new_tokens=..., batch_size=...) -> Rollout
-
-- `HFEngine`: Hugging Face `generate` (rollout.sample): any causal LM, any attention kernel.
-- `BuiltinEngine`: ia_train's own decode loop for Llama-style causal LMs (Llama, Mistral, Qwen2,
-  SmolLM2, the bundled tiny model). It runs the model's own modules and weights (embedding, norms,
-  projections, rotary table, MLP, LM head) in a hand-written forward with
+"""The built-in engine: ia_train's own decode loop for Llama-style causal LMs (Llama, Mistral, Qwen2,
+SmolLM2, the bundled tiny model). It runs the model's own modules and weights (embedding, norms,
+projections, rotary table, MLP, LM head) in a hand-written forward with
     * a static KV cache: per layer one [B, kv_heads, P + T, head_dim] buffer for keys and one for
       values, allocated once per batch and written in place (no per-step concatenation);
     * finished rows leaving the batch: a row that emitted EOS stops being sampled at once, and the
@@ -13,52 +8,27 @@
       far) as soon as they make up 1/8 of the rows in the cache, so at most 1/8 of a step's rows are
       finished ones and a long sample no longer drags the whole batch;
     * each prompt prefilled once, its keys and values copied to its n samples;
-  * fused q/k/v and gate/up projections (the weights concatenated once per batch);
+    * fused q/k/v and gate/up projections (the weights concatenated once per batch);
     * the sampler's log-probs kept (Rollout.logprobs), the old log-probs of the PPO update.
-  Sampling is HF's: softmax(logits / temperature), one multinomial draw per row (no top-k/top-p),
-  so the distribution is the same (tests compare token frequencies against `generate` and the decode
-  loop's logits against the model's full-sequence forward). The random stream differs from
-  `generate`'s (finished rows draw nothing).
-  Architectures it does not recognise (anything but the Llama-style layer: pre-norm RMSNorm,
-  rotary q/k, optional q/k/v bias, gated MLP, no sliding window, no q/k norms) fall back to HFEngine;
-  `builtin_unsupported(model)` says why.
-
-On a GPU the same loop runs with PyTorch SDPA (which picks flash / memory-efficient kernels itself).
-An external inference engine (vLLM) would implement the same `generate` and return its sampling
-log-probs in Rollout.logprobs; it is not part of this package yet.
+Sampling is HF's: softmax(logits / temperature), one multinomial draw per row (no top-k/top-p), so
+the distribution is the same (tests compare token frequencies against `generate` and the decode
+loop's logits against the model's full-sequence forward). The random stream differs from
+`generate`'s (finished rows draw nothing).
+Architectures it does not recognise (anything but the Llama-style layer: pre-norm RMSNorm, rotary
+q/k, optional q/k/v bias, gated MLP, no sliding window, no q/k norms) fall back to the HF engine;
+`builtin_unsupported(model)` says why. On a GPU the same loop runs with PyTorch SDPA (which picks
+flash / memory-efficient kernels itself).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
 import torch.nn.functional as F
 
-from .rollout import Rollout, make_rollout, sample, stack_chunks
+from .batch import Rollout, make_rollout, stack_chunks
+from .hf import HFEngine
 
-ENGINES = ("builtin", "hf")
 _LLAMA_LIKE = {"llama", "mistral", "qwen2"}
-
-
-class RolloutEngine(Protocol):
-    name: str
-
-    def generate(self, prompts: list[str], n: int, *, temperature: float, max_new_tokens: int,
-                 batch_size: int = 512) -> Rollout: ...
-
-
-class HFEngine:
-    """Hugging Face `generate` (see rollout.sample)."""
-
-    name = "hf"
-
-    def __init__(self, model, tokenizer):
-        self.model, self.tokenizer = model, tokenizer
-
-    def generate(self, prompts, n, *, temperature, max_new_tokens, batch_size=512) -> Rollout:
-        return sample(self.model, self.tokenizer, prompts, n, temperature=temperature,
-                      max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
 def _causal_lm(model):
@@ -308,13 +278,3 @@ class BuiltinEngine:
             chunks.append((p_ids, p_mask, r_ids, r_mask.long(), r_lp))
         prompt_ids, prompt_mask, response, response_mask, logprobs = stack_chunks(chunks, pad)
         return make_rollout(tok, prompt_ids, prompt_mask, response, response_mask.bool(), logprobs)
-
-
-def make_engine(kind: str, model, tokenizer) -> RolloutEngine:
-    """The engine `--rollout` names: 'builtin' (the decode loop above; other architectures and
-    sharded models fall back to 'hf') or 'hf'."""
-    if kind == "hf":
-        return HFEngine(model, tokenizer)
-    if kind == "builtin":
-        return BuiltinEngine(model, tokenizer)
-    raise ValueError(f"unknown rollout engine {kind!r}; one of {', '.join(ENGINES)}")

@@ -1,10 +1,5 @@
-"""Where the policy comes from: the bundled tiny model, SmolLM2, or a local Hugging Face directory.
-
-Also the model-side facts the trainer needs: the prompt format (the tokenizer's chat template
-when it has one, else the raw prompt), the split of a causal LM into its body (which returns the
-final hidden states) and its LM-head weight, so that the loss never sees logits, and `Policy`, the
-one module whose forward serves every model call of the loop (what FSDP wraps).
-"""
+"""Where the policy comes from: the bundled tiny model, SmolLM2, or a local Hugging Face directory,
+and the prompt format (the tokenizer's chat template when it has one, else the raw prompt)."""
 
 from __future__ import annotations
 
@@ -13,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
-TINY_DIR = Path(__file__).resolve().parent / "assets" / "tiny"
+TINY_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
 
 
 def check_model_source(model: str) -> None:
@@ -26,7 +21,7 @@ def check_model_source(model: str) -> None:
                               "reinstall ia_kernels or run scripts/make_tiny_model.py")
         return
     if model == "smollm2":
-        from .optional import MissingPackage, require
+        from ..optional import MissingPackage, require
         from .smollm2 import smollm2_gguf_path
 
         try:
@@ -58,7 +53,7 @@ def check_model_source(model: str) -> None:
 def load_model(source: str, *, device: torch.device, attention: str):
     """(model, tokenizer) in float32 on `device`, tokenizer padding on the left (for generate).
     A model whose files cannot be read (missing or damaged weights) raises ConfigError (one line)."""
-    from .optional import MissingPackage
+    from ..optional import MissingPackage
 
     try:
         return _load_model(source, device=device, attention=attention)
@@ -97,42 +92,3 @@ def format_prompt(tokenizer, text: str) -> str:
         return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                              tokenize=False)
     return text
-
-
-def body_and_head(model):
-    """The transformer body (input ids -> final normed hidden states) and the LM head (weight, bias).
-
-    The PPO loss takes hidden states and the head weight, so full logits are never built in training.
-    """
-    body = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    head = model.get_output_embeddings()
-    if head is None or not hasattr(head, "weight"):
-        raise ValueError(f"{type(model).__name__} has no linear LM head; ia-train needs one")
-    return body, head.weight, getattr(head, "bias", None)
-
-
-class Policy(torch.nn.Module):
-    """The causal LM behind one forward that serves every call the loop makes:
-    policy("hidden", input_ids=..., attention_mask=..., position_ids=...) -> (final hidden states,
-    LM-head weight, LM-head bias), and policy.generate(...) (Hugging Face generate).
-
-    Under FSDP2 (distributed.shard) the LM-head weight the loss receives is the gathered (unsharded)
-    parameter that FSDP's forward has put in place, exactly as the head's own forward would use it:
-    every rank has different hidden states (its own sequences), so the loss needs the whole
-    vocabulary on each rank (the vocabulary-parallel path of ia_kernels assumes the same hidden
-    states on every rank and is not used here), and the weight's gradient then flows into FSDP's
-    reduce-scatter like any other parameter's. Without FSDP it is a plain call, the same arithmetic.
-    """
-
-    def __init__(self, lm):
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, call: str, **kwargs):
-        if call == "generate":
-            return self.lm.generate(**kwargs)
-        body, weight, bias = body_and_head(self.lm)
-        return body(**kwargs).last_hidden_state, weight, bias
-
-    def generate(self, **kwargs):
-        return self(call="generate", **kwargs)
