@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import numbers
 import operator
+import sys
 
+import numpy as np
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -14,7 +17,17 @@ INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 def require_tensor(name: str, x) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if is_dtensor(x):
+        raise ValueError(f"{name} is a DTensor: ia_kernels takes plain tensors, the same on every rank (only an "
+                         f"LM head's weight and bias may be DTensors, placed Shard(0)); pass {name}.full_tensor()")
     return x
+
+
+def is_dtensor(x) -> bool:
+    """Whether x is a torch.distributed DTensor (none can exist before torch.distributed.tensor is imported)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    dtensor = getattr(module, "DTensor", None)
+    return dtensor is not None and isinstance(x, dtensor)
 
 
 def require_float(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -50,25 +63,55 @@ def require_shape(name: str, x: torch.Tensor, shape: tuple, what: str) -> None:
         raise ValueError(f"{name} must have shape {tuple(shape)} ({what}), got {tuple(x.shape)}")
 
 
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
 def require_index(name: str, value) -> int:
-    """An integer setting (a token id, an index): Python or NumPy ints, never bool, float or str."""
-    if isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype in INT_DTYPES:
+    """An integer setting (a token id, an index, a count): a Python or NumPy int, or a 0-d integer
+    tensor; never bool, float or str. It must fit in int64, the type every kernel reads it as."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype in INT_DTYPES \
+            and value.device.type != "meta":
         value = int(value)
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{name} must be an int, got bool {value}")
     try:
-        return operator.index(value)
+        value = operator.index(value)
     except TypeError:
         raise ValueError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{name}={value} is outside the int64 range [-2**63, 2**63 - 1] that the kernels read")
+    return value
 
 
-def require_positive_finite(name: str, value: float) -> float:
+def real_number(name: str, value) -> float:
+    """A real number: an int, a float, a NumPy real scalar or a one-element real tensor (read with
+    one host sync); never bool, str, complex or None. Returned as a Python float; an int too large
+    for a float becomes +-inf (callers bound the value and name it)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dtype == torch.bool or value.is_complex() or value.device.type == "meta":
+            raise ValueError(f"{name} must be a real number or a one-element real tensor, got a {value.dtype} "
+                             f"tensor of shape {tuple(value.shape)}" + (" on meta" if value.device.type == "meta"
+                                                                         else ""))
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number (int or float), got {type(value).__name__} {value!r}")
     try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def require_positive_finite(name: str, value) -> float:
+    value = real_number(name, value)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be finite and > 0, got {value}")
+    return value
+
+
+def require_finite_number(name: str, value) -> float:
+    value = real_number(name, value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
     return value
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import checks
 from .numerics import compute_dtype
 
 # Bytes of fp32 logits per chunk. CPU: small enough to stay ~10% of an eager pass over the same
@@ -38,16 +39,29 @@ def _chunk_bytes(device: torch.device) -> int:
     return int(text)
 
 
+def chunk_setting(device: torch.device, chunk_size) -> tuple[int | None, int | None]:
+    """(chunk_size, bytes): what sizes the chunks, validated before any work: the caller's
+    chunk_size (an int >= 1) and None, or None and IA_KERNELS_CHUNK_BYTES (or the default)."""
+    if chunk_size is not None:
+        return _validated_chunk_size(chunk_size), None
+    return None, _chunk_bytes(device)
+
+
+def _validated_chunk_size(chunk_size) -> int:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (numbers.Integral, torch.Tensor)):
+        raise ValueError(f"chunk_size must be an int (rows of logits per chunk) or None, "
+                         f"got {type(chunk_size).__name__}")
+    chunk_size = checks.require_index("chunk_size", chunk_size)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return chunk_size
+
+
 def chunk_rows(n_rows: int, vocab: int, device: torch.device, chunk_size: int | None) -> int:
     """Rows per chunk: the caller's chunk_size (an int >= 1), else IA_KERNELS_CHUNK_BYTES / (4 V)
     (a positive integer number of bytes; at least 16 rows), else the default."""
     if chunk_size is not None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
-            raise ValueError(f"chunk_size must be an int (rows of logits per chunk) or None, "
-                             f"got {type(chunk_size).__name__}")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        return max(1, min(int(chunk_size), max(n_rows, 1)))
+        return max(1, min(_validated_chunk_size(chunk_size), max(n_rows, 1)))
     budget = _chunk_bytes(device)
     rows = max(16, budget // (4 * max(vocab, 1)))
     return max(1, min(rows, max(n_rows, 1)))
@@ -197,6 +211,13 @@ class LMHead:
             grad_bias += grad_logits.sum(0, dtype=grad_bias.dtype)
 
 
+def _real_or_none(value) -> float | None:
+    try:
+        return checks.real_number("value", value)
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class LogitTransform:
     """A model's own logit transform, logits = softcap * tanh(scale * z / softcap) (Gemma soft-caps
@@ -211,15 +232,14 @@ class LogitTransform:
     def of(cls, logit_scale, softcap) -> "LogitTransform | None":
         scale = 1.0
         if logit_scale is not None:
-            if isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float)) or \
-                    not math.isfinite(logit_scale) or logit_scale == 0:
+            scale = _real_or_none(logit_scale)
+            if scale is None or not math.isfinite(scale) or scale == 0:
                 raise ValueError(f"logit_scale must be a finite nonzero number, got {logit_scale!r}")
-            scale = float(logit_scale)
         if softcap is not None:
-            if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not math.isfinite(softcap) \
-                    or softcap <= 0:
+            cap = _real_or_none(softcap)
+            if cap is None or not math.isfinite(cap) or cap <= 0:
                 raise ValueError(f"softcap must be a finite number > 0, got {softcap!r}")
-            softcap = float(softcap)
+            softcap = cap
         return None if scale == 1.0 and softcap is None else cls(scale, softcap)
 
     def forward(self, z: torch.Tensor, keep: bool) -> torch.Tensor | None:

@@ -7,13 +7,21 @@ widened to int64 before they are compared, so equal values mean the same group w
 one stable sort puts each group's samples together (`order`, skipped when the ids are already
 non-decreasing), and `offsets[g] .. offsets[g+1]` delimits group g in that order. Groups are
 numbered by ascending id.
+
+The advantage ops also take `groups` as a list / tuple / NumPy array of labels (`label_ids`): labels
+are compared by value, never by identity. A 0-d tensor or a NumPy scalar counts as its Python value,
+tuples element by element, so 1, 1.0, True, np.int64(1) and torch.tensor(1) are one label (Python's
+own equality, as for dict keys), and "1" another. Refused with a ValueError naming the index: a NaN
+anywhere in a label (NaN equals nothing, itself included, so it names no group), a tensor or array
+of more than one element, an unhashable label, and an object that compares by identity (a class
+without __eq__: two equal-looking labels would make two groups). None is one label.
 """
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from . import checks
@@ -50,12 +58,59 @@ def require_data(name: str, x: torch.Tensor) -> torch.Tensor:
 
 def require_number(name: str, value) -> float:
     """A real number given as int or float (not bool, str or None), returned as a float."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.device.type != "meta" \
-            and value.dtype != torch.bool:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number (int or float), got {type(value).__name__}")
-    return float(value)
+    return checks.real_number(name, value)
+
+
+def _label_value(label, where: str):
+    """A label as the value it is compared by (see the module docstring), or a ValueError."""
+    if isinstance(label, torch.Tensor):
+        if label.numel() != 1 or label.dim() != 0:
+            raise ValueError(f"{where} is a tensor of shape {tuple(label.shape)}: a label must be one value "
+                             f"(a 0-d tensor, a number, a string, ...)")
+        if label.device.type == "meta":
+            raise ValueError(f"{where} is a meta tensor (no value to compare)")
+        label = label.item()
+    elif isinstance(label, np.ndarray):
+        if label.ndim != 0:
+            raise ValueError(f"{where} is an array of shape {label.shape}: a label must be one value")
+        label = label.item()
+    elif isinstance(label, np.generic):
+        label = label.item()
+    if isinstance(label, tuple):
+        return tuple(_label_value(x, where) for x in label)
+    if label is not None and type(label).__eq__ is object.__eq__:
+        raise ValueError(f"{where} is a {type(label).__name__}, which compares by identity: equal-looking "
+                         f"labels would make separate groups; use ints, strings or tuples of them")
+    try:
+        unequal_to_itself = bool(label != label)
+    except Exception:  # an __ne__ that returns no bool (an array-like): not a label
+        raise ValueError(f"{where} is a {type(label).__name__}, which does not compare as one value") from None
+    if unequal_to_itself:
+        raise ValueError(f"{where} is {label!r}: a NaN label equals no label (itself included), so it names no "
+                         f"group; give every sample a real label")
+    return label
+
+
+def label_ids(labels, n: int, device: torch.device, name: str = "groups") -> torch.Tensor:
+    """A list / tuple / 1-D NumPy array of n labels -> int64 ids 0, 1, ... in order of first
+    appearance, labels compared by value (the module docstring gives the rule)."""
+    if isinstance(labels, np.ndarray):
+        if labels.ndim != 1:
+            raise ValueError(f"{name} must be one-dimensional (one group label per sample), got shape {labels.shape}")
+        labels = labels.tolist()
+    if len(labels) != n:
+        raise ValueError(f"{name} has {len(labels)} labels for {n} samples: give one group label per sample")
+    first: dict = {}
+    ids = []
+    for i, label in enumerate(labels):
+        where = f"{name}[{i}]"
+        value = _label_value(label, where)
+        try:
+            ids.append(first.setdefault(value, len(first)))
+        except TypeError:
+            raise ValueError(f"{name} labels must be hashable (int, str, ...); found {type(label).__name__} "
+                             f"at index {i}") from None
+    return torch.tensor(ids, dtype=torch.int64, device=device)
 
 
 def group_layout(groups, n: int, device: torch.device, name: str = "groups", what: str = "rewards") -> GroupLayout:
@@ -64,6 +119,7 @@ def group_layout(groups, n: int, device: torch.device, name: str = "groups", wha
         raise ValueError(f"{name} must be an int (the group size) or an integer tensor of group ids, "
                          f"got {type(groups).__name__}")
     if isinstance(groups, int):
+        groups = checks.require_index(name, groups)
         if groups < 1:
             raise ValueError(f"{name} (the group size) must be >= 1, got {groups}")
         if n % groups:

@@ -22,7 +22,7 @@ import torch
 
 from .. import backends
 from ..core import checks as _checks
-from ..core.groups import GroupLayout, group_layout, require_data, require_number
+from ..core.groups import GroupLayout, group_layout, label_ids, require_data, require_number
 from ..core.numerics import (ESTIMATOR_CODES, ESTIMATORS_USING_K, FP32_FP64, PASSK_VARIANT_CODES, REWARD_NON_FINITE,
                              REWARD_OUTSIDE_UNIT, compute_dtype)
 
@@ -33,28 +33,14 @@ NAN_POLICIES = ("raise", "omit")
 
 def group_ids(groups, n: int, device: torch.device, name: str = "groups"):
     """`groups` as the kernels take it: an int or an integer tensor, returned unchanged; a list, tuple
-    or numpy array of hashable labels (ints, strings such as verl's uid column, ...) becomes an int64
-    tensor of contiguous ids 0, 1, ... numbered in order of first appearance (the labels only say
-    which samples share a group)."""
+    or numpy array of labels (ints, strings such as verl's uid column, ...) becomes an int64 tensor
+    of contiguous ids 0, 1, ... numbered in order of first appearance (the labels only say which
+    samples share a group). Labels are compared by value: core.groups.label_ids has the rule."""
     if isinstance(groups, (torch.Tensor, numbers.Integral)) and not isinstance(groups, (bool, np.bool_)):
         return int(groups) if isinstance(groups, numbers.Integral) else groups
-    if isinstance(groups, np.ndarray):
-        if groups.ndim != 1:
-            raise ValueError(f"{name} must be one-dimensional (one group label per sample), got shape {groups.shape}")
-        groups = groups.tolist()
-    if not isinstance(groups, (list, tuple)):
+    if not isinstance(groups, (list, tuple, np.ndarray)):
         return groups  # group_layout names what is wrong with it
-    if len(groups) != n:
-        raise ValueError(f"{name} has {len(groups)} labels for {n} samples: give one group label per sample")
-    first: dict = {}
-    ids = []
-    for i, label in enumerate(groups):
-        try:
-            ids.append(first.setdefault(label, len(first)))
-        except TypeError:
-            raise ValueError(f"{name} labels must be hashable (int, str, ...); found {type(label).__name__} "
-                             f"at index {i}") from None
-    return torch.tensor(ids, dtype=torch.int64, device=device)
+    return label_ids(groups, n, device, name)
 
 
 def _per_sample_ids(groups, n: int, device: torch.device) -> torch.Tensor:
@@ -104,8 +90,7 @@ def _check_k(k, estimator: str, variant: str, layout: GroupLayout) -> int:
             return layout.max_size
     if k is None:
         raise ValueError(f"estimator={estimator!r} needs k (the number of samples the objective uses)")
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise ValueError(f"k must be an int, got {type(k).__name__}")
+    k = _checks.require_index("k", k)
     if k < 1:
         raise ValueError(f"k must be >= 1, got k={k}")
     if layout.n_groups and k > layout.min_size:
@@ -160,9 +145,12 @@ def group_advantages(rewards: torch.Tensor, groups, *, estimator: str, k: int | 
             "omit": a NaN reward is "no reward" (TRL's unscorable completion): the sample is left
             out of its group's statistics and gets advantage 0; the estimator runs on the group's
             scored samples as if they were the group (so grpo's mean and std are nan-aware, as
-            TRL's). A group left with fewer than k scored samples (passk, passk_chen; for majority
-            any NaN in the group, as majority needs all k) gets advantage 0 on every sample: no
-            estimate of the k-sample objective exists from fewer than k samples. inf still raises.
+            TRL's). A group left with fewer scored samples than the estimator needs gets advantage
+            0 on every sample: fewer than k for passk and passk_chen (no estimate of the k-sample
+            objective exists from fewer than k samples), fewer than k + 1 for passk's
+            variant="loo" (its baseline draws k of the other n - 1), any NaN in the group for
+            majority (it needs all k). This is data, never an error, on every backend. inf still
+            raises.
         backend: "torch", "cpu" or "cuda"; None picks the fastest one verified on the device
             (backends.VERIFIED: "cpu" on CPU tensors, "torch" on CUDA tensors until the CUDA
             kernels have passed their tests on a GPU; backend="cuda" runs them regardless).
@@ -216,11 +204,15 @@ def _omit_nan(rewards, groups, nan, *, estimator, k, answers, eps, variant, back
     ids = _per_sample_ids(groups, n, rewards.device)
     keep = ~nan
     if estimator in ESTIMATORS_USING_K:
-        # Groups with fewer than k scored samples (majority: any unscored one) get 0 throughout.
+        # Groups with fewer scored samples than the estimator needs get 0 throughout: k (passk,
+        # passk_chen), k + 1 (passk's "loo" baseline: k of the other n - 1), all of them (majority).
         _, inverse = torch.unique(ids, return_inverse=True)
         total = torch.bincount(inverse)
         scored = torch.bincount(inverse, weights=keep.to(torch.float64)).to(torch.int64)
-        enough = scored == total if estimator == "majority" else scored >= k
+        if estimator == "majority":
+            enough = scored == total
+        else:
+            enough = scored >= (k + 1 if estimator == "passk" and variant == "loo" else k)
         keep = keep & enough[inverse]
     out_dtype = compute_dtype(rewards.dtype)
     out = torch.zeros(n, dtype=out_dtype, device=rewards.device)

@@ -35,8 +35,7 @@ def _as_int_tensor(name: str, x) -> torch.Tensor:
 
 
 def _check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise ValueError(f"k must be an int, got {type(k).__name__}")
+    k = _checks.require_index("k", k)
     if k < 1:
         raise ValueError(f"k must be >= 1, got k={k}")
     return k

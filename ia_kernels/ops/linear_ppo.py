@@ -34,9 +34,9 @@ import torch
 
 from .. import backends
 from ..core import checks as _checks
-from ..core.chunks import ChunkDriver, LogitTransform, chunk_rows
+from ..core.chunks import ChunkDriver, LogitTransform, chunk_rows, chunk_setting
 from ..core.numerics import FP32, FP32_FP64, as_compute, compute_dtype
-from ..core.vocab_parallel import VocabShard, resolve_weight
+from ..core.vocab_parallel import FLAG_ADVANTAGES, FLAG_NORMALISER, LocalCall, VocabShard, resolve_lm_head
 from . import ppo
 from .logprobs import RowPassCall, chunked_backward, chunked_forward, row_pass_call, validate_lm_head
 
@@ -226,6 +226,15 @@ def _graph_is_kept() -> bool:
         return True
 
 
+# PyTorch's own message for a graph whose saved values a first backward freed.
+_SECOND_BACKWARD = (
+    "Trying to backward through the graph a second time (or directly access saved tensors after they have "
+    "already been freed). Saved intermediate values of the graph are freed when you call .backward() or "
+    "autograd.grad(). Specify retain_graph=True if you need to backward through the graph a second time or "
+    "if you need to access saved tensors after calling backward. (linear_ppo_loss hands its stored "
+    "gradients to the first backward that does not retain the graph.)")
+
+
 class LinearPpoLossFunction(torch.autograd.Function):
     """Differentiable in hidden [B * T, H], weight and bias; every gradient is made in forward.
 
@@ -276,6 +285,8 @@ class LinearPpoLossFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, _g_logp, _g_entropy, _g_ratio):
+        if ctx.grads is None:  # a previous backward without retain_graph handed them over
+            raise RuntimeError(_SECOND_BACKWARD)
         if _graph_is_kept():
             scaled = [None if g is None else g * grad_loss.to(g.dtype) for g in ctx.grads]
         else:
@@ -284,11 +295,15 @@ class LinearPpoLossFunction(torch.autograd.Function):
         return (*scaled, None)
 
 
-def _check_values(targets, valid, vocab, advantages, check_finite) -> list:
-    """Out-of-range targets would read out of bounds: always rejected. NaN/inf advantages: when
-    check_finite. Returns each sequence's number of valid tokens. One host sync for all of it."""
+def _check_values(targets, valid, vocab, advantages, check_finite, opts: ppo.PpoOptions) -> list:
+    """Out-of-range targets would read out of bounds, and a tensor num_tokens / num_sequences that
+    is not finite and > 0 would reverse or void the update: always rejected. NaN/inf advantages:
+    when check_finite. Returns each sequence's number of valid tokens. One host sync for all of it."""
     out_of_range = valid & ((targets < 0) | (targets >= vocab))
     bad = out_of_range.any()
+    bad_norm = ppo.invalid_normalisers(opts, valid.device)
+    if bad_norm is not None:
+        bad = bad | bad_norm
     if check_finite:
         bad = bad | ppo.nonfinite_advantages(advantages, valid)
     host = torch.cat([bad.reshape(1).long(), valid.sum(1)]).tolist()
@@ -296,6 +311,7 @@ def _check_values(targets, valid, vocab, advantages, check_finite) -> list:
         if bool(out_of_range.any()):
             found = targets[out_of_range][0].item()
             raise ValueError(f"targets must lie in [0, {vocab}) on valid tokens (or equal ignore_index); found {found}")
+        ppo.raise_invalid_normaliser(opts)
         ppo.raise_nonfinite_advantages(advantages, valid)
     return host[1:]
 
@@ -337,8 +353,9 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         logit_scale, softcap: the model's logit transform, applied before the temperature:
             logits = softcap * tanh(logit_scale * z / softcap) (Cohere scales; Gemma soft-caps).
         check_finite: reject NaN/inf advantages. Either way the call makes one host sync, at
-            validation: it checks the targets' range and counts each sequence's valid tokens, so
-            that masked tokens are dropped before the GEMMs (padding costs no compute).
+            validation: it checks the targets' range and a tensor num_tokens / num_sequences
+            (finite and > 0, else a ValueError), and counts each sequence's valid tokens, so that
+            masked tokens are dropped before the GEMMs (padding costs no compute).
         backend: "torch", "cpu" or "triton"; None picks the fastest verified one for the device and
             dtype. cpu and triton compute in fp32: float64 inputs need "torch" (or None).
         chunk_size: rows of logits per chunk (None: IA_KERNELS_CHUNK_BYTES, 64 MiB on CPU).
@@ -352,33 +369,65 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         (loss, metrics) as `ppo_loss`, with `entropy_mean` always present. Gradients with respect
         to hidden, weight and bias are computed during this call; backward only scales them.
     """
-    opts = ppo.PpoOptions.from_kwargs(clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, kl_coef=kl_coef,
-                                      kl_estimator=kl_estimator, entropy_coef=entropy_coef, aggregation=aggregation,
-                                      importance=importance, norm_length=norm_length, num_tokens=num_tokens,
-                                      num_sequences=num_sequences, kl_times_ratio=kl_times_ratio)
-    _checks.require_float("hidden", hidden)
-    if hidden.dim() != 3:
-        raise ValueError(f"hidden must have shape [B, T, H], got {tuple(hidden.shape)}")
-    weight, tp_group = resolve_weight(weight, tp_group)
-    temperature = validate_lm_head(hidden, weight, targets, bias, temperature)
+    weight, bias, tp_group = resolve_lm_head(weight, bias, tp_group)
+
+    def prepare() -> LocalCall:
+        """This rank's validation: everything but the targets' range (the vocabulary may be sharded)."""
+        opts = ppo.PpoOptions.from_kwargs(
+            clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, kl_coef=kl_coef, kl_estimator=kl_estimator,
+            entropy_coef=entropy_coef, aggregation=aggregation, importance=importance, norm_length=norm_length,
+            num_tokens=num_tokens, num_sequences=num_sequences, kl_times_ratio=kl_times_ratio)
+        _checks.require_float("hidden", hidden)
+        if hidden.dim() != 3:
+            raise ValueError(f"hidden must have shape [B, T, H], got {tuple(hidden.shape)}")
+        temp = validate_lm_head(hidden, weight, targets, bias, temperature)
+        B, T, H = hidden.shape
+        adv = ppo.validate_token_inputs((B, T), old_logp, advantages, mask, ref_logp, None, opts, importance_weights)
+        device = _checks.require_same_device(hidden=hidden, old_logp=old_logp, advantages=adv, mask=mask,
+                                             ref_logp=ref_logp, importance_weights=importance_weights)
+        transform = LogitTransform.of(logit_scale, softcap)
+        # Compared in int64, the dtype the kernels read (uint8 would wrap ignore_index=-100 to 156).
+        ignore = _checks.require_index("ignore_index", ignore_index)
+        chunk, chunk_bytes = chunk_setting(device, chunk_size)
+        dtype = compute_dtype(weight.dtype)
+        name, ppo_kernels = _OP.select(device, dtype, backend)
+        t64 = targets.to(torch.int64)
+        valid = t64 != ignore
+        if mask is not None:
+            valid = valid & (mask != 0)
+        valid = valid.contiguous()
+        entries = dict(op=2, H=H, B=B, T=T, tokens=B * T, valid_tokens=valid.sum(), chunk_size=chunk,
+                       chunk_bytes=chunk_bytes, float64=dtype == torch.float64,
+                       hidden_grad=torch.is_grad_enabled() and hidden.requires_grad,
+                       sequence_level=opts.importance == "sequence", temperature=temp, ignore_index=ignore,
+                       logit_scale=None if transform is None else transform.scale,
+                       softcap=None if transform is None else transform.softcap)
+        flags = None
+        if tp_group is not None:  # the value checks of _check_values, as bits the gather carries
+            flags = torch.zeros((), dtype=torch.int64, device=device)
+            bad_norm = ppo.invalid_normalisers(opts, device)
+            if bad_norm is not None:
+                flags = flags + bad_norm.to(torch.int64) * FLAG_NORMALISER
+            if check_finite:
+                flags = flags + ppo.nonfinite_advantages(adv, valid).to(torch.int64) * FLAG_ADVANTAGES
+
+        def explain(_flags):
+            ppo.raise_invalid_normaliser(opts)
+            ppo.raise_nonfinite_advantages(adv, valid)
+
+        return LocalCall(weight.shape[0], entries, (opts, temp, adv, device, transform, ignore, dtype, name,
+                                                    ppo_kernels, t64, valid),
+                         targets=t64.reshape(-1), read=valid.reshape(-1), flags=flags, explain=explain)
+
+    if tp_group is None:
+        shard, prepared = None, prepare().result
+    else:  # every rank validates, then one all-gather: the ranks raise together or run together
+        shard, prepared = VocabShard.agree(tp_group, hidden.device if isinstance(hidden, torch.Tensor) else None,
+                                           prepare)
+    opts, temperature, advantages, device, transform, ignore_index, dtype, name, ppo_kernels, targets, valid = prepared
     B, T, H = hidden.shape
-    advantages = ppo.validate_token_inputs((B, T), old_logp, advantages, mask, ref_logp, None, opts,
-                                           importance_weights)
-    device = _checks.require_same_device(hidden=hidden, old_logp=old_logp, advantages=advantages, mask=mask,
-                                         ref_logp=ref_logp, importance_weights=importance_weights)
-    transform = LogitTransform.of(logit_scale, softcap)
-    # Compared in int64, the dtype the kernels read (uint8 would wrap ignore_index=-100 to 156).
-    ignore_index = _checks.require_index("ignore_index", ignore_index)
-    targets = targets.to(torch.int64)
-    valid = targets != ignore_index
-    if mask is not None:
-        valid = valid & (mask != 0)
-    valid = valid.contiguous()
-    shard = None if tp_group is None else VocabShard.of(weight.shape[0], tp_group, device)
     vocab = weight.shape[0] if shard is None else shard.total
-    lengths = _check_values(targets, valid, vocab, advantages, check_finite)
-    dtype = compute_dtype(weight.dtype)
-    name, ppo_kernels = _OP.select(device, dtype, backend)
+    lengths = _check_values(targets, valid, vocab, advantages, check_finite, opts)
 
     h2 = hidden.reshape(B * T, H)
     h2 = h2 if h2.is_contiguous() else h2.contiguous()

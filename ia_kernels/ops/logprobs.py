@@ -18,9 +18,9 @@ import torch
 
 from .. import backends
 from ..core import checks as _checks
-from ..core.chunks import ChunkDriver, LogitTransform, chunk_rows
+from ..core.chunks import ChunkDriver, LogitTransform, chunk_rows, chunk_setting
 from ..core.numerics import FP32, FP32_FP64, compute_dtype
-from ..core.vocab_parallel import VocabShard, resolve_weight
+from ..core.vocab_parallel import LocalCall, VocabShard, resolve_lm_head
 
 
 @dataclass(frozen=True)
@@ -201,19 +201,37 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         fp32 logp [...] (float64 for float64 inputs), and entropy [...] if return_entropy.
         Differentiable w.r.t. hidden, weight and bias.
     """
-    weight, tp_group = resolve_weight(weight, tp_group)
-    temperature = validate_lm_head(hidden, weight, targets, bias, temperature)
-    shard = None if tp_group is None else VocabShard.of(weight.shape[0], tp_group, hidden.device)
+    weight, bias, tp_group = resolve_lm_head(weight, bias, tp_group)
+
+    def prepare() -> LocalCall:
+        """This rank's validation: everything but the targets' range (the vocabulary may be sharded)."""
+        temp = validate_lm_head(hidden, weight, targets, bias, temperature)
+        ignore = _checks.require_index("ignore_index", ignore_index)
+        transform = LogitTransform.of(logit_scale, softcap)
+        chunk, chunk_bytes = chunk_setting(hidden.device, chunk_size)
+        _, kernels = _OP.select(hidden.device, compute_dtype(weight.dtype), backend)
+        t64 = targets.to(torch.int64).reshape(-1)
+        entries = dict(op=1, H=hidden.shape[-1], tokens=t64.numel(), chunk_size=chunk, chunk_bytes=chunk_bytes,
+                       float64=compute_dtype(weight.dtype) == torch.float64,
+                       hidden_grad=torch.is_grad_enabled() and hidden.requires_grad, temperature=temp,
+                       ignore_index=ignore, logit_scale=None if transform is None else transform.scale,
+                       softcap=None if transform is None else transform.softcap)
+        return LocalCall(weight.shape[0], entries, (temp, ignore, transform, kernels, t64), targets=t64,
+                         read=t64 != ignore)
+
+    if tp_group is None:
+        shard, (temperature, ignore_index, transform, kernels, flat_targets) = None, prepare().result
+        flat_targets, ignore_index = as_int64_targets(flat_targets, weight.shape[0], ignore_index)
+    else:  # every rank validates, then one all-gather: the ranks raise together or run together
+        shard, (temperature, ignore_index, transform, kernels, flat_targets) = VocabShard.agree(
+            tp_group, hidden.device if isinstance(hidden, torch.Tensor) else None, prepare)
     vocab = weight.shape[0] if shard is None else shard.total
-    targets, ignore_index = as_int64_targets(targets, vocab, ignore_index)
-    _, kernels = _OP.select(hidden.device, compute_dtype(weight.dtype), backend)
     H, lead = hidden.shape[-1], hidden.shape[:-1]
     h2 = hidden.reshape(lead.numel(), H)  # not reshape(-1, H): H may be 0
     h2 = h2 if h2.is_contiguous() else h2.contiguous()
     w = weight if weight.stride(-1) == 1 else weight.contiguous()
-    call = row_pass_call(kernels, targets.reshape(-1).contiguous(), temperature, ignore_index,
-                         chunk_rows(h2.shape[0], vocab, hidden.device, chunk_size), shard,
-                         LogitTransform.of(logit_scale, softcap))
+    call = row_pass_call(kernels, flat_targets.contiguous(), temperature, ignore_index,
+                         chunk_rows(h2.shape[0], vocab, hidden.device, chunk_size), shard, transform)
     logp, entropy, _ = LinearLogprobsFunction.apply(h2, w, bias, call)
     logp, entropy = logp.reshape(lead), entropy.reshape(lead)
     return (logp, entropy) if return_entropy else logp

@@ -8,8 +8,10 @@ Layers: per-token kernels (`terms` in kernels/<backend>/ppo.py: torch, cpu, trit
 
 The aggregation folds into one weight per sequence, `seq_scale[b]`, so the loss is
 sum over valid tokens of seq_scale[b] * L_bt; every token's gradient is then final when the kernel
-writes it. Nothing here synchronises with the host except the optional finiteness check of the
-advantages (`check_finite=True`, one sync on a [B] or [B, T] tensor, at validation).
+writes it. Nothing here synchronises with the host except the optional check of the advantages'
+finiteness and of tensor normalisers (`check_finite=True`, one sync on a [B] or [B, T] tensor, at
+validation). A tensor num_tokens / num_sequences is also guarded on the device: one that is not
+finite and > 0 makes the loss NaN (never a reversed or silently zero update).
 """
 
 from __future__ import annotations
@@ -74,20 +76,21 @@ class PpoOptions:
             if dual_clip <= 1.0:
                 raise ValueError(f"dual_clip must be > 1 (it bounds the loss of negative advantages at "
                                  f"-advantage * dual_clip), got {dual_clip}")
-        kl_coef = _finite("kl_coef", kl_coef)
+        kl_coef = _checks.require_finite_number("kl_coef", kl_coef)
         if kl_coef < 0:
             raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
-        entropy_coef = _finite("entropy_coef", entropy_coef)
-        if kl_estimator not in KL_ESTIMATOR_CODES:
+        entropy_coef = _checks.require_finite_number("entropy_coef", entropy_coef)
+        if not isinstance(kl_estimator, str) or kl_estimator not in KL_ESTIMATOR_CODES:
             raise ValueError(f"kl_estimator must be one of {', '.join(KL_ESTIMATOR_CODES)}, got {kl_estimator!r}")
-        if aggregation not in AGGREGATIONS and aggregation not in TRL_PRESETS:
+        if not isinstance(aggregation, str) or (aggregation not in AGGREGATIONS and aggregation not in TRL_PRESETS):
             raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)} or TRL's loss types "
                              f"{', '.join(TRL_PRESETS)}; got {aggregation!r}")
         base = TRL_PRESETS.get(aggregation, (aggregation, False))[0]
-        if importance not in IMPORTANCE_LEVELS:
+        if not isinstance(importance, str) or importance not in IMPORTANCE_LEVELS:
             raise ValueError(f"importance must be one of {', '.join(IMPORTANCE_LEVELS)}, got {importance!r}")
         if norm_length is not None:
-            if isinstance(norm_length, bool) or not isinstance(norm_length, int) or norm_length < 1:
+            norm_length = _checks.require_index("norm_length", norm_length)
+            if norm_length < 1:
                 raise ValueError(f"norm_length must be an int >= 1, got {norm_length!r}")
             if base == "seq-mean-token-sum":
                 raise ValueError(f"norm_length replaces a sequence's token count, and aggregation={aggregation!r} "
@@ -111,25 +114,48 @@ class PpoOptions:
 
 
 def _positive_count(name: str, value):
-    """A normaliser: a positive finite number, or a 0-d tensor (kept as a tensor: no host sync)."""
+    """A normaliser: a positive finite number, or a one-element real tensor, kept as a 0-d tensor
+    so that reading it costs no host sync (trainers pass global counts on the GPU). A tensor's
+    value is checked later: in the call's one host sync when it makes one (`normaliser_problem`),
+    and always on the device, where an invalid one turns the loss into NaN (`aggregation_scale`)."""
     if isinstance(value, torch.Tensor):
-        if value.numel() != 1 or not (value.dtype.is_floating_point or value.dtype in _checks.INT_DTYPES):
-            raise ValueError(f"{name} must be a positive number or a one-element tensor, got shape "
-                             f"{tuple(value.shape)} {value.dtype}")
-        return value.reshape(())
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a positive number, got bool")
+        _checks.require_tensor(name, value)
+        if value.numel() != 1 or not (value.dtype.is_floating_point or value.dtype in _checks.INT_DTYPES) \
+                or value.device.type == "meta":
+            raise ValueError(f"{name} must be a positive number or a one-element tensor of a real dtype, got a {value.dtype} "
+                             f"tensor of shape {tuple(value.shape)}")
+        return value.detach().reshape(())
     return _checks.require_positive_finite(name, value)
 
 
-def _finite(name, value) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
+NORMALISERS = ("num_tokens", "num_sequences")
+
+
+def _tensor_normalisers(opts: PpoOptions) -> dict:
+    return {name: getattr(opts, name) for name in NORMALISERS if isinstance(getattr(opts, name), torch.Tensor)}
+
+
+def _invalid_count(x: torch.Tensor) -> torch.Tensor:
+    """0-d bool, no sync: is a count not a finite number > 0? (NaN fails too)."""
+    return ~(x > 0) | ~torch.isfinite(x)
+
+
+def invalid_normalisers(opts: PpoOptions, device: torch.device) -> torch.Tensor | None:
+    """0-d bool tensor on `device` (no host sync): is a tensor num_tokens / num_sequences not a finite
+    number > 0? None when neither is a tensor (numbers were checked in from_kwargs)."""
+    counts = _tensor_normalisers(opts)
+    if not counts:
+        return None
+    bad = [_invalid_count(x.to(device)) for x in counts.values()]
+    return torch.stack(bad).any()
+
+
+def raise_invalid_normaliser(opts: PpoOptions) -> None:
+    """The ValueError for the first invalid tensor normaliser (syncs to read it); None if all are valid."""
+    for name, x in _tensor_normalisers(opts).items():
+        if bool(_invalid_count(x)):
+            raise ValueError(f"{name} must be finite and > 0, got {x.item()} (a tensor): a negative count would "
+                             f"flip the loss's sign and zero would divide by zero")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,7 +225,7 @@ def aggregation_scale(valid: torch.Tensor, opts: PpoOptions, dtype: torch.dtype)
     seq_tokens = valid.sum(1).to(dtype)
     nonempty = (seq_tokens > 0).sum().clamp(min=1).to(dtype)
     if opts.num_sequences is not None:
-        n_seqs = torch.as_tensor(opts.num_sequences, dtype=dtype, device=valid.device)
+        n_seqs = _guarded_count(opts.num_sequences, dtype, valid.device)
     elif opts.counts_empty_sequences:
         n_seqs = torch.tensor(float(max(B, 1)), dtype=dtype, device=valid.device)
     else:
@@ -207,7 +233,7 @@ def aggregation_scale(valid: torch.Tensor, opts: PpoOptions, dtype: torch.dtype)
     base = opts.base_aggregation
     if base == "token-mean":
         if opts.num_tokens is not None:
-            denom = torch.as_tensor(opts.num_tokens, dtype=dtype, device=valid.device)
+            denom = _guarded_count(opts.num_tokens, dtype, valid.device)
         elif opts.norm_length is not None:
             denom = nonempty * opts.norm_length
         else:
@@ -219,6 +245,16 @@ def aggregation_scale(valid: torch.Tensor, opts: PpoOptions, dtype: torch.dtype)
         return 1.0 / (seq_tokens.clamp(min=1) * n_seqs)
     norm = T if opts.norm_length is None else opts.norm_length
     return (1.0 / (n_seqs * max(norm, 1))).expand(B).contiguous()
+
+
+def _guarded_count(value, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A normaliser as a 0-d tensor; a tensor one that is not finite and > 0 becomes NaN, on the
+    device (no host sync), so that the loss and every gradient are NaN rather than silently
+    reversed (a negative count) or meaningless: a call without a host sync cannot raise."""
+    x = torch.as_tensor(value, dtype=dtype, device=device)
+    if isinstance(value, torch.Tensor):
+        x = torch.where(_invalid_count(x), torch.full_like(x, float("nan")), x)
+    return x
 
 
 @torch.no_grad()
@@ -351,15 +387,19 @@ def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tenso
             all B sequences as TRL does.
         norm_length: replaces each sequence's token count by this constant in the denominators
             (Dr. GRPO; token-mean then divides by norm_length per sequence).
-        num_tokens, num_sequences: explicit denominators of the token / sequence mean (numbers or
-            0-d tensors), e.g. global counts under data parallelism or TRL's num_items_in_batch.
+        num_tokens, num_sequences: explicit denominators of the token / sequence mean, finite and
+            > 0: numbers, or one-element tensors (e.g. global counts under data parallelism, on the
+            GPU, or TRL's num_items_in_batch), which are read without a host sync of their own: with
+            check_finite=True an invalid tensor (<= 0, NaN, inf) is a ValueError raised in that
+            check's one sync; with check_finite=False it makes the loss and every gradient NaN.
         importance_weights: [B, T] constant per-token weights on each token's loss (rollout
             correction, e.g. vLLM's importance-sampling ratio); token-level importance only.
         importance: "token" (one ratio per token) or "sequence" (GSPO: one ratio per sequence,
             exp of the mean log-ratio of its valid tokens; each token's gradient is
             ratio / |y| * grad logp times the sequence's surrogate slope).
-        check_finite: reject NaN/inf advantages on valid tokens with a ValueError (one host sync);
-            False skips the check, leaving the call free of host synchronisation.
+        check_finite: reject NaN/inf advantages on valid tokens, and a tensor num_tokens /
+            num_sequences that is not finite and > 0, with a ValueError (one host sync); False
+            skips the check, leaving the call free of host synchronisation.
         backend: "torch", "cpu" or "triton"; None picks the fastest verified one for the device and
             dtype. cpu and triton compute in fp32: float64 logp needs "torch" (or None).
 
@@ -383,8 +423,12 @@ def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tenso
                                          ref_logp=ref_logp, entropy=entropy, importance_weights=importance_weights)
     valid = (torch.ones(logp.shape, dtype=torch.bool, device=device) if mask is None
              else (mask != 0).contiguous())
-    if check_finite and bool(nonfinite_advantages(advantages, valid)):
-        raise_nonfinite_advantages(advantages, valid)
+    if check_finite:  # one host sync for the advantages and the tensor normalisers together
+        bad_adv = nonfinite_advantages(advantages, valid)
+        bad_norm = invalid_normalisers(opts, device)
+        if bool(bad_adv if bad_norm is None else bad_adv | bad_norm):
+            raise_invalid_normaliser(opts)
+            raise_nonfinite_advantages(advantages, valid)
     dtype = compute_dtype(logp.dtype)
     _, kernels = _OP.select(device, dtype, backend)
     loss, ratio = PpoLossFunction.apply(logp, entropy, old_logp, advantages, valid, ref_logp, opts, kernels.terms,
