@@ -125,6 +125,23 @@ results.append({"case": "linear_logprobs/dtensor", "outputs": max(err(a, b) for 
                 "grad_hidden": err(full[1][0], h.grad), "grad_weight": err(full[1][1][lo:lo + local.shape[0]], local),
                 "grad_bias": 0.0, "values": [float(o.double().sum()) for o in outs]})
 
+# A DTensor bias placed like the weight: its local block is the rank's bias block.
+bias = torch.randn(V, generator=torch.Generator().manual_seed(3))
+full = run(lambda h, w, b: ik.linear_logprobs(h, w, targets, bias=b, return_entropy=True, backend="cpu"), hidden,
+           weight, bias)
+w_dt = distribute_tensor(weight.clone(), mesh, [Shard(0)]).requires_grad_()
+b_dt = distribute_tensor(bias.clone(), mesh, [Shard(0)]).requires_grad_()
+h = hidden.clone().requires_grad_()
+outs = ik.linear_logprobs(h, w_dt, targets, bias=b_dt, return_entropy=True, backend="cpu")
+gen = torch.Generator().manual_seed(5)
+sum((o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64)).sum() for o in outs).backward()
+n_local = w_dt.grad.to_local().shape[0]
+results.append({"case": "linear_logprobs/dtensor-bias", "outputs": max(err(a, b) for a, b in zip(full[0], outs)),
+                "grad_hidden": err(full[1][0], h.grad),
+                "grad_weight": err(full[1][1][lo:lo + n_local], w_dt.grad.to_local()),
+                "grad_bias": err(full[1][2][lo:lo + n_local], b_dt.grad.to_local()),
+                "values": [float(o.double().sum()) for o in outs]})
+
 # A bad target is refused on every rank with the global vocabulary in the message.
 try:
     ik.linear_logprobs(hidden, weight[BLOCK], torch.full((4, 9), V), tp_group=dist.group.WORLD)
