@@ -196,6 +196,9 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
             outputs. A DTensor weight placed Shard(0) on a 1-D mesh brings its own group. Per
             chunk a few floats per token are all-reduced (never the logits); backward all-reduces
             the hidden gradient; the weight gradient is this rank's block's. core/vocab_parallel.py.
+            Every rank validates its arguments, then one small all-gather checks that the ranks
+            agree (H, token count, chunk_size, temperature, ...): a mismatch, or one rank's
+            refused arguments, is the same ValueError on every rank, never a hang.
 
     Returns:
         fp32 logp [...] (float64 for float64 inputs), and entropy [...] if return_entropy.
