@@ -21,6 +21,7 @@ import torch
 
 import ia_kernels as ik
 from ia_kernels import backends
+from ia_kernels import reference as ref
 
 TRITON = pytest.param("triton", marks=pytest.mark.skipif(
     not backends.triton_installed(), reason="triton is not installed"))
@@ -238,3 +239,69 @@ def test_a_second_backward_through_linear_ppo_loss_says_what_pytorch_says():
     torch.testing.assert_close(hidden.grad, 2 * first)
     with pytest.raises(RuntimeError, match="Trying to backward through the graph a second time"):
         loss.backward()
+
+
+# ---- settings outside the float32 range the kernels compute in ----------------------------------------
+
+@pytest.mark.parametrize("backend", PPO_BACKENDS)
+@pytest.mark.parametrize("clips", [dict(clip_low=1e300), dict(clip_high=1e300), dict(clip_low=5.0, clip_high=1e12),
+                                   dict(dual_clip=1e300), dict(clip_high=1e300, dual_clip=1e300)])
+def test_clip_values_past_any_ratio_run_everywhere_as_no_clipping(backend, clips):
+    # The ratio lies in [e^-20, e^20]: clip values past it are capped exactly (torch overflowed 1 + 1e300
+    # in float32 with a RuntimeError; the native kernels read them as C++ floats, undefined behaviour).
+    logp, old, adv = _ppo_batch()
+    old = old + torch.tensor([[-3.0], [2.0], [25.0]])  # ratios far outside any usual trust region
+    logp.requires_grad_()
+    loss, metrics = ik.ppo_loss(logp, old, adv, backend=backend, **clips)
+    loss.backward()
+    want_logp = logp.detach().double().requires_grad_()
+    want, _ = ref.ppo_loss(want_logp, old.double(), adv.double(), **clips)
+    want.backward()
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logp.grad.double(), want_logp.grad, rtol=1e-5, atol=1e-6)
+    assert metrics["clip_frac_dual"] == 0
+    if clips.get("clip_high", clips.get("clip_low", 0)) > 1e9:
+        assert metrics["clip_frac_high"] == 0
+
+
+@pytest.mark.parametrize("option, value, match", [
+    ("temperature", 1e300, r"temperature=1e\+300 is outside the float32 range .* \[1.18e-38, 8.51e\+37\]"),
+    ("temperature", 1e-39, r"temperature=1e-39 is outside the float32 range"),
+    ("logit_scale", -1e39, r"logit_scale=-1e\+39 is outside the float32 range"),
+    ("softcap", 1e-300, r"softcap=1e-300 is outside the float32 range"),
+    ("softcap", 1e38, r"softcap=1e\+38 is outside the float32 range"),
+])
+@pytest.mark.parametrize("backend", PPO_BACKENDS)
+def test_lm_head_settings_outside_float32_are_refused_for_float32_compute(option, value, match, backend):
+    hidden, weight, targets = torch.randn(2, 3, 4), torch.randn(5, 4), torch.randint(0, 5, (2, 3))
+    with pytest.raises(ValueError, match=match):  # triton returned NaN at temperature=1e300
+        ik.linear_logprobs(hidden, weight, targets, backend=backend, **{option: value})
+    with pytest.raises(ValueError, match=match):
+        ik.linear_ppo_loss(hidden, weight, targets, None, torch.ones(2), backend=backend, **{option: value})
+    # float64 computes take the value: here it is exact
+    got = ik.linear_logprobs(hidden.double(), weight.double(), targets, backend="torch", **{option: value})
+    want = ref.linear_logprobs(hidden.double(), weight.double(), targets, **{option: value})
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("option, value, match", [
+    ("kl_coef", 1e39, r"kl_coef=1e\+39 is outside the float32 range"),
+    ("entropy_coef", -1e300, r"entropy_coef=-1e\+300 is outside the float32 range"),
+    ("num_tokens", 1e300, r"num_tokens=1e\+300 is outside the float32 range .*the loss is divided by it"),
+    ("num_tokens", 1e-300, r"num_tokens=1e-300 is outside the float32 range"),
+])
+@pytest.mark.parametrize("backend", PPO_BACKENDS)
+def test_loss_settings_outside_float32_are_refused_for_float32_compute(option, value, match, backend):
+    # num_tokens=1e300 made the loss 0 (no update, silently), kl_coef=1e39 an inf loss.
+    logp, old, adv = _ppo_batch()
+    with pytest.raises(ValueError, match=match):
+        ik.ppo_loss(logp, old, adv, ref_logp=old, entropy=torch.rand(3, 5), backend=backend, **{option: value})
+    loss, _ = ik.ppo_loss(logp.double(), old.double(), adv.double(), ref_logp=old.double(),
+                          entropy=torch.rand(3, 5, dtype=torch.float64), backend="torch", **{option: value})
+    assert loss.dtype == torch.float64
+
+
+def test_a_tensor_normaliser_is_checked_as_the_loss_reads_it():
+    logp, old, adv = _ppo_batch()  # 1e-300 is a positive float64 but 0 in float32: the loss divides by it
+    with pytest.raises(ValueError, match=r"num_tokens must be finite and > 0, got 1e-300 \(a tensor, read as 0.0 "):
+        ik.ppo_loss(logp, old, adv, num_tokens=torch.tensor(1e-300, dtype=torch.float64))

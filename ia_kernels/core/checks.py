@@ -115,6 +115,27 @@ def require_finite_number(name: str, value) -> float:
     return value
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32
+
+
+def require_float32_range(name: str, value: float, dtype: torch.dtype, *, reciprocal: bool = False,
+                          why: str = "") -> float:
+    """A setting that a float32 kernel reads (the native kernels take it as a C++ float, where a
+    double beyond float's range is undefined behaviour; the PyTorch and Triton paths overflow to inf
+    or flush to 0, and the backends then disagree): for a float32 compute dtype, |value| must be
+    at most float32's largest value; with `reciprocal` (a value the kernels divide by), it and
+    1 / value must both be normal float32 numbers. float64 computes need nothing more."""
+    if dtype == torch.float64 or value == 0:
+        return value
+    magnitude = abs(value)
+    lo, hi = (FLOAT32_TINY, 1.0 / FLOAT32_TINY) if reciprocal else (0.0, FLOAT32_MAX)
+    if not lo <= magnitude <= hi:
+        raise ValueError(f"{name}={value!r} is outside the float32 range the kernels compute in: |{name}| must lie in "
+                         f"[{lo:.3g}, {hi:.3g}]{why} (float64 inputs take any finite value)")
+    return value
+
+
 def require_finite(name: str, x: torch.Tensor) -> None:
     """Rejects NaN/inf (costs one host sync: only for small per-sample tensors, never per token)."""
     if x.numel() and not bool(torch.isfinite(x).all()):

@@ -229,17 +229,20 @@ class LogitTransform:
     softcap: float | None = None
 
     @classmethod
-    def of(cls, logit_scale, softcap) -> "LogitTransform | None":
+    def of(cls, logit_scale, softcap, dtype: torch.dtype = torch.float32) -> "LogitTransform | None":
+        """Validated settings (in the float32 range for a float32 compute dtype), or None for the identity."""
         scale = 1.0
         if logit_scale is not None:
             scale = _real_or_none(logit_scale)
             if scale is None or not math.isfinite(scale) or scale == 0:
                 raise ValueError(f"logit_scale must be a finite nonzero number, got {logit_scale!r}")
+            checks.require_float32_range("logit_scale", scale, dtype)
         if softcap is not None:
             cap = _real_or_none(softcap)
             if cap is None or not math.isfinite(cap) or cap <= 0:
                 raise ValueError(f"softcap must be a finite number > 0, got {softcap!r}")
-            softcap = cap
+            softcap = checks.require_float32_range("softcap", cap, dtype, reciprocal=True,
+                                                   why=" (logits are divided by softcap)")
         return None if scale == 1.0 and softcap is None else cls(scale, softcap)
 
     def forward(self, z: torch.Tensor, keep: bool) -> torch.Tensor | None:

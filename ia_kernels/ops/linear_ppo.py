@@ -295,13 +295,13 @@ class LinearPpoLossFunction(torch.autograd.Function):
         return (*scaled, None)
 
 
-def _check_values(targets, valid, vocab, advantages, check_finite, opts: ppo.PpoOptions) -> list:
+def _check_values(targets, valid, vocab, advantages, check_finite, opts: ppo.PpoOptions, dtype) -> list:
     """Out-of-range targets would read out of bounds, and a tensor num_tokens / num_sequences that
     is not finite and > 0 would reverse or void the update: always rejected. NaN/inf advantages:
     when check_finite. Returns each sequence's number of valid tokens. One host sync for all of it."""
     out_of_range = valid & ((targets < 0) | (targets >= vocab))
     bad = out_of_range.any()
-    bad_norm = ppo.invalid_normalisers(opts, valid.device)
+    bad_norm = ppo.invalid_normalisers(opts, valid.device, dtype)
     if bad_norm is not None:
         bad = bad | bad_norm
     if check_finite:
@@ -311,7 +311,7 @@ def _check_values(targets, valid, vocab, advantages, check_finite, opts: ppo.Ppo
         if bool(out_of_range.any()):
             found = targets[out_of_range][0].item()
             raise ValueError(f"targets must lie in [0, {vocab}) on valid tokens (or equal ignore_index); found {found}")
-        ppo.raise_invalid_normaliser(opts)
+        ppo.raise_invalid_normaliser(opts, dtype)
         ppo.raise_nonfinite_advantages(advantages, valid)
     return host[1:]
 
@@ -385,11 +385,12 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         adv = ppo.validate_token_inputs((B, T), old_logp, advantages, mask, ref_logp, None, opts, importance_weights)
         device = _checks.require_same_device(hidden=hidden, old_logp=old_logp, advantages=adv, mask=mask,
                                              ref_logp=ref_logp, importance_weights=importance_weights)
-        transform = LogitTransform.of(logit_scale, softcap)
+        transform = LogitTransform.of(logit_scale, softcap, compute_dtype(weight.dtype))
         # Compared in int64, the dtype the kernels read (uint8 would wrap ignore_index=-100 to 156).
         ignore = _checks.require_index("ignore_index", ignore_index)
         chunk, chunk_bytes = chunk_setting(device, chunk_size)
         dtype = compute_dtype(weight.dtype)
+        opts.check_range(dtype)
         name, ppo_kernels = _OP.select(device, dtype, backend)
         t64 = targets.to(torch.int64)
         valid = t64 != ignore
@@ -405,14 +406,14 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         flags = None
         if tp_group is not None:  # the value checks of _check_values, as bits the gather carries
             flags = torch.zeros((), dtype=torch.int64, device=device)
-            bad_norm = ppo.invalid_normalisers(opts, device)
+            bad_norm = ppo.invalid_normalisers(opts, device, dtype)
             if bad_norm is not None:
                 flags = flags + bad_norm.to(torch.int64) * FLAG_NORMALISER
             if check_finite:
                 flags = flags + ppo.nonfinite_advantages(adv, valid).to(torch.int64) * FLAG_ADVANTAGES
 
         def explain(_flags):
-            ppo.raise_invalid_normaliser(opts)
+            ppo.raise_invalid_normaliser(opts, dtype)
             ppo.raise_nonfinite_advantages(adv, valid)
 
         return LocalCall(weight.shape[0], entries, (opts, temp, adv, device, transform, ignore, dtype, name,
@@ -427,7 +428,7 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     opts, temperature, advantages, device, transform, ignore_index, dtype, name, ppo_kernels, targets, valid = prepared
     B, T, H = hidden.shape
     vocab = weight.shape[0] if shard is None else shard.total
-    lengths = _check_values(targets, valid, vocab, advantages, check_finite, opts)
+    lengths = _check_values(targets, valid, vocab, advantages, check_finite, opts, dtype)
 
     h2 = hidden.reshape(B * T, H)
     h2 = h2 if h2.is_contiguous() else h2.contiguous()

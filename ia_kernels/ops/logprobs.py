@@ -127,7 +127,9 @@ def validate_lm_head(hidden, weight, targets, bias, temperature) -> float:
         raise ValueError(f"hidden ({hidden.dtype}) and weight ({weight.dtype}) must have the same dtype, or be "
                          f"bf16/fp16 hidden states with an fp32 weight (an LM head kept in fp32)")
     _checks.require_same_device(hidden=hidden, weight=weight, targets=targets, bias=bias)
-    return _checks.require_positive_finite("temperature", temperature)
+    temperature = _checks.require_positive_finite("temperature", temperature)
+    return _checks.require_float32_range("temperature", temperature, compute_dtype(weight.dtype), reciprocal=True,
+                                         why=" (logits are multiplied by 1 / temperature)")
 
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -210,7 +212,7 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         """This rank's validation: everything but the targets' range (the vocabulary may be sharded)."""
         temp = validate_lm_head(hidden, weight, targets, bias, temperature)
         ignore = _checks.require_index("ignore_index", ignore_index)
-        transform = LogitTransform.of(logit_scale, softcap)
+        transform = LogitTransform.of(logit_scale, softcap, compute_dtype(weight.dtype))
         chunk, chunk_bytes = chunk_setting(hidden.device, chunk_size)
         _, kernels = _OP.select(hidden.device, compute_dtype(weight.dtype), backend)
         t64 = targets.to(torch.int64).reshape(-1)

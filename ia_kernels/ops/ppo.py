@@ -25,6 +25,10 @@ from ..core import checks as _checks
 from ..core.kl import kl_terms
 from ..core.numerics import FP32, FP32_FP64, KL_ESTIMATOR_CODES, MAX_LOG_RATIO, as_compute, compute_dtype
 
+# Exact caps of the clip settings (see PpoOptions.from_kwargs): 1 + _CLIP_HIGH_CAP exceeds e^20, the
+# largest ratio, and _DUAL_CLIP_CAP exceeds the largest clipped surrogate slope 1 + _CLIP_HIGH_CAP.
+_CLIP_HIGH_CAP, _DUAL_CLIP_CAP = 1e9, 4e9
+
 AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 # TRL's loss_type names: (the aggregation it is, whether empty sequences count in its sequence mean).
 # TRL divides its sequence means by the batch size B; ia_kernels' own names count only the
@@ -109,8 +113,23 @@ class PpoOptions:
             num_sequences = _positive_count("num_sequences", num_sequences)
         if not isinstance(kl_times_ratio, bool):
             raise ValueError(f"kl_times_ratio must be a bool, got {kl_times_ratio!r}")
+        # Clip values past these change nothing (the ratio is exp of a log ratio clamped to +-20, so
+        # it lies in [e^-20, e^20]): they are capped, so that "no clipping" written as a huge number
+        # runs the same on every backend instead of overflowing float32 (1 + 1e300).
+        clip_low, clip_high = min(clip_low, 1.0), min(clip_high, _CLIP_HIGH_CAP)
+        dual_clip = None if dual_clip is None else min(dual_clip, _DUAL_CLIP_CAP)
         return cls(clip_low, clip_high, dual_clip, kl_coef, kl_estimator, entropy_coef, aggregation, importance,
                    norm_length, num_tokens, num_sequences, kl_times_ratio)
+
+    def check_range(self, dtype: torch.dtype) -> None:
+        """The settings a float32 kernel reads must be float32 numbers (checks.require_float32_range):
+        the coefficients, and the numbers the loss is divided by."""
+        _checks.require_float32_range("kl_coef", self.kl_coef, dtype)
+        _checks.require_float32_range("entropy_coef", self.entropy_coef, dtype)
+        for name in NORMALISERS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, torch.Tensor):
+                _checks.require_float32_range(name, value, dtype, reciprocal=True, why=" (the loss is divided by it)")
 
 
 def _positive_count(name: str, value):
@@ -140,22 +159,24 @@ def _invalid_count(x: torch.Tensor) -> torch.Tensor:
     return ~(x > 0) | ~torch.isfinite(x)
 
 
-def invalid_normalisers(opts: PpoOptions, device: torch.device) -> torch.Tensor | None:
-    """0-d bool tensor on `device` (no host sync): is a tensor num_tokens / num_sequences not a finite
-    number > 0? None when neither is a tensor (numbers were checked in from_kwargs)."""
+def invalid_normalisers(opts: PpoOptions, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+    """0-d bool tensor on `device` (no host sync): is a tensor num_tokens / num_sequences, as the
+    loss reads it (in the compute dtype), not a finite number > 0? None when neither is a tensor
+    (numbers were checked in from_kwargs and check_range)."""
     counts = _tensor_normalisers(opts)
     if not counts:
         return None
-    bad = [_invalid_count(x.to(device)) for x in counts.values()]
+    bad = [_invalid_count(x.to(device=device, dtype=dtype)) for x in counts.values()]
     return torch.stack(bad).any()
 
 
-def raise_invalid_normaliser(opts: PpoOptions) -> None:
+def raise_invalid_normaliser(opts: PpoOptions, dtype: torch.dtype) -> None:
     """The ValueError for the first invalid tensor normaliser (syncs to read it); None if all are valid."""
     for name, x in _tensor_normalisers(opts).items():
-        if bool(_invalid_count(x)):
-            raise ValueError(f"{name} must be finite and > 0, got {x.item()} (a tensor): a negative count would "
-                             f"flip the loss's sign and zero would divide by zero")
+        if bool(_invalid_count(x.to(dtype))):
+            raise ValueError(f"{name} must be finite and > 0, got {x.item()} (a tensor, read as {x.to(dtype).item()} "
+                             f"in {str(dtype).replace('torch.', '')}): a negative count would flip the loss's sign "
+                             f"and zero would divide by zero")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,13 +444,14 @@ def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tenso
                                          ref_logp=ref_logp, entropy=entropy, importance_weights=importance_weights)
     valid = (torch.ones(logp.shape, dtype=torch.bool, device=device) if mask is None
              else (mask != 0).contiguous())
+    dtype = compute_dtype(logp.dtype)
+    opts.check_range(dtype)
     if check_finite:  # one host sync for the advantages and the tensor normalisers together
         bad_adv = nonfinite_advantages(advantages, valid)
-        bad_norm = invalid_normalisers(opts, device)
+        bad_norm = invalid_normalisers(opts, device, dtype)
         if bool(bad_adv if bad_norm is None else bad_adv | bad_norm):
-            raise_invalid_normaliser(opts)
+            raise_invalid_normaliser(opts, dtype)
             raise_nonfinite_advantages(advantages, valid)
-    dtype = compute_dtype(logp.dtype)
     _, kernels = _OP.select(device, dtype, backend)
     loss, ratio = PpoLossFunction.apply(logp, entropy, old_logp, advantages, valid, ref_logp, opts, kernels.terms,
                                         importance_weights)
