@@ -19,7 +19,8 @@ from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 import ia_kernels as ik  # noqa: E402
 from ia_kernels.integrations.trl import FALLBACKS, IAGRPOConfig, IAGRPOTrainer  # noqa: E402
 
-from .trl_helpers import answer_reward, binary_reward, max_weight_diff, run, tiny_model_and_tokenizer  # noqa: E402
+from .trl_helpers import (answer_reward, binary_reward, dyadic_reward, max_weight_diff, run,  # noqa: E402
+                          tiny_model_and_tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,10 @@ STEP_CASES = {
     "dapo, grad accumulation 2, delta": dict(per_device_train_batch_size=4, gradient_accumulation_steps=2, delta=1.5),
     "dapo, KL (beta 0.04, times the ratio)": dict(beta=0.04),
     "grpo, KL without the ratio": dict(loss_type="grpo", beta=0.04, use_bias_correction_kl=False),
+    "dapo, gradient checkpointing": dict(gradient_checkpointing=True),
+    "dapo, num_iterations 2, steps_per_generation 2 (off-policy)": dict(num_iterations=2, steps_per_generation=2,
+                                                                       max_steps=4, per_device_train_batch_size=4,
+                                                                       learning_rate=0.3),
 }
 
 
@@ -54,7 +59,8 @@ def test_one_step_equals_trl(tiny, tmp_path, case):
 
 
 def test_fused_loss_forms_no_logits(tiny, tmp_path, monkeypatch):
-    """The policy's log-probs never go through TRL's LM-head path, nor the LM head module."""
+    """The policy's log-probs never go through TRL's LM-head path; the loss runs as the LM head
+    module's forward (so that the hooks FSDP2 / ZeRO-3 put on the head fire) and returns no logits."""
     model, tokenizer = tiny
 
     def forbidden(*args, **kwargs):
@@ -74,10 +80,19 @@ def test_fused_loss_forms_no_logits(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(IAGRPOTrainer, "_compute_loss", compute_loss)
     model = type(model).from_pretrained(model.name_or_path, dtype=torch.float32)  # fresh: hooks stay off the fixture
-    hook = model.lm_head.register_forward_hook(lambda *a: head_calls.append(in_loss[0]))
+    vocab = model.lm_head.weight.shape[0]
+
+    def record(module, args, output):
+        logits = isinstance(output, torch.Tensor) and output.shape[-1] == vocab
+        head_calls.append((in_loss[0], logits))
+
+    hook = model.lm_head.register_forward_hook(record)
     run(IAGRPOTrainer, IAGRPOConfig, model, tokenizer, tmp_path, max_completion_length=8)
     hook.remove()
-    assert losses and head_calls and not any(head_calls)  # the head ran for generation only
+    assert losses
+    in_loss_calls = [logits for loss, logits in head_calls if loss]
+    assert len(in_loss_calls) == len(losses) and not any(in_loss_calls)  # one head call per loss, no logits
+    assert any(logits for loss, logits in head_calls if not loss)  # generation: logits
 
 
 class Recording(IAGRPOTrainer):
@@ -164,3 +179,162 @@ def test_config_errors(tmp_path):
     with pytest.raises(ValueError, match="passk_variant must be one of"):
         make(advantage_estimator="passk", k=2, passk_variant="x")
     assert make().advantage_estimator == "grpo" and make().fused_loss
+
+
+def _config(tmp_path, **kw):
+    return IAGRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", num_generations=4,
+                        per_device_train_batch_size=4, **kw)
+
+
+@pytest.mark.parametrize("settings,message", [
+    # settings the chosen estimator would silently ignore
+    (dict(advantage_estimator="rloo", scale_rewards="group"),
+     r"scale_rewards='group' does not apply to advantage_estimator='rloo' \(only scale_rewards='none' is accepted"),
+    (dict(advantage_estimator="rloo", scale_rewards=True), r"scale_rewards='group' does not apply"),
+    (dict(advantage_estimator="passk", k=2, scale_rewards="batch"), r"scale_rewards='batch' does not apply"),
+    (dict(advantage_estimator="passk_chen", k=2, scale_rewards="none"),
+     r"scale_rewards='none' does not apply to advantage_estimator='passk_chen' \(no scale_rewards is accepted"),
+    (dict(advantage_estimator="dr_grpo", scale_rewards="group"), r"does not apply to advantage_estimator='dr_grpo'"),
+    (dict(advantage_estimator="rloo", passk_variant="loo"), r"passk_variant is used by advantage_estimator 'passk' "
+                                                            r"only; got passk_variant='loo' with"),
+    (dict(correct_threshold=0.7), r"correct_threshold is used with length_penalty_alpha only"),
+    (dict(advantage_estimator="rloo", multi_objective_aggregation="normalize_then_sum"),
+     r"multi_objective_aggregation='normalize_then_sum' .* cannot be combined with advantage_estimator='rloo'"),
+    (dict(length_penalty_alpha=0.1, multi_objective_aggregation="normalize_then_sum"),
+     r"cannot be combined with advantage_estimator='grpo' or length_penalty_alpha"),
+    (dict(length_penalty_alpha=0.1, scale_rewards="batch"), r"scale_rewards='batch' .* cannot be combined with "
+                                                            r"length_penalty_alpha"),
+    # values that would read wrong
+    (dict(length_penalty_alpha=0.1, correct_threshold=float("nan")), r"correct_threshold must be a finite number; "
+                                                                    r"got nan"),
+    (dict(length_penalty_alpha=0.1, correct_threshold=float("inf")), r"correct_threshold must be a finite number"),
+    (dict(length_penalty_alpha=0.1, correct_threshold="0.5"), r"correct_threshold must be a finite number; got '0.5'"),
+    (dict(length_penalty_alpha=0.1, correct_threshold=True), r"correct_threshold must be a finite number; got True"),
+    (dict(length_penalty_alpha=float("nan")), r"length_penalty_alpha must be None or a number in \[0, 1\]; got nan"),
+    (dict(length_penalty_alpha="0.1"), r"length_penalty_alpha must be None or a number in \[0, 1\]; got '0.1'"),
+    (dict(fused_loss="maybe"), r"fused_loss must be true or false .*; got 'maybe'"),
+    (dict(fused_loss=1), r"fused_loss must be true or false .*; got 1"),
+    (dict(fused_loss=None), r"fused_loss must be true or false .*; got None"),
+    (dict(advantage_estimator=None), r"advantage_estimator must be one of .*; got None"),
+    (dict(advantage_estimator="passk", k=4, passk_variant="loo"), r"passk_variant='loo' needs k < num_generations"),
+    (dict(advantage_estimator="passk", k="2"), r"'passk' needs k, an int >= 1 \(got k='2'\)"),
+])
+def test_config_refuses_ignored_and_misread_settings(tmp_path, settings, message):
+    with pytest.raises(ValueError, match=message):
+        _config(tmp_path, **settings)
+
+
+def test_config_resolves_defaults_and_bool_strings(tmp_path):
+    c = _config(tmp_path)
+    assert (c.scale_rewards, c.passk_variant, c.correct_threshold, c.fused_loss) == ("group", None, None, True)
+    c = _config(tmp_path, advantage_estimator="passk", k=2, length_penalty_alpha=0.0)
+    assert (c.passk_variant, c.correct_threshold) == ("loo-1", 0.5)
+    assert _config(tmp_path, advantage_estimator="rloo", scale_rewards="none").scale_rewards == "none"
+    assert _config(tmp_path, advantage_estimator="rloo", scale_rewards=False).scale_rewards == "none"
+    assert _config(tmp_path, scale_rewards="batch").scale_rewards == "batch"  # TRL's own grpo: honoured
+    for text, value in [("no", False), ("False", False), ("false", False), ("0", False), ("true", True),
+                        ("Yes", True), (False, False)]:
+        assert _config(tmp_path, fused_loss=text).fused_loss is value, text
+
+
+def test_fused_loss_string_false_runs_trl_loss(tiny, tmp_path, monkeypatch):
+    """fused_loss='no' (a YAML/CLI string) runs TRL's loss, not ours."""
+    model, tokenizer = tiny
+    calls = []
+    monkeypatch.setattr(IAGRPOTrainer, "_ia_fused_loss", lambda *a: calls.append(1))
+    got, _, _ = run(IAGRPOTrainer, IAGRPOConfig, model, tokenizer, tmp_path, fused_loss="no", max_completion_length=8)
+    assert not calls and max_weight_diff(got, model) > 0
+
+
+def _history(trainer):
+    return [h for h in trainer.state.log_history if "loss" in h]
+
+
+def test_truncation_stall_is_logged_and_warned(tiny, tmp_path):
+    """Every completion cut off (2 tokens, no EOS) with a length penalty: every completion counts as
+    incorrect, advantages are all 0 and the weights do not move. TRL's `reward` still reads the raw
+    reward: reward_optimized and length_penalty/cut_off_ratio say what was optimised, and a warning
+    says why nothing moves."""
+    model, tokenizer = tiny
+    got, trainer, caught = run(IAGRPOTrainer, IAGRPOConfig, model, tokenizer, tmp_path, length_penalty_alpha=0.0,
+                               max_completion_length=2, max_steps=2)
+    (first, second) = _history(trainer)
+    print({k: first[k] for k in ("reward", "reward_optimized", "length_penalty/cut_off_ratio",
+                                 "length_penalty/correct_cut_off_ratio", "frac_advantage_zero")})
+    assert first["completions/clipped_ratio"] == 1.0 and first["length_penalty/cut_off_ratio"] == 1.0
+    assert first["reward"] > 0.3 and first["reward_optimized"] == 0.0
+    assert first["length_penalty/correct_cut_off_ratio"] > 0 and first["frac_advantage_zero"] == 1.0
+    assert max_weight_diff(got, model) == 0.0
+    stall = [w for w in caught if "advantage 0, so the policy does not move" in w]
+    assert len(stall) == 1 and "max_completion_length=2" in stall[0], caught  # once, for two stalled steps
+
+
+def test_passk_logs_zero_advantage_fraction(tiny, tmp_path):
+    model, tokenizer = tiny
+    _, trainer, _ = run(IAGRPOTrainer, IAGRPOConfig, model, tokenizer, tmp_path, reward_funcs=(binary_reward,),
+                        advantage_estimator="passk", k=4, max_completion_length=8)
+    (h,) = _history(trainer)
+    assert "frac_advantage_zero" in h and h["frac_advantage_zero"] >= h["frac_reward_zero_std"]
+
+
+DASHBOARD_CASES = {
+    "on-policy, KL": dict(beta=0.04),
+    "num_iterations 2 (off-policy), KL, clip-higher": dict(num_iterations=2, max_steps=2, beta=0.04,
+                                                          epsilon_high=0.28, learning_rate=0.3),
+    "GSPO, num_iterations 2": dict(num_iterations=2, max_steps=2, importance_sampling_level="sequence",
+                                   loss_type="grpo", learning_rate=0.3, epsilon=3e-4),
+}
+
+
+@pytest.mark.parametrize("case", list(DASHBOARD_CASES))
+def test_dashboard_equals_trl(tiny, tmp_path, case):
+    """The metrics a TRL user reads: every key TRL logs, with TRL's value (clip_ratio/low_min and
+    high_max included; off-policy steps have ratios != 1 and clip)."""
+    model, tokenizer = tiny
+    overrides = DASHBOARD_CASES[case]
+    _, ref, _ = run(GRPOTrainer, GRPOConfig, model, tokenizer, tmp_path / "trl", reward_funcs=(dyadic_reward,),
+                    **overrides)
+    _, got, _ = run(IAGRPOTrainer, IAGRPOConfig, model, tokenizer, tmp_path / "ia", reward_funcs=(dyadic_reward,),
+                    **overrides)
+    clipped = False
+    for want, have in zip(_history(ref), _history(got), strict=True):
+        missing = sorted(set(want) - set(have))
+        assert not missing, missing
+        for key, value in want.items():
+            if key in ("loss", "grad_norm", "learning_rate", "epoch", "step_time") or not isinstance(value, float):
+                continue
+            assert have[key] == pytest.approx(value, rel=1e-4, abs=1e-5, nan_ok=True), (key, have[key], value)
+        clipped |= want.get("clip_ratio/region_mean", 0) > 0
+    if overrides.get("num_iterations", 1) > 1:
+        assert clipped  # the off-policy step's clip metrics were exercised
+
+
+def test_peft_modules_to_save_head_runs_fused(tiny, tmp_path):
+    """LoRA on the attention projections with the LM head in modules_to_save: the head is one trained
+    tensor (the adapter's copy), so the fused loss runs, and the step equals TRL's."""
+    peft = pytest.importorskip("peft")
+    model, tokenizer = tiny
+    lora = dict(peft_config=peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                            modules_to_save=["lm_head"], task_type="CAUSAL_LM"))
+    ref, _, _ = run(GRPOTrainer, GRPOConfig, model, tokenizer, tmp_path / "trl", trainer_kwargs=lora)
+    got, trainer, caught = run(IAGRPOTrainer, IAGRPOConfig, model, tokenizer, tmp_path / "ia", trainer_kwargs=lora)
+    assert not [w for w in caught if w.startswith("ia_kernels")], caught
+    head = trainer.model.base_model.model.lm_head
+    assert hasattr(head, "modules_to_save")
+    a, b = ref.state_dict(), got.state_dict()
+    trained = [k for k in a if "modules_to_save" in k or "lora_" in k]
+    assert any("modules_to_save" in k for k in trained)
+    moved = max((a[k] - model.state_dict().get(k.replace("base_model.model.", "").replace(
+        "modules_to_save.default.", ""), a[k])).abs().max().item() for k in trained if "modules_to_save" in k)
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    print(f"modules_to_save head: moved {moved:.3g}, max |difference to TRL| {diff:.3g}")
+    assert moved > 1e-3 and diff <= 2e-6 * max(1.0, moved)
+
+
+def test_trl_refuses_lora_on_lm_head(tiny, tmp_path):
+    """README: LoRA on lm_head never reaches ia_kernels (TRL 1.16 refuses it in GRPOTrainer.__init__)."""
+    peft = pytest.importorskip("peft")
+    model, tokenizer = tiny
+    lora = dict(peft_config=peft.LoraConfig(r=4, target_modules=["q_proj", "lm_head"], task_type="CAUSAL_LM"))
+    with pytest.raises(ValueError, match="Applying a PEFT adapter to `lm_head` is not supported"):
+        run(IAGRPOTrainer, IAGRPOConfig, model, tokenizer, tmp_path, trainer_kwargs=lora)

@@ -28,7 +28,14 @@ def tiny_model_and_tokenizer():
 
 def text_reward(completions, **kwargs):
     """In [0, 1] and varied within a group: a deterministic function of the completion's text."""
-    return [(sum(map(ord, c)) % 7) / 6 for c in completions]
+    return [(sum(map(ord, c[-1]["content"] if isinstance(c, list) else c)) % 7) / 6 for c in completions]
+
+
+def dyadic_reward(completions, **kwargs):
+    """Like text_reward, in eighths: group means are exact in float32 and float64 alike, so an advantage
+    TRL computes as exactly 0 is exactly 0 for ia_kernels too (with thirds, float32 rounding makes TRL's
+    r - mean exactly 0 where the float64 value is 1e-8, and a clip metric can count that token)."""
+    return [(sum(map(ord, c[-1]["content"] if isinstance(c, list) else c)) % 9) / 8 for c in completions]
 
 
 def binary_reward(completions, **kwargs):
@@ -51,8 +58,9 @@ def answer_reward(prompts, completions, **kwargs):
 
 
 def run(trainer_cls, config_cls, model, tokenizer, tmp_path, reward_funcs=(text_reward,), n_prompts=2,
-        chat=False, **overrides):
-    """Train `model` (a copy is made) for max_steps; returns (trained model, trainer, warnings caught)."""
+        chat=False, trainer_kwargs=None, setup=None, **overrides):
+    """Train `model` (a copy is made) for max_steps; returns (trained model, trainer, warnings caught).
+    trainer_kwargs: more arguments of the trainer (peft_config, ...); setup: called with the copy first."""
     from datasets import Dataset
     from transformers import set_seed
 
@@ -60,6 +68,8 @@ def run(trainer_cls, config_cls, model, tokenizer, tmp_path, reward_funcs=(text_
     kwargs = {**TRL_DEFAULTS, **overrides}
     args = config_cls(output_dir=str(tmp_path), **kwargs)
     model = copy.deepcopy(model)
+    if setup is not None:
+        setup(model)
     prompts = PROMPTS[:n_prompts]
     if chat:  # conversational: the tiny model answers in <answer> tags and stops with EOS
         prompts = [[{"role": "user", "content": p}] for p in prompts]
@@ -67,7 +77,7 @@ def run(trainer_cls, config_cls, model, tokenizer, tmp_path, reward_funcs=(text_
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer = trainer_cls(model=model, reward_funcs=list(reward_funcs), args=args, train_dataset=dataset,
-                              processing_class=tokenizer)
+                              processing_class=tokenizer, **(trainer_kwargs or {}))
         trainer.train()
     return trainer.model, trainer, [str(w.message) for w in caught]
 
