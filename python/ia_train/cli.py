@@ -21,13 +21,23 @@ def _fail(prog: str, error: BaseException, code: int) -> int:
 
 
 def main(argv: list[str] | None = None, hooks=None) -> int:
-    """The command line; `hooks` (loop.Hooks) reach a training run (scripts and tests observe it)."""
+    """The command line; `hooks` (loop.Hooks) reach a training run (scripts and tests observe it).
+    SIGTERM stops a command as Ctrl-C does: it unwinds, says how to continue, and exits 143 (130
+    for Ctrl-C)."""
+    from .runtime.signals import sigterm_interrupts
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    with sigterm_interrupts():
+        return _main(argv, hooks)
+
+
+def _main(argv: list[str], hooks) -> int:
     from .errors import ConfigError
     from .optional import MissingPackage
     from .runtime.checkpoint import CheckpointError
     from .runtime.files import RunFileError
+    from .runtime.signals import exit_status
 
-    argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["study"]:  # `ia-train study ...`: a grid of runs (study/)
         from .study.cli import main as study_main
 
@@ -35,9 +45,10 @@ def main(argv: list[str] | None = None, hooks=None) -> int:
             return study_main(argv[1:])
         except ConfigError as e:
             return _fail("ia-train study", e, 2)
-        except KeyboardInterrupt:
-            print("ia-train study: interrupted; run the same command again to continue", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as e:
+            print("ia-train study: interrupted (its runs were stopped); run the same command again to continue",
+                  file=sys.stderr, flush=True)
+            return exit_status(e)
     evaluating = argv[:1] == ["eval"]
     prog = "ia-train eval" if evaluating else "ia-train"
     try:
@@ -51,6 +62,8 @@ def main(argv: list[str] | None = None, hooks=None) -> int:
             cfg = training_config(argv)
     except (ConfigError, MissingPackage) as e:
         return _fail(prog, e, 2)
+    except KeyboardInterrupt as e:
+        return exit_status(e)
     from .evaluation.cli import run_eval
     from .loop import TrainingDiverged, run
 
@@ -59,9 +72,9 @@ def main(argv: list[str] | None = None, hooks=None) -> int:
             run_eval(cfg, ks)
         else:
             run(cfg, hooks)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted" + ("" if evaluating else "; continue with --resume"), file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"{prog}: interrupted" + ("" if evaluating else "; continue with --resume"), file=sys.stderr, flush=True)
+        return exit_status(e)
     except (ConfigError, MissingPackage, CheckpointError) as e:  # found once the model or data loads
         return _fail(prog, e, 2)
     except (RunFileError, TrainingDiverged) as e:

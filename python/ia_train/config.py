@@ -30,7 +30,7 @@ SEED_MAX = 2**32 - 1  # numpy's seed range; torch and reasoning-gym accept it to
 # Settings a resumed run may change (they do not change what is trained or measured); every other
 # setting must match the run's config.json.
 RESUME_MAY_CHANGE = ("steps", "checkpoint_every", "eval_batch", "threads", "tensorboard", "stop_after",
-                     "device", "attention", "backend", "out", "resume")
+                     "device", "attention", "backend", "dist_timeout", "out", "resume")
 
 
 @dataclass
@@ -73,10 +73,12 @@ class Config:
     out: str = field(default="runs/ia-train", metadata={"help": "output directory (metrics, checkpoints, summary.json, plots)"})
     checkpoint_every: int = field(default=50, metadata={"help": "save a checkpoint every this many steps (0: only at the end)"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in the output directory"})
+    overwrite: bool = field(default=False, metadata={"help": "start a new run in an output directory that holds another run, deleting that run's files (config, metrics, checkpoints, evaluations, plots) first; without it such a directory is refused"})
     stop_after: Optional[int] = field(default=None, metadata={"help": "debugging: stop after this many steps, as if the run were killed"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     attention: str = field(default="auto", metadata={"help": "auto (flash-attention when installed and supported, else sdpa), sdpa, eager, flash_attention_2, fa4"})
     backend: Optional[str] = field(default=None, metadata={"help": "ia_kernels backend for the loss (default: the fastest for the device)"})
+    dist_timeout: int = field(default=300, metadata={"help": "seconds each process of a torchrun (data-parallel) run waits for the others to start before it stops with an error"})
     threads: int = field(default=0, metadata={"help": "CPU threads for torch (0: torch's default, one per core; on a machine that other busy processes share, fewer threads can be faster)"})
     tensorboard: bool = field(default=True, metadata={"help": "also log to TensorBoard when it is installed"})
 
@@ -93,7 +95,7 @@ def _parse_bool(text: str) -> bool:
         return True
     if low in ("0", "false", "no", "off"):
         return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    raise argparse.ArgumentTypeError(f"expected true or false, got {shown(text)}")
 
 
 def _parse_optional(kind):
@@ -105,15 +107,60 @@ def _parse_optional(kind):
     return parse
 
 
-def _parse_yaml_mapping(text: str) -> dict:
+MAX_YAML_BYTES = 1 << 20  # a settings file is a few hundred bytes; refuse what cannot be one
+
+
+def shown(value, limit: int = 80) -> str:
+    """repr(value) cut to `limit` characters: an error message names a bad value, never prints a huge one."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def parse_yaml(text: str, where: str):
+    """The YAML value of `text`, read strictly for settings: no aliases (`*name`: a settings file needs
+    none, and a few hundred bytes of nested aliases expand to gigabytes), no key given twice in a
+    mapping (YAML keeps the last silently), every mapping key text. ConfigError (one line, starting
+    with `where`) otherwise."""
     import yaml
 
+    class StrictLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise ConfigError(f"{where}: line {mark.line + 1}: YAML aliases (*name) are not accepted in settings; "
+                                  "write the value out")
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, str):
+                    raise ConfigError(f"{where}: line {key_node.start_mark.line + 1}: the key {shown(key)} is not text; "
+                                      "setting names are words (quote it if it is meant as one)")
+                if key in seen:
+                    raise ConfigError(f"{where}: line {key_node.start_mark.line + 1}: {key!r} is given twice; "
+                                      "keep one (YAML would silently use the last)")
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: more than {MAX_YAML_BYTES} bytes; a settings file is much smaller")
     try:
-        value = yaml.safe_load(text) or {}
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - StrictLoader is a SafeLoader
     except yaml.YAMLError as e:
-        raise argparse.ArgumentTypeError(f"not valid YAML ({' '.join(str(e).split())[:160]}): {text!r}") from None
+        raise ConfigError(f"{where}: not valid YAML ({' '.join(str(e).split())[:160]})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
+
+
+def _parse_yaml_mapping(text: str) -> dict:
+    try:
+        value = parse_yaml(text, "--task-options") or {}
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--task-options: ")) from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a YAML mapping, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a YAML mapping, got {shown(text)}")
     return value
 
 
@@ -176,7 +223,7 @@ def _coerce(name: str, value: Any) -> Any:
             return value
         return str(value)
     except (ValueError, TypeError, argparse.ArgumentTypeError):
-        raise ConfigError(f"setting '{name}' must be {kind.replace('Optional[', '').rstrip(']')}, got {value!r}") from None
+        raise ConfigError(f"setting '{name}' must be {kind.replace('Optional[', '').rstrip(']')}, got {shown(value)}") from None
 
 
 def read_settings(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> dict[str, Any]:
@@ -220,7 +267,7 @@ def saved_settings(values: dict) -> dict:
                           "unknown, start a new run with another --out") from None
     if not isinstance(saved, dict):
         raise ConfigError(f"--resume: {path} does not hold a mapping of settings; start a new run with another --out")
-    base = {k: v for k, v in saved.items() if k in FIELDS and k not in ("resume", "stop_after")}
+    base = {k: v for k, v in saved.items() if k in FIELDS and k not in ("resume", "stop_after", "overwrite")}
     changed = []
     for name, value in values.items():
         if name in base and name not in RESUME_MAY_CHANGE:
@@ -229,7 +276,7 @@ def saved_settings(values: dict) -> dict:
             except ConfigError:
                 differs = True
             if differs:
-                changed.append(f"--{name.replace('_', '-')} {base[name]!r} -> {value!r}")
+                changed.append(f"--{name.replace('_', '-')} {shown(base[name])} -> {shown(value)}")
     if changed:
         raise ConfigError(f"--resume: {', '.join(changed)} would change the experiment saved in {path}; "
                           f"drop {'them' if len(changed) > 1 else 'it'} to continue the run, or start a new run "
@@ -245,27 +292,24 @@ def resume_changes(saved: dict, cfg: Config) -> list[str]:
 
 
 def read_yaml(path: str) -> dict:
-    import yaml
-
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--config {path}: no such file; give the path of a YAML settings file")
     try:
+        if p.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"--config {path}: more than {MAX_YAML_BYTES} bytes; a settings file is much smaller")
         text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"--config {path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
                           "save the file as UTF-8") from None
     except OSError as e:
         raise ConfigError(f"--config {path}: cannot be read ({e.strerror or e})") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--config {path}: not valid YAML ({' '.join(str(e).split())[:160]})") from None
+    data = parse_yaml(text, f"--config {path}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a mapping of settings, got {type(data).__name__}")
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
-        raise ConfigError(f"--config {path}: unknown setting '{unknown[0]}'; known settings: {', '.join(FIELDS)}")
+        raise ConfigError(f"--config {path}: unknown setting {shown(unknown[0])}; known settings: {', '.join(FIELDS)}")
     return data
 
 
@@ -279,17 +323,26 @@ CHOICES = {"objective": OBJECTIVES, "rollout": ("builtin", "hf"), "truncated_rew
            "aggregation": AGGREGATIONS, "device": ("auto", "cpu", "cuda"),
            "attention": ("auto", "sdpa", "eager", "flash_attention_2", "fa4")}
 AT_LEAST_ONE = ("k", "n", "prompts_per_step", "max_new_tokens", "ppo_epochs", "minibatches", "grad_accum",
-                "eval_n", "eval_batch")
+                "eval_n", "eval_batch", "dist_timeout")
 AT_LEAST_ZERO = ("steps", "eval_problems", "checkpoint_every", "warmup_steps", "threads", "kl_coef",
                  "kl_reward_coef", "weight_decay", "max_grad_norm")
+
+
+# Upper bounds, so that a typo (--n 1e9) is refused before any work rather than failing deep inside
+# an allocation; each is far beyond what a run on one machine needs.
+AT_MOST = {"n": 1 << 16, "k": 1 << 16, "eval_n": 1 << 16, "prompts_per_step": 1 << 20, "max_new_tokens": 1 << 20,
+           "steps": 10**8, "eval_problems": 10**7, "eval_batch": 1 << 20, "ppo_epochs": 1000, "minibatches": 1 << 20,
+           "grad_accum": 1 << 20, "checkpoint_every": 10**8, "warmup_steps": 10**8, "stop_after": 10**8,
+           "threads": 4096, "dist_timeout": 7 * 24 * 3600}
+MAX_BATCH = 1 << 20  # sequences in one step's rollout batch (prompts_per_step * n)
 
 
 def _choice_error(name: str, value) -> ConfigError:
     options = CHOICES[name]
     if name == "objective" or name == "aggregation":
-        return ConfigError(f"{flag(name)} {value!r} is unknown; use one of: {', '.join(options)}")
+        return ConfigError(f"{flag(name)} {shown(value)} is unknown; use one of: {', '.join(options)}")
     listed = ", ".join(options[:-1]) + f" or {options[-1]}" if len(options) > 2 else " or ".join(options)
-    return ConfigError(f"{flag(name)} {value!r} is unknown; use {listed}")
+    return ConfigError(f"{flag(name)} {shown(value)} is unknown; use {listed}")
 
 
 def check_values(cfg: Config, names=None) -> None:
@@ -308,6 +361,8 @@ def check_values(cfg: Config, names=None) -> None:
             raise ConfigError(f"{flag(name)} must be at least 1, got {value}")
         if name in AT_LEAST_ZERO and value < 0:
             raise ConfigError(f"{flag(name)} must be 0 or more, got {value}")
+        if name in AT_MOST and value is not None and value > AT_MOST[name]:
+            raise ConfigError(f"{flag(name)} {value} is more than ia-train accepts (at most {AT_MOST[name]})")
     ranges = {
         "temperature": (lambda v: v > 0, "must be positive (sampling)"),
         "clip": (lambda v: 0 < v < 1, "must be in (0, 1)"),
@@ -325,6 +380,9 @@ def check_values(cfg: Config, names=None) -> None:
 def check_training(cfg: Config) -> None:
     """Every setting's value (check_values), then what the training settings require of each other."""
     check_values(cfg)
+    if cfg.prompts_per_step * cfg.n > MAX_BATCH:
+        raise ConfigError(f"prompts_per_step * n = {cfg.prompts_per_step * cfg.n} sequences per step is more than "
+                          f"ia-train accepts (at most {MAX_BATCH}); lower --prompts-per-step or --n")
     if cfg.k > cfg.n:
         raise ConfigError(f"--k {cfg.k} is larger than --n {cfg.n}: need k <= n (samples per prompt); raise --n or lower --k")
     if cfg.eval_problems and cfg.k > cfg.eval_n:
@@ -339,6 +397,8 @@ def check_training(cfg: Config) -> None:
     if cfg.truncated_reward == "score" and cfg.alpha > 0:
         raise ConfigError("--truncated-reward score with --alpha > 0: Arora & Zanette's length penalty scores a "
                           "response cut off without EOS 0 by definition; drop one of them")
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("--overwrite deletes the run that --resume would continue; give one of them")
     if cfg.objective == "dr_grpo" and cfg.aggregation is not None:
         raise ConfigError(f"--objective dr_grpo normalises by a constant length (its definition), so --aggregation "
                           f"{cfg.aggregation} would change it; drop --aggregation or use another objective")

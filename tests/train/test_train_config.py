@@ -53,12 +53,24 @@ def run_cli(argv, capsys):
     (["--seed", "-1"], "--seed must be in [0, 4294967295], got -1"),
     (["--seed", str(2**64)], f"--seed must be in [0, 4294967295], got {2**64}"),
     (["--backend", "nosuch"], "--backend 'nosuch' is not a backend; use one of torch, cpu, triton, cuda"),
+    # sizes no run can take are refused before work, not in an allocation deep inside it
+    (["--n", "1000000000"], "--n 1000000000 is more than ia-train accepts (at most 65536)"),
+    (["--prompts-per-step", "100000", "--n", "64"], "prompts_per_step * n = 6400000 sequences per step is more than"),
+    (["--max-new-tokens", "1000000"], "--max-new-tokens 1000000 does not fit --model tiny: its context is 256 tokens"),
+    (["--max-new-tokens", "256"], "--max-new-tokens 256 does not fit --model tiny"),
+    (["--steps", str(10**12)], f"--steps {10**12} is more than ia-train accepts"),
+    (["--dist-timeout", "0"], "--dist-timeout must be at least 1, got 0"),
+    # a huge value is named, not printed whole
+    (["--objective", "x" * 100000], "--objective 'xxxxxxxx"),
+    (["--task-options", "{a: &x [1], b: *x}"], "YAML aliases (*name) are not accepted in settings"),
+    (["--task-options", "{1: 2}"], "the key 1 is not text"),
 ])
 def test_bad_settings_give_one_line_and_exit_2(argv, needle, tmp_path, capsys):
     out = tmp_path / "run"
     code, err = run_cli(argv + ["--out", str(out)], capsys)
     assert code == 2
     assert len(err) == 1 and needle in err[0], err
+    assert len(err[0]) < 600, len(err[0])
     assert not out.exists()  # stopped before any work
 
 
@@ -157,6 +169,20 @@ def test_backend_not_available_for_the_device(tmp_path, capsys, monkeypatch):
     (b"seed: 4294967296\n", "--seed must be in [0, 4294967295]"),
     (b"objective: passk\n# caf\xe9 \xff\n", "not UTF-8 text (byte 0xe9 at offset 22); save the file as UTF-8"),
     (b"objective: [passk\n", "not valid YAML"),
+    # YAML keeps the last of two equal keys without a word: refused
+    (b"lr: 0.001\nsteps: 3\nlr: 0.1\n", "line 3: 'lr' is given twice; keep one (YAML would silently use the last)"),
+    # a 400-byte alias bomb expands to gigabytes: aliases are refused before anything expands
+    (b'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n'
+     b'c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n'
+     b'f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\nh: [*g,*g,*g,*g,*g,*g,*g,*g,*g]\n',
+     "line 2: YAML aliases (*name) are not accepted in settings; write the value out"),
+    (b"1: 2\n", "line 1: the key 1 is not text"),
+    (b"? [a, b]\n: 1\n", "the key ['a', 'b'] is not text"),
+    (b"task_options: {min_terms: 2, min_terms: 3}\n", "'min_terms' is given twice"),
+    (b"n: 1.0e+9\n", "--n 1000000000 is more than ia-train accepts (at most 65536)"),
+    (b"objective: " + b"y" * 200000 + b"\n", "--objective 'yyyy"),
+    (b"# " + b"x" * (1 << 20) + b"\n", "more than 1048576 bytes; a settings file is much smaller"),
+    (b"[" * 100000, "nested too deeply"),
 ])
 def test_bad_config_files_give_one_line_and_exit_2(text, needle, tmp_path, capsys):
     y = tmp_path / "c.yaml"
@@ -164,7 +190,25 @@ def test_bad_config_files_give_one_line_and_exit_2(text, needle, tmp_path, capsy
     out = tmp_path / "run"
     code, err = run_cli(["--config", str(y), "--out", str(out)], capsys)
     assert code == 2 and len(err) == 1 and needle in err[0], err
+    assert len(err[0]) < 600, len(err[0])
     assert not out.exists()
+
+
+def test_bad_output_paths_give_one_line(tmp_path, capsys):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)  # a link to itself
+    for out, needle in (("", "--out is empty; give a directory path"),
+                        ("  ", "--out is empty; give a directory path"),
+                        (str(loop), f"{loop} is a symbolic link that leads nowhere (a loop, or a missing target)"),
+                        (str(loop / "run"), f"{loop} is a symbolic link that leads nowhere")):
+        for command in ([], ["eval"], ["study"]):
+            code, err = run_cli([*command, "--out", out], capsys)
+            assert code == 2 and len(err) == 1 and needle in err[0], (command, out, err)
+    f = tmp_path / "file"
+    f.write_text("x")
+    code, err = run_cli(["study", "--out", str(f)], capsys)
+    assert code == 2 and err == [f"ia-train study: error: --out {f} is a file, not a directory; give a directory "
+                                 "path (it is created if missing)"]
 
 
 @pytest.fixture

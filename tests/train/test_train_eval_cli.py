@@ -44,8 +44,13 @@ def test_eval_reports_every_k_consistently(tmp_path, capsys):
                         "per problem)"),
     (["--resume"], "--resume: training setting that ia-train eval does not use"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["--n", str(10**20), "--k", str(10**20)], f"--n {10**20} is more than ia-train eval accepts (at most 65536)"),
+    (["--max-new-tokens", "5000"], "--max-new-tokens 5000 does not fit --model tiny: its context is 256 tokens"),
+    (["--rollout", "vllm"], "--rollout 'vllm' is unknown; use builtin or hf"),
 ])
 def test_eval_configuration_errors(args, message, tmp_path, capsys):
+    """Only the settings an evaluation uses are checked, each by its own subsystem: no training
+    settings are made up to get through the training checks."""
     assert main(["eval", "--out", str(tmp_path / "x"), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ia-train eval: error: ") and message in err and err.count("\n") == 1, err

@@ -57,7 +57,48 @@ def test_a_checkpoint_has_a_manifest_of_its_files(finished_run):
     assert checkpoint.usable(finished_run / "checkpoints") == (folder, [])
 
 
+def edit_manifest(folder, change):
+    """Rewrites the checkpoint's manifest (valid JSON) after `change` mutates its parsed value."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = change(manifest, folder) or manifest
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def entry_of(path):
+    """A manifest entry that matches `path` exactly (its size and sha256)."""
+    import hashlib
+
+    return {"size": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def swap_for_link(folder):
+    """model.pt replaced by a link to the previous checkpoint's (same size and checksum in the manifest)."""
+    target = folder.parent / "step-000002" / "model.pt"
+    (folder / "model.pt").unlink()
+    (folder / "model.pt").symlink_to(target)
+    edit_manifest(folder, lambda m, f: m["files"].update({"model.pt": entry_of(target)}))
+
+
 @pytest.mark.parametrize("damage,why", [
+    # a manifest is data read back from disk: it may not point the loader outside its checkpoint (a
+    # matching file elsewhere used to verify; /dev/zero with size 0 used to hash forever) ...
+    (lambda f: edit_manifest(f, lambda m, f: m["files"].update({"../../config.json": entry_of(f / "../../config.json")})),
+     "manifest.json lists '../../config.json', which is not a plain path inside the checkpoint"),
+    (lambda f: edit_manifest(f, lambda m, f: m["files"].update({"/dev/zero": {"size": 0, "sha256": "0" * 64}})),
+     "manifest.json lists '/dev/zero', which is not a plain path inside the checkpoint"),
+    (swap_for_link, "model.pt is a symbolic link (a checkpoint holds plain files only)"),
+    # ... and valid JSON of the wrong shape is damage, not a traceback
+    (lambda f: edit_manifest(f, lambda m, f: [m]), "manifest.json is not a JSON object"),
+    (lambda f: edit_manifest(f, lambda m, f: m.update(step="4")), "manifest.json has no valid step"),
+    (lambda f: edit_manifest(f, lambda m, f: m.update(step=True)), "manifest.json has no valid step"),
+    (lambda f: edit_manifest(f, lambda m, f: m.update(files=[])), "manifest.json lists no files"),
+    (lambda f: edit_manifest(f, lambda m, f: m["files"].update({"model.pt": "x"})),
+     "manifest.json has an invalid entry for model.pt"),
+    (lambda f: edit_manifest(f, lambda m, f: m["files"]["model.pt"].update(size="big")),
+     "manifest.json has an invalid entry for model.pt"),
+    (lambda f: edit_manifest(f, lambda m, f: m["files"]["model.pt"].update(sha256=None)),
+     "manifest.json has an invalid entry for model.pt"),
+    (lambda f: edit_manifest(f, lambda m, f: m.update(format=["dcp"])), "manifest.json names an unknown format"),
     (lambda f: flip_bytes(f / "model.pt"), "model.pt does not match its checksum"),
     (lambda f: os.truncate(f / "model.pt", 1000), "model.pt has 1000 bytes, its manifest says"),
     (lambda f: (f / "optimizer.pt").unlink(), "optimizer.pt is missing"),
@@ -251,3 +292,30 @@ def test_resume_evaluates_the_initial_model_again_when_eval_before_is_lost(tmp_p
                                  "line 1 column 17 (char 16)); evaluating the initial model again"], err
     a, b = json.loads((full / "summary.json").read_text()), json.loads((out / "summary.json").read_text())
     assert a["before"] == b["before"] and a["after"] == b["after"]
+
+
+class RunsCode:
+    """A pickle that runs code when loaded: what a tampered state.pt could hold."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_loading_a_checkpoint_never_runs_code_it_names(finished_run, tmp_path, capsys):
+    """A checkpoint is data read back from disk: a state.pt that names code (with a manifest that
+    matches it, as a tamperer would rewrite it) is unusable, and the code does not run."""
+    out = copy_run(finished_run, tmp_path / "run")
+    folder = out / "checkpoints" / "step-000004"
+    marker = tmp_path / "ran"
+    state = torch.load(folder / "state.pt", weights_only=False)
+    state["evil"] = RunsCode(marker)
+    torch.save(state, folder / "state.pt")
+    edit_manifest(folder, lambda m, f: m["files"].update({"state.pt": entry_of(f / "state.pt")}))
+    code, stdout, err = ia_train(out, "--resume", capsys=capsys)
+    assert code == 0, err
+    assert not marker.exists()
+    assert err[0].startswith(f"ia-train: checkpoint {folder} is damaged: unreadable (Weights only load failed"), err
+    assert err[1] == "ia-train: resuming from step-000002 (step 2) instead"

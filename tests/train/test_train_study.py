@@ -92,6 +92,10 @@ def test_study_options_are_checked(capsys):
     assert "ia-train study: error: --eval-n 4: the curves go to k = 8, so it must be at least 8" in capsys.readouterr().err
     assert cli_main(["study", "--jobs", "0"]) == 2
     assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
+    assert cli_main(["study", "--seeds", "1000000000"]) == 2
+    assert "--seeds 1000000000 is more than ia-train study accepts (at most 1000)" in capsys.readouterr().err
+    assert cli_main(["study", "--steps", str(10**12)]) == 2
+    assert "is more than ia-train study accepts" in capsys.readouterr().err
 
 
 def test_a_small_study_end_to_end_and_resumed(tmp_path, capsys):

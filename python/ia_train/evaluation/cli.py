@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import Config, OneLineParser, build_parser, check_values, make_config, read_settings
+from ..config import AT_MOST, Config, OneLineParser, build_parser, check_values, make_config, read_settings
 from ..errors import ConfigError
 
 # The training command's settings that `ia-train eval` uses; giving any other one as a flag is refused
@@ -44,6 +44,8 @@ def parse(argv: list[str]):
         raise ConfigError(f"--k {args.k!r}: every k must be at least 1")
     if args.n < 1:
         raise ConfigError(f"--n must be at least 1, got {args.n}")
+    if args.n > AT_MOST["eval_n"]:
+        raise ConfigError(f"--n {args.n} is more than ia-train eval accepts (at most {AT_MOST['eval_n']})")
     if ks[-1] > args.n:
         raise ConfigError(f"--k {ks[-1]} is larger than --n {args.n}: pass@k from n samples needs k <= n; raise --n")
     given = vars(build_parser().parse_args(rest))
@@ -64,7 +66,7 @@ def parse(argv: list[str]):
 
 def check(cfg: Config) -> None:
     """ConfigError (one line) for the first problem with the settings an evaluation uses."""
-    from ..models import check_model_source
+    from ..models import check_model_source, check_response_length
     from ..models.attention import choose_attention
     from ..runtime import distributed
     from ..runtime.files import check_output_dir
@@ -78,9 +80,10 @@ def check(cfg: Config) -> None:
         choose_attention(cfg.attention, distributed.pick_device(cfg.device))
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    check_output_dir(Path(cfg.out))
+    check_output_dir(cfg.out)
     check_task(cfg.task, cfg.task_options)
     check_model_source(cfg.model)
+    check_response_length(cfg.model, cfg.max_new_tokens)
 
 
 def run_eval(cfg: Config, ks: list[int]) -> dict:

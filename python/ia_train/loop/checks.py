@@ -10,9 +10,9 @@ from pathlib import Path
 
 from ..config import Config, check_training, load_config
 from ..errors import ConfigError
-from ..models import check_model_source
+from ..models import check_model_source, check_response_length
 from ..models.attention import choose_attention
-from ..runtime import checkpoint, distributed
+from ..runtime import checkpoint, distributed, rundir
 from ..runtime.files import check_output_dir
 from ..tasks import check_task
 
@@ -30,12 +30,15 @@ def validate(cfg: Config) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     check_backend(cfg.backend, device)
+    check_output_dir(cfg.out)
     out = Path(cfg.out)
-    check_output_dir(out)
     if cfg.resume:
         check_resume(cfg, out)
+    elif not cfg.overwrite:
+        check_fresh(out)
     check_task(cfg.task, cfg.task_options)
     check_model_source(cfg.model)
+    check_response_length(cfg.model, cfg.max_new_tokens)
     distributed.check(cfg)
 
 
@@ -73,7 +76,7 @@ def check_backend(backend: str | None, device) -> None:
 def check_resume(cfg: Config, out: Path) -> None:
     """ConfigError unless `out` holds a run to resume: a usable checkpoint, its settings, and no more
     steps done than --steps."""
-    folder, damaged = checkpoint.usable(out / "checkpoints")
+    folder, damaged = checkpoint.usable(out / "checkpoints", rundir.saved_run_id(out))
     if folder is None:
         why = f"no usable checkpoint in {out / 'checkpoints'} ({'; '.join(damaged)})" if damaged \
             else f"no checkpoint in {out / 'checkpoints'}"
@@ -86,3 +89,13 @@ def check_resume(cfg: Config, out: Path) -> None:
     if cfg.steps < step:
         raise ConfigError(f"--steps {cfg.steps} is below the checkpoint's step {step} ({folder}); "
                           f"give --steps {step} or more")
+
+
+def check_fresh(out: Path) -> None:
+    """ConfigError when a new run's `out` holds another run's files: its checkpoints, resumed later,
+    would continue the other run, and its log would mix both."""
+    held = rundir.run_files(out)
+    if held:
+        shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+        raise ConfigError(f"--out {out} holds another run ({shown}); continue it with --resume, give another --out, "
+                          "or add --overwrite to delete that run's files and start over")

@@ -27,7 +27,7 @@ from ..models import Policy, load_model
 from ..models.attention import CALLS as ATTENTION_CALLS
 from ..models.attention import choose_attention
 from ..rollout import make_engine
-from ..runtime import checkpoint, distributed, plots
+from ..runtime import checkpoint, distributed, plots, rundir
 from ..runtime.distributed import SINGLE, Dist
 from ..runtime.files import RunFileError, read_json, write_json, writing
 from ..runtime.logger import MetricsLog, read_metrics
@@ -35,6 +35,8 @@ from ..runtime.seeding import seed_everything
 from ..tasks import load_task, split_problems
 from .hooks import Hooks
 from .state import Run
+
+PER_RANK = ("threads", "tensorboard")  # the settings that may differ between the ranks of one run
 from .step import TrainingDiverged, train_step
 
 
@@ -50,7 +52,9 @@ def run(cfg: Config, hooks: Hooks | None = None) -> dict:
         torch.set_num_threads(cfg.threads)
     d = SINGLE
     try:
-        d, device = distributed.init(cfg.device)
+        d, device = distributed.init(cfg.device, cfg.dist_timeout)
+        # every rank must run the same experiment: compare the settings once, up front
+        distributed.require_same({k: v for k, v in cfg.to_dict().items() if k not in PER_RANK}, d)
         return _run(cfg, d, device, hooks or Hooks())
     finally:
         torch.set_num_threads(threads)  # callers in the same process (tests) keep their setting
@@ -77,6 +81,10 @@ def setup(cfg: Config, d: Dist = SINGLE, device: torch.device | None = None, hoo
     out = Path(cfg.out)
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
+        if cfg.overwrite and d.main:  # a new run takes the directory over (checks.validate refused it otherwise)
+            rundir.clear(out)
+    distributed.barrier(d)
+    run_id = distributed.broadcast(rundir.saved_run_id(out) if cfg.resume else rundir.new_run_id(), d)
     hooks = hooks or Hooks()
     device = distributed.pick_device(cfg.device) if device is None else device
     seed_everything(cfg.seed)
@@ -97,7 +105,7 @@ def setup(cfg: Config, d: Dist = SINGLE, device: torch.device | None = None, hoo
     if hooks.wrap_engine is not None:
         engine = hooks.wrap_engine(engine)
     return Run(cfg, d, out, device, attention, model, tokenizer, ref_model, task, train_problems, eval_problems,
-               optimizer, scheduler, engine, hooks, t_start)
+               optimizer, scheduler, engine, hooks, run_id, t_start)
 
 
 def resume(r: Run) -> None:
@@ -123,7 +131,7 @@ def resume(r: Run) -> None:
             r.say(f"ia-train: {problem}; evaluating the initial model again", err=True)
             _evaluate_initial(r)
     state = checkpoint.load(r.out / "checkpoints", r.model.lm, r.optimizer, r.scheduler,
-                            warn=lambda line: r.say(line, err=True), dist=r.d)
+                            warn=lambda line: r.say(line, err=True), dist=r.d, run=r.run_id)
     r.start_step = state["step"]
     changes = resume_changes(saved, cfg)
     r.say(f"ia-train: resuming at step {r.start_step} from {state['checkpoint']}"
@@ -140,7 +148,7 @@ def start_log(r: Run) -> MetricsLog:
     distributed.barrier(r.d)  # every rank has read config.json and the metrics before rank 0 rewrites them
     if not r.d.main:
         return NoLog()
-    write_json(r.out / "config.json", cfg.to_dict())
+    write_json(r.out / "config.json", {**cfg.to_dict(), "run_id": r.run_id})
     log = MetricsLog(r.out, resume_step=r.start_step if cfg.resume else None, tensorboard=cfg.tensorboard)
     ranks = f", {r.d.world_size} processes (FSDP)" if r.d.enabled else ""
     r.say(f"ia-train: model {cfg.model} ({r.info['parameters'] / 1e6:.2f} M parameters), task {cfg.task}, "
@@ -212,7 +220,7 @@ def save_checkpoint(r: Run, done: int) -> None:
         raise TrainingDiverged(f"step {done}: {bad[0]} holds non-finite values; no checkpoint was written "
                                "(the last one is kept); lower --lr or --max-grad-norm")
     checkpoint.save(r.out / "checkpoints", done, lm, r.optimizer, r.scheduler,
-                    {"data_position": done * r.cfg.prompts_per_step}, dist=r.d)
+                    {"data_position": done * r.cfg.prompts_per_step}, dist=r.d, run=r.run_id)
 
 
 def finish(r: Run, row: dict, train_seconds: float) -> dict:

@@ -34,6 +34,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     engine: RolloutEngine  # samples the rollouts and the evaluation's responses
     hooks: Hooks
+    run_id: str  # ties config.json and every checkpoint to this run (runtime/rundir.py)
     t_start: float
     start_step: int = 0
     before: dict | None = None  # the evaluation of the initial model

@@ -50,6 +50,36 @@ def check_model_source(model: str) -> None:
                           "give a decoder-only model directory (e.g. Llama, Qwen2, SmolLM2)")
 
 
+def context_length(source: str) -> int | None:
+    """The longest sequence (prompt + response) the model was built for, from its config alone (no
+    weights read); None when the config does not say. `source` has passed check_model_source."""
+    if source == "smollm2":
+        import gguf
+
+        from .smollm2 import smollm2_gguf_path
+
+        field = gguf.GGUFReader(smollm2_gguf_path()).fields.get("llama.context_length")
+        return int(field.parts[field.data[0]][0]) if field is not None else None
+    path = (TINY_DIR if source == "tiny" else Path(source)) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = config.get(key) if isinstance(config, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_response_length(source: str, max_new_tokens: int) -> None:
+    """ConfigError when responses of max_new_tokens (after a prompt) cannot fit the model's context."""
+    limit = context_length(source)
+    if limit is not None and max_new_tokens >= limit:
+        raise ConfigError(f"--max-new-tokens {max_new_tokens} does not fit --model {source}: its context is {limit} "
+                          "tokens, prompt included; lower --max-new-tokens")
+
+
 def load_model(source: str, *, device: torch.device, attention: str):
     """(model, tokenizer) in float32 on `device`, tokenizer padding on the left (for generate).
     A model whose files cannot be read (missing or damaged weights) raises ConfigError (one line)."""

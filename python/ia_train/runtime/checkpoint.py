@@ -2,7 +2,8 @@
 
 Layout under <out>/checkpoints/:
     step-000020/      model.pt, optimizer.pt, state.pt (step, data position, scheduler, RNG states),
-                      manifest.json (size and sha256 of each of those files, written last)
+                      manifest.json (the step, the id of the run it belongs to, and the size and
+                      sha256 of each of those files; written last)
     latest -> step-000020   a symlink, replaced atomically
 A checkpoint is written into `step-N.tmp/`, fsynced, its manifest added, renamed to `step-N/`
 (atomic within a file system), and only then does `latest` move to it (a new symlink renamed over
@@ -11,9 +12,11 @@ failed save (a full disk) removes its `.tmp` folder and raises `RunFileError` na
 stray `.tmp` folders are removed by the next save. Older checkpoints beyond `keep` (at least 2) are
 deleted after `latest` moves, so the previous one is always there to fall back to.
 
-Loading verifies the manifest (every file present, of the recorded size and checksum). A damaged
-checkpoint is reported in one line and the previous kept one is used instead; when none is
-usable, `CheckpointError` says why in one line.
+Loading verifies the manifest (well-formed, naming only plain files inside its folder, every file
+present, of the recorded size and checksum) and that the checkpoint belongs to the run being
+resumed (its run id is the one in the output directory's config.json): another run's checkpoint
+never continues this one. A damaged checkpoint is reported in one line and the previous kept one
+is used instead; when none is usable, `CheckpointError` says why in one line.
 
 A data-parallel run (distributed.py) writes the model and optimiser state with
 torch.distributed.checkpoint instead: `dcp/` holds each rank's shard files and `.metadata`, written
@@ -80,12 +83,18 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _is_step_name(name: str) -> bool:
+    return name.startswith("step-") and name[5:].isdigit() and name[5:].isascii()
+
+
 def checkpoint_dirs(root: Path) -> list[Path]:
-    """The candidates to resume from, newest first: `latest`'s target, then every other step-N."""
-    steps = sorted((p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")),
+    """The candidates to resume from, newest first: `latest`'s target, then every other step-N
+    folder (real folders only: a `latest` or step-N that is a link out of `root` is not followed)."""
+    steps = sorted((p for p in root.glob("step-*") if _is_step_name(p.name) and p.is_dir() and not p.is_symlink()),
                    key=lambda p: p.name, reverse=True)
     latest = root / "latest"
-    first = [root / os.readlink(latest)] if latest.is_symlink() else []
+    target = os.readlink(latest) if latest.is_symlink() else ""
+    first = [root / target] if _is_step_name(target) else []
     return first + [p for p in steps if not first or p.name != first[0].name]
 
 
@@ -141,7 +150,7 @@ def _failed(root: Path, tmp: Path, current: Path, e: BaseException) -> RunFileEr
 
 
 def _prune(root: Path, final: Path, keep: int) -> None:
-    steps = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    steps = sorted(p for p in root.glob("step-*") if _is_step_name(p.name) and p.is_dir() and not p.is_symlink())
     for old in steps[:-keep]:
         if old.resolve() != final.resolve():
             shutil.rmtree(old, ignore_errors=True)
@@ -151,11 +160,13 @@ def _state(step: int, scheduler, extra: dict) -> dict:
     return {"step": step, "scheduler": scheduler.state_dict(), "rng": rng_state(), **extra}
 
 
-def save(root: Path, step: int, model, optimizer, scheduler, extra: dict, keep: int = 2, dist=None) -> Path:
-    """Writes checkpoint step-N (see the module doc). With `dist` (a distributed.Dist of a launched
-    run), every rank must call it: the sharded format."""
+def save(root: Path, step: int, model, optimizer, scheduler, extra: dict, keep: int = 2, dist=None,
+         run: str | None = None) -> Path:
+    """Writes checkpoint step-N (see the module doc), its manifest naming `run` (the run it belongs
+    to). With `dist` (a distributed.Dist of a launched run), every rank must call it: the sharded format."""
+    named = {} if run is None else {"run": run}
     if dist is not None and dist.enabled:
-        return _save_sharded(root, step, model, optimizer, scheduler, extra, keep, dist)
+        return _save_sharded(root, step, model, optimizer, scheduler, extra, keep, dist, named)
     keep = max(2, keep)
     final = root / f"step-{step:06d}"
     tmp = root / f"step-{step:06d}.tmp"
@@ -169,14 +180,15 @@ def save(root: Path, step: int, model, optimizer, scheduler, extra: dict, keep: 
             current = tmp / name
             torch.save(obj, current)
             files[name] = _record(current)
-        _commit(root, tmp, final, {"step": step, "files": files})
+        _commit(root, tmp, final, {"step": step, **named, "files": files})
     except (OSError, RuntimeError) as e:  # RuntimeError: torch.save's writer on a full disk
         raise _failed(root, tmp, getattr(e, "path", current), e) from None
     _prune(root, final, keep)
     return final
 
 
-def _save_sharded(root: Path, step: int, model, optimizer, scheduler, extra: dict, keep: int, dist) -> Path:
+def _save_sharded(root: Path, step: int, model, optimizer, scheduler, extra: dict, keep: int, dist,
+                  named: dict) -> Path:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -210,7 +222,8 @@ def _save_sharded(root: Path, step: int, model, optimizer, scheduler, extra: dic
             for path in sorted((tmp / DCP_DIR).iterdir()):
                 current = path
                 files[f"{DCP_DIR}/{path.name}"] = _record(path)
-            _commit(root, tmp, final, {"step": step, "format": "dcp", "world_size": dist.world_size, "files": files})
+            _commit(root, tmp, final, {"step": step, "format": "dcp", "world_size": dist.world_size, **named,
+                                       "files": files})
             _prune(root, final, keep)
         except (OSError, RuntimeError) as e:
             errors = [str(_failed(root, tmp, getattr(e, "path", current), e))]
@@ -225,43 +238,99 @@ def _save_sharded(root: Path, step: int, model, optimizer, scheduler, extra: dic
 _VERIFIED: dict[tuple, str | None] = {}  # (folder, file stats) -> problem, so a check is not repeated
 
 
-def problem(folder: Path) -> str | None:
-    """Why the checkpoint in `folder` cannot be used (one phrase), or None when it verifies."""
+class ManifestProblem(Exception):
+    """Why a checkpoint's manifest cannot be trusted (one phrase)."""
+
+
+_HEX = set("0123456789abcdef")
+
+
+def _entry_path(folder: Path, name) -> Path:
+    """The file a manifest entry names, which must be a plain relative path inside `folder`: no
+    absolute path, no `..`, no symlink on the way (a manifest is data read back from disk, so it must
+    not make the loader open or hash a file outside the checkpoint)."""
+    if not isinstance(name, str) or not name or "\x00" in name or "\\" in name:
+        raise ManifestProblem(f"{MANIFEST} lists an invalid file name {str(name)[:60]!r}")
+    parts = name.split("/")
+    if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ManifestProblem(f"{MANIFEST} lists {name[:60]!r}, which is not a plain path inside the checkpoint")
+    path = folder
+    for p in parts:
+        path = path / p
+        if path.is_symlink():
+            raise ManifestProblem(f"{name[:60]} is a symbolic link (a checkpoint holds plain files only)")
+    return path
+
+
+def read_manifest(folder: Path) -> dict:
+    """The manifest of the checkpoint in `folder`, checked for shape and types (ManifestProblem when
+    it is missing, unreadable or malformed): {"step": int, "format": "torch" | "dcp", "run": str
+    (absent in checkpoints written before runs were named), "files": {name: {"size": int, "sha256": hex}}}."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ManifestProblem(f"no {MANIFEST} (an unfinished or damaged checkpoint)") from None
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise ManifestProblem(f"{MANIFEST} is unreadable") from None
+    if not isinstance(manifest, dict):
+        raise ManifestProblem(f"{MANIFEST} is not a JSON object")
+    step, fmt, files = manifest.get("step"), manifest.get("format", "torch"), manifest.get("files")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ManifestProblem(f"{MANIFEST} has no valid step")
+    if not isinstance(fmt, str) or fmt not in REQUIRED:
+        raise ManifestProblem(f"{MANIFEST} names an unknown format {str(fmt)[:40]!r}")
+    if "run" in manifest and not isinstance(manifest["run"], str):
+        raise ManifestProblem(f"{MANIFEST} has an invalid run id")
+    if not isinstance(files, dict) or not files:
+        raise ManifestProblem(f"{MANIFEST} lists no files")
+    for name, entry in files.items():
+        _entry_path(folder, name)
+        size, digest = (entry.get("size"), entry.get("sha256")) if isinstance(entry, dict) else (None, None)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or not isinstance(digest, str) \
+                or len(digest) != 64 or not set(digest) <= _HEX:
+            raise ManifestProblem(f"{MANIFEST} has an invalid entry for {name[:60]}")
+    for name in REQUIRED[fmt]:
+        if name not in files:
+            raise ManifestProblem(f"{MANIFEST} does not list {name}")
+    return manifest
+
+
+def problem(folder: Path, run: str | None = None) -> str | None:
+    """Why the checkpoint in `folder` cannot be used (one phrase), or None when it verifies. With
+    `run` (the run id in the output directory's config.json), a checkpoint of another run (or of
+    none) cannot be used either."""
     if not folder.is_dir():
         return "its folder is missing"
-    manifest_file = folder / MANIFEST
     try:
-        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-        files = manifest["files"]
-        int(manifest["step"])
-    except FileNotFoundError:
-        return f"no {MANIFEST} (an unfinished or damaged checkpoint)"
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
-        return f"{MANIFEST} is unreadable"
+        manifest = read_manifest(folder)
+    except ManifestProblem as e:
+        return str(e)
+    if run is not None and manifest.get("run") != run:
+        return (f"it belongs to another run (run id {manifest.get('run', 'none')}, this run's is {run}), so it "
+                "cannot continue this one")
+    files = manifest["files"]
     stats = []
-    for name in REQUIRED.get(manifest.get("format", "torch"), FILES):
-        if name not in files:
-            return f"{MANIFEST} does not list {name}"
     for name in sorted(files):
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
         st = path.stat()
-        if st.st_size != files[name].get("size"):
-            return f"{name} has {st.st_size} bytes, its manifest says {files[name].get('size')} (truncated or replaced)"
+        if st.st_size != files[name]["size"]:
+            return f"{name} has {st.st_size} bytes, its manifest says {files[name]['size']} (truncated or replaced)"
         stats.append((name, st.st_size, st.st_mtime_ns, st.st_ino))
-    key = (str(folder.resolve()), tuple(stats), manifest_file.stat().st_mtime_ns)
+    key = (str(folder.resolve()), tuple(stats), (folder / MANIFEST).stat().st_mtime_ns)
     if key not in _VERIFIED:
-        bad = next((name for name in sorted(files) if _sha256(folder / name) != files[name].get("sha256")), None)
+        bad = next((name for name in sorted(files) if _sha256(folder / name) != files[name]["sha256"]), None)
         _VERIFIED[key] = None if bad is None else f"{bad} does not match its checksum (the file changed after it was written)"
     return _VERIFIED[key]
 
 
-def usable(root: Path) -> tuple[Path | None, list[str]]:
-    """(the newest checkpoint that verifies or None, one 'step-N: why' per damaged newer one)."""
+def usable(root: Path, run: str | None = None) -> tuple[Path | None, list[str]]:
+    """(the newest checkpoint that verifies (and belongs to `run`, when given) or None, one
+    'step-N: why' per unusable newer one)."""
     damaged = []
     for folder in checkpoint_dirs(root):
-        why = problem(folder)
+        why = problem(folder, run)
         if why is None:
             return folder, damaged
         damaged.append(f"{folder.name}: {why}")
@@ -269,14 +338,10 @@ def usable(root: Path) -> tuple[Path | None, list[str]]:
 
 
 def step_of(folder: Path) -> int:
-    return int(json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["step"])
+    return read_manifest(folder)["step"]
 
 
-def manifest_format(folder: Path) -> str:
-    return json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("format", "torch")
-
-
-def load(root: Path, model, optimizer, scheduler, warn=None, dist=None) -> dict:
+def load(root: Path, model, optimizer, scheduler, warn=None, dist=None, run: str | None = None) -> dict:
     """Restores model, optimiser, scheduler and RNG states from the newest checkpoint that verifies;
     returns its state dict (step, ...) with "checkpoint" (the folder) added. Each damaged newer
     checkpoint is reported in one line through `warn` (default: stderr). Either format loads into a
@@ -285,19 +350,22 @@ def load(root: Path, model, optimizer, scheduler, warn=None, dist=None) -> dict:
     sharded = dist is not None and dist.enabled
     damaged = []
     for folder in checkpoint_dirs(root):
-        why = problem(folder)
+        why = problem(folder, run)
         if why is None:
             try:
-                fmt = manifest_format(folder)
-                state = torch.load(folder / "state.pt", weights_only=False)
+                fmt = read_manifest(folder).get("format", "torch")
+                with torch.serialization.safe_globals(_numpy_array_globals()):
+                    state = torch.load(folder / "state.pt", weights_only=True)
                 if fmt == "torch":
-                    weights = torch.load(folder / "model.pt", map_location="cpu" if sharded else _device_of(model))
-                    opt_state = torch.load(folder / "optimizer.pt", map_location="cpu")
+                    weights = torch.load(folder / "model.pt", map_location="cpu" if sharded else _device_of(model),
+                                         weights_only=True)
+                    opt_state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
             except Exception as e:  # noqa: BLE001 - verified but unreadable: treat as damaged
                 why = f"unreadable ({str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__})"
         if why is not None:
             damaged.append(f"{folder.name}: {why}")
-            warn(f"ia-train: checkpoint {folder} is damaged: {why}; trying the previous one")
+            warn(f"ia-train: checkpoint {folder} {'cannot be used' if why.startswith('it belongs') else 'is damaged'}: "
+                 f"{why}; trying the previous one")
             continue
         try:
             if fmt == "dcp":
@@ -318,6 +386,13 @@ def load(root: Path, model, optimizer, scheduler, warn=None, dist=None) -> dict:
         return state
     raise CheckpointError(f"no usable checkpoint in {root}" + (f" ({'; '.join(damaged)})" if damaged else "")
                           + "; drop --resume to start the run over")
+
+
+def _numpy_array_globals() -> list:
+    """What unpickling a NumPy array needs (its reconstructor, ndarray, dtype, the uint32 dtype's
+    class): the only globals in state.pt beyond plain types (NumPy's RNG state), allowed so that it
+    loads with weights_only=True. A checkpoint is data: loading one must not run code it names."""
+    return [np.zeros(1).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def _device_of(model) -> torch.device:

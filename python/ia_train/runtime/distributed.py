@@ -111,8 +111,11 @@ def check_device(name: str) -> None:
         raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu or auto")
 
 
-def init(device_name: str) -> tuple[Dist, torch.device]:
-    """Joins the process group when a launcher started this process; (Dist, this process's device)."""
+def init(device_name: str, rendezvous_seconds: float = 300.0) -> tuple[Dist, torch.device]:
+    """Joins the process group when a launcher started this process; (Dist, this process's device).
+    Every process waits at most `rendezvous_seconds` for the others to start (a launcher that set
+    WORLD_SIZE=2 but started one process would otherwise hang for torch's 30 minutes); then
+    ConfigError names what is missing."""
     import torch.distributed as dist
 
     d = launcher_env()
@@ -123,8 +126,48 @@ def init(device_name: str) -> tuple[Dist, torch.device]:
     if cuda:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+        store = _rendezvous(d, rendezvous_seconds)
+        dist.init_process_group("nccl" if cuda else "gloo", store=store, rank=d.rank, world_size=d.world_size,
+                                device_id=device if cuda else None)
     return d, device
+
+
+def _rendezvous(d: Dist, seconds: float):
+    """The TCP store every rank meets at, made as torch's env:// rendezvous makes it (under torchrun
+    the launcher's agent hosts it, else rank 0, which waits for every rank to connect), but waiting
+    `seconds` at most; later store operations get torch's default timeout back."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    try:
+        store = dist.TCPStore(host, port, d.world_size, is_master=d.rank == 0 and not agent,
+                              timeout=timedelta(seconds=seconds), multi_tenant=True)
+    except (RuntimeError, dist.DistError) as e:
+        raise ConfigError(f"torch.distributed: rank {d.rank} of WORLD_SIZE={d.world_size} did not meet the other "
+                          f"processes at MASTER_ADDR={host} MASTER_PORT={port} within {seconds:g} s "
+                          f"({' '.join(str(e).split())[:120]}); start all {d.world_size} processes (torchrun "
+                          "--nproc-per-node N) or unset the launcher variables to run one process") from None
+    store.set_timeout(timedelta(minutes=30))
+    return store
+
+
+def require_same(values: dict, d: Dist, what: str = "setting") -> None:
+    """ConfigError naming the first of `values` that differs between ranks, with both ranks' values:
+    one all_gather of small objects up front, instead of a collective that aborts or hangs later."""
+    if not d.enabled or d.world_size == 1:
+        return
+    import torch.distributed as dist
+
+    every: list = [None] * d.world_size
+    dist.all_gather_object(every, values)
+    for name in values:
+        for rank, theirs in enumerate(every):
+            if theirs.get(name) != every[0].get(name):
+                raise ConfigError(f"the processes disagree on the {what} {name}: rank 0 has {every[0].get(name)!r}, "
+                                  f"rank {rank} has {theirs.get(name)!r}; start every rank with the same settings")
 
 
 def shutdown(d: Dist) -> None:

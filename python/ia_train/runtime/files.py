@@ -93,13 +93,19 @@ def read_json(path: Path):
         raise RunFileError(f"{path} is unreadable ({str(e).splitlines()[0][:120]})") from None
 
 
-def check_output_dir(out: Path) -> None:
+def check_output_dir(out: str | Path) -> None:
     """ConfigError unless `out` is, or can be created as, a directory this process can write to.
     Nothing is created: the check writes a probe file in `out` or its nearest existing parent."""
+    if not str(out).strip():
+        raise ConfigError("--out is empty; give a directory path (an empty one would write into the working directory)")
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a directory; give a directory path (it is created if missing)")
     existing = out
     while not existing.exists():
+        if existing.is_symlink():  # exists() is False for a link that loops or points nowhere
+            raise ConfigError(f"--out {out}: {existing} is a symbolic link that leads nowhere (a loop, or a missing "
+                              "target); give another path")
         if existing.parent == existing:
             break
         existing = existing.parent

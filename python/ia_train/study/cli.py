@@ -9,9 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+from ..config import AT_MOST as TRAIN_AT_MOST
 from ..config import OneLineParser
 from ..errors import ConfigError
-from ..runtime.files import write_json
+from ..runtime.files import check_output_dir, write_json
 from .aggregate import aggregate, run_record
 from .grid import MODES, grid
 from .report import plot_length, plot_objectives, table
@@ -35,24 +36,31 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rollout", choices=("hf", "builtin"), default=None, help="rollout engine of every run (default: ia-train's)")
     args = p.parse_args(argv)
     mode = dict(MODES["quick" if args.quick else "full"])
-    for key in ("seeds", "steps", "eval_problems", "eval_n"):
+    for key in ("seeds", "steps", "eval_problems", "eval_n", "jobs", "threads"):
         value = getattr(args, key)
         if value is not None:
             if value < 1:
                 raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
-            mode[key] = value
+            if value > AT_MOST[key]:
+                raise ConfigError(f"--{key.replace('_', '-')} {value} is more than ia-train study accepts "
+                                  f"(at most {AT_MOST[key]})")
+            if key in mode:
+                mode[key] = value
     if mode["eval_n"] < 8:
         raise ConfigError(f"--eval-n {mode['eval_n']}: the curves go to k = 8, so it must be at least 8")
     cores = os.cpu_count() or 1
-    if args.jobs is not None and args.jobs < 1:
-        raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
     args.jobs = args.jobs or cores
     args.threads = args.threads or max(1, cores // args.jobs)
     args.mode = mode
-    args.out = Path(args.out or ("runs/study-quick" if args.quick else "runs/study"))
+    out = args.out if args.out is not None else ("runs/study-quick" if args.quick else "runs/study")
+    check_output_dir(out)
+    args.out = Path(out)
     return args
+
+
+# a study is a grid of ordinary runs: the same bounds as ia-train's settings, and a bound on seeds
+AT_MOST = {"seeds": 1000, "steps": TRAIN_AT_MOST["steps"], "eval_problems": TRAIN_AT_MOST["eval_problems"],
+           "eval_n": TRAIN_AT_MOST["eval_n"], "jobs": 1024, "threads": TRAIN_AT_MOST["threads"]}
 
 
 def main(argv: list[str]) -> int:

@@ -1,12 +1,20 @@
 """Running the study's grid: each run an ordinary ia-train in its own process and directory, a few at a
-time; a finished run (summary.json with the same settings) is kept, so a stopped study continues."""
+time; a finished run (summary.json with the same settings) is kept, so a stopped study continues.
+
+Ctrl-C or SIGTERM stops the study promptly: no queued run starts, every running one gets SIGTERM (and
+SIGKILL after a grace period) and is started over by the next `ia-train study` (its directory holds
+no summary). The runs are in sessions of their own, so a terminal's Ctrl-C reaches the study alone
+and the study stops them in order."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -25,13 +33,63 @@ def finished_summary(run_dir: Path, spec: RunSpec) -> dict | None:
     return summary
 
 
-def run_one(spec: RunSpec, runs_dir: Path, threads: int, extra: list[str]) -> tuple[RunSpec, dict | None, str]:
-    """(spec, its summary or None, the log's tail when it failed). A directory left by an
-    interrupted run of the study is started over."""
+class Processes:
+    """The runs' processes: started unless the study is stopping, all stopped by stop()."""
+
+    GRACE_SECONDS = 10.0
+
+    def __init__(self):
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+
+    def run(self, cmd: list[str], log) -> int | None:
+        """The command's exit status; None when the study stopped before or while it ran."""
+        with self._lock:
+            if self.stopping.is_set():
+                return None
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self._running.add(proc)
+        try:
+            rc = proc.wait()
+        finally:
+            with self._lock:
+                self._running.discard(proc)
+        return None if self.stopping.is_set() else rc
+
+    def stop(self) -> None:
+        """No new run starts; the running ones get SIGTERM, then SIGKILL after GRACE_SECONDS."""
+        with self._lock:
+            self.stopping.set()
+            running = list(self._running)
+        for proc in running:
+            _signal_group(proc, signal.SIGTERM)
+        for proc in running:
+            try:
+                proc.wait(timeout=self.GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the run and anything it started (its own session)
+    except ProcessLookupError:
+        pass
+
+
+def run_one(spec: RunSpec, runs_dir: Path, threads: int, extra: list[str],
+            processes: Processes | None = None) -> tuple[RunSpec, dict | None, str]:
+    """(spec, its summary or None, the log's tail when it failed or 'stopped'). A directory left by
+    an interrupted run of the study is started over."""
+    processes = processes or Processes()
     run_dir = runs_dir / spec.name
     done = finished_summary(run_dir, spec)
     if done is not None:
         return spec, done, ""
+    if processes.stopping.is_set():  # leave the directory as it is: the next study starts it over
+        return spec, None, "stopped"
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
@@ -40,7 +98,9 @@ def run_one(spec: RunSpec, runs_dir: Path, threads: int, extra: list[str]) -> tu
     with open(run_dir / "log.txt", "w") as log:
         log.write(" ".join(cmd) + "\n")
         log.flush()
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+        rc = processes.run(cmd, log)
+    if rc is None:
+        return spec, None, "stopped"
     summary = finished_summary(run_dir, spec)
     if rc != 0 or summary is None:
         tail = (run_dir / "log.txt").read_text(errors="replace").strip().splitlines()[-3:]
@@ -50,22 +110,36 @@ def run_one(spec: RunSpec, runs_dir: Path, threads: int, extra: list[str]) -> tu
 
 def run_grid(specs: list[RunSpec], runs_dir: Path, jobs: int, threads: int, extra: list[str],
              say=print) -> tuple[dict, dict]:
-    """Runs every spec (jobs at a time); ({name: summary}, {name: why it failed})."""
+    """Runs every spec (jobs at a time); ({name: summary}, {name: why it failed}). Interrupted
+    (KeyboardInterrupt, or SIGTERM through runtime.signals), it stops every run before re-raising."""
     from tqdm.auto import tqdm
 
     summaries, failures = {}, {}
-    with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(specs), desc="study", unit="run") as bar:
-        futures = [pool.submit(run_one, spec, runs_dir, threads, extra) for spec in specs]
-        for future in as_completed(futures):
-            spec, summary, why = future.result()
-            if summary is None:
-                failures[spec.name] = why
-                say(f"ia-train study: run {spec.name} failed ({why}); log: {runs_dir / spec.name / 'log.txt'}")
-            else:
-                summaries[spec.name] = summary
-                a, c = summary["after"], summary["change"]
-                bar.write(f"{spec.name:<40} pass@1 {a['pass@1']:.3f} ({c['pass@1']:+.3f})  "
-                          f"mean tokens {a['mean_tokens']:.1f} ({c['mean_tokens']:+.1f})  "
-                          f"{summary['wall_seconds']:.0f}s")
-            bar.update(1)
+    processes = Processes()
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        with tqdm(total=len(specs), desc="study", unit="run") as bar:
+            futures = [pool.submit(run_one, spec, runs_dir, threads, extra, processes) for spec in specs]
+            _collect(futures, summaries, failures, runs_dir, bar, say)
+    except BaseException:
+        processes.stop()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return summaries, failures
+
+
+def _collect(futures, summaries: dict, failures: dict, runs_dir: Path, bar, say) -> None:
+    """Each run's result as it finishes: its summary, or why it failed (said at once)."""
+    for future in as_completed(futures):
+        spec, summary, why = future.result()
+        if summary is None:
+            failures[spec.name] = why
+            say(f"ia-train study: run {spec.name} failed ({why}); log: {runs_dir / spec.name / 'log.txt'}")
+        else:
+            summaries[spec.name] = summary
+            a, c = summary["after"], summary["change"]
+            bar.write(f"{spec.name:<40} pass@1 {a['pass@1']:.3f} ({c['pass@1']:+.3f})  "
+                      f"mean tokens {a['mean_tokens']:.1f} ({c['mean_tokens']:+.1f})  "
+                      f"{summary['wall_seconds']:.0f}s")
+        bar.update(1)
