@@ -8,6 +8,7 @@ namespace py = pybind11;
 void bind_logprobs(py::module_& m);    // csrc/cpu/logprobs.cpp
 void bind_advantages(py::module_& m);  // csrc/cpu/advantages.cpp
 void bind_ppo(py::module_& m);         // csrc/cpu/ppo.cpp
+void bind_paged_attention(py::module_& m);  // csrc/cpu/paged_attention.cpp
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "ia_kernels native CPU kernels";
@@ -19,4 +20,5 @@ PYBIND11_MODULE(_C, m) {
   bind_logprobs(m);
   bind_advantages(m);
   bind_ppo(m);
+  bind_paged_attention(m);
 }

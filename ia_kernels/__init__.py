@@ -7,6 +7,7 @@ Public API (see README.md and docs/design.md):
     group_advantages          per-group advantages: reinforce, rloo, grpo, dr_grpo, pass@k (PKPO, Tang), Chen's pass@k, majority
     length_penalized_rewards  Arora & Zanette's length-penalised correctness rewards
     pass_at_k, group_pass_at_k, maj_at_k   evaluation estimators from n samples per problem
+    paged_attention           attention of new tokens over a KV cache in fixed-size blocks (rollout engines)
     available_backends        which backends each op has and whether they run on a device
     ESTIMATORS, ESTIMATORS_USING_K   group_advantages's estimator names, and those that take a k
 """
@@ -17,11 +18,13 @@ from .core.numerics import ESTIMATORS_USING_K
 from .ops.advantages import group_advantages, length_penalized_rewards
 from .ops.eval_metrics import group_pass_at_k, maj_at_k, pass_at_k
 from .ops.logprobs import linear_logprobs
+from .ops.paged_attention import paged_attention
 from .ops.linear_ppo import linear_ppo_loss
 from .ops.ppo import ppo_loss
 
 ESTIMATORS = tuple(_ESTIMATOR_CODES)  # every estimator= that group_advantages accepts
 
 __all__ = ["ESTIMATORS", "ESTIMATORS_USING_K", "linear_logprobs", "ppo_loss", "linear_ppo_loss", "group_advantages",
-           "length_penalized_rewards", "pass_at_k", "group_pass_at_k", "maj_at_k", "available_backends"]
+           "length_penalized_rewards", "pass_at_k", "group_pass_at_k", "maj_at_k", "paged_attention",
+           "available_backends"]
 __version__ = "0.1.0"

@@ -88,6 +88,7 @@ VERIFIED: frozenset[tuple[str, str, str]] = frozenset({
     ("linear_logprobs", "cpu", "cpu"),
     ("linear_ppo_loss", "cpu", "cpu"),
     ("ppo_loss", "cpu", "cpu"),
+    ("paged_attention", "cpu", "cpu"),
 })
 
 
