@@ -4,7 +4,8 @@
   `GRPOTrainer` (k-sample estimators, Arora & Zanette's length penalty, the fused PPO loss).
 - `ia_kernels.integrations.verl`: loaded by verl itself through the `verl.plugins` entry point;
   registers our advantage estimators and policy loss in verl's registries and the `ia_kernels`
-  fused log-prob backend.
+  fused log-prob backend. `python -m ia_kernels.integrations.verl_check` says whether verl
+  registered it, and why not.
 
 Neither module is imported here: each imports its framework.
 """

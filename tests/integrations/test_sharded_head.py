@@ -8,10 +8,12 @@ model's forward, so FSDP2's hooks unshard the head and reduce-scatter its gradie
 fused head reads lm_head.weight outside the head's forward and does not average the head's gradient
 when the head is its own unit (recorded here to show the check sees that error).
 
-DeepSpeed ZeRO-3 (not installable here): its contract, emulated on the head module in one process.
-Outside the module's forward the parameter is an empty partition; a pre-forward hook gathers it, a
-forward hook releases it and arms a gather before the outputs' backward, as ZeRO-3's module hooks do.
-A step must equal the step on the plain model.
+DeepSpeed ZeRO-3: where deepspeed imports (it is not a test dependency: `pip install
+--no-build-isolation deepspeed` builds it on a CPU machine), the same check under ZeRO-3 on gloo
+(distributed/zero3_head_worker.py). Always: ZeRO-3's contract, emulated on the head module in one
+process. Outside the module's forward the parameter is an empty partition; a pre-forward hook gathers
+it, a forward hook releases it and arms a gather before the outputs' backward, as ZeRO-3's module
+hooks do. A trainer step must equal the step on the plain model.
 """
 
 import copy
@@ -30,17 +32,21 @@ from ia_kernels.integrations.trl import IAGRPOConfig, IAGRPOTrainer, _install_lo
 
 from .trl_helpers import max_weight_diff, run, tiny_model_and_tokenizer  # noqa: E402
 
-WORKER = os.path.join(os.path.dirname(__file__), "distributed", "fsdp_head_worker.py")
+WORKERS = os.path.join(os.path.dirname(__file__), "distributed")
+
+
+def _torchrun(worker, out):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           os.path.join(WORKERS, worker), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
 @pytest.fixture(scope="module")
 def fsdp_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", WORKER, str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    return _torchrun("fsdp_head_worker.py", tmp_path_factory.mktemp("fsdp"))
 
 
 @pytest.mark.parametrize("wrapping", ["lm_head in root unit", "lm_head own unit"])
@@ -61,6 +67,17 @@ def test_fsdp2_check_sees_trl_fused_head_error(fsdp_results):
         r = results["trl, lm_head own unit"]
         print(f"TRL 1.16, lm_head own unit: head gradient max error {r['head_error']:.3g} (largest {r['head_scale']:.3g})")
         assert r["head_error"] > 0.1 * r["head_scale"]
+
+
+def test_deepspeed_zero3_gradients_equal_the_unsharded_mean(tmp_path):
+    pytest.importorskip("deepspeed", reason="deepspeed is not a test dependency")
+    for rank, results in enumerate(_torchrun("zero3_head_worker.py", tmp_path)):
+        for path in ("ia_kernels", "trl"):
+            r = results[path]
+            print(f"ZeRO-3, rank {rank}, {path}: head gradient max error {r['head_error']:.3g} (largest "
+                  f"{r['head_scale']:.3g}), all parameters {r['all_error']:.3g} (largest {r['all_scale']:.3g})")
+            assert r["head_scale"] > 0.1
+            assert r["head_error"] <= 1e-6 * r["head_scale"] and r["all_error"] <= 2e-6 * r["all_scale"], (path, r)
 
 
 class _Regather(torch.autograd.Function):

@@ -338,3 +338,23 @@ def test_trl_refuses_lora_on_lm_head(tiny, tmp_path):
     lora = dict(peft_config=peft.LoraConfig(r=4, target_modules=["q_proj", "lm_head"], task_type="CAUSAL_LM"))
     with pytest.raises(ValueError, match="Applying a PEFT adapter to `lm_head` is not supported"):
         run(IAGRPOTrainer, IAGRPOConfig, model, tokenizer, tmp_path, trainer_kwargs=lora)
+
+
+def test_cli_and_yaml_settings_parse(tmp_path):
+    """TRL's own parser (CLI flags, a YAML config) gives IAGRPOConfig typed values: 'no' is False."""
+    from trl import TrlParser
+
+    common = ["--output_dir", str(tmp_path), "--use_cpu", "true", "--report_to", "none", "--num_generations", "4",
+              "--per_device_train_batch_size", "4"]
+    (c,) = TrlParser((IAGRPOConfig,)).parse_args_and_config(
+        common + ["--fused_loss", "no", "--advantage_estimator", "passk", "--k", "2", "--length_penalty_alpha", "0.1",
+                  "--correct_threshold", "0.7"])
+    assert (c.fused_loss, c.k, c.length_penalty_alpha, c.correct_threshold, c.passk_variant) == (False, 2, 0.1, 0.7,
+                                                                                                 "loo-1")
+    config = tmp_path / "grpo.yaml"
+    config.write_text("fused_loss: 'false'\nadvantage_estimator: rloo\nscale_rewards: none\nlength_penalty_alpha: 0.2\n")
+    (c,) = TrlParser((IAGRPOConfig,)).parse_args_and_config(common + ["--config", str(config)])
+    assert (c.fused_loss, c.advantage_estimator, c.scale_rewards, c.correct_threshold) == (False, "rloo", "none", 0.5)
+    config.write_text("advantage_estimator: rloo\nscale_rewards: group\n")
+    with pytest.raises(ValueError, match="scale_rewards='group' does not apply to advantage_estimator='rloo'"):
+        TrlParser((IAGRPOConfig,)).parse_args_and_config(common + ["--config", str(config)])
