@@ -157,6 +157,7 @@ def advantage_case(draw):
     answers = None
     if estimator == "majority":
         answers = torch.tensor(draw(st.lists(st.integers(0, 2), min_size=n, max_size=n)))
+        answers = answers.to(draw(st.sampled_from([torch.int64, torch.int32, torch.uint8, torch.int8])))
     rewards = torch.tensor(values, dtype=torch.float64).to(dtype)
     return dict(rewards=rewards, groups=groups, ids=ids, sizes=sizes, estimator=estimator, k=k, variant=variant,
                 eps=eps, answers=answers, nan_policy=nan_policy)
@@ -211,8 +212,12 @@ def _advantage_reference(c) -> torch.Tensor:
 @given(case=advantage_case(), data=st.data(), backend=st.sampled_from(["torch", "cpu"]))
 def test_group_advantages(case, data, backend):
     rewards = strided(case["rewards"], data)
-    call = lambda: ik.group_advantages(rewards, case["groups"], estimator=case["estimator"], k=case["k"],  # noqa: E731
-                                       answers=case["answers"], eps=case["eps"], variant=case["variant"],
+    groups = case["groups"]
+    if isinstance(groups, torch.Tensor):
+        groups = strided(groups, data, "groups layout")
+    answers = None if case["answers"] is None else strided(case["answers"], data, "answers layout")
+    call = lambda: ik.group_advantages(rewards, groups, estimator=case["estimator"], k=case["k"],  # noqa: E731
+                                       answers=answers, eps=case["eps"], variant=case["variant"],
                                        nan_policy=case["nan_policy"], backend=backend)
     if _advantage_refusal(case):
         expect_error(call, ADV_ARGS)
@@ -349,27 +354,30 @@ def ppo_options(draw):
     """Loss options, and whether the documented rules refuse the combination."""
     aggregation = draw(st.sampled_from(AGGREGATIONS))
     base = BASE.get(aggregation, aggregation)
-    opts = dict(clip_low=draw(st.sampled_from([0.1, 0.2, 0.5])),
-                clip_high=draw(st.sampled_from([None, 0.28, 1.0])),
-                dual_clip=draw(st.sampled_from([None, 1.5, 3.0])),
-                kl_coef=draw(st.sampled_from([0.0, 0.05, 0.5])),
+    opts = dict(clip_low=draw(st.sampled_from([0.1, 0.2, 0.5, 3.0, 1e300])),
+                clip_high=draw(st.sampled_from([None, 0.28, 1.0, 1e300])),
+                dual_clip=draw(st.sampled_from([None, 1.5, 3.0, 1e300])),
+                kl_coef=draw(st.sampled_from([0.0, 0.05, 0.5, 1e-300, 1e39])),
                 kl_estimator=draw(st.sampled_from(["k1", "k2", "k3"])),
                 kl_times_ratio=draw(st.booleans()),
-                entropy_coef=draw(st.sampled_from([0.0, 0.01, -0.05])),
+                entropy_coef=draw(st.sampled_from([0.0, 0.01, -0.05, -1e39])),
                 aggregation=aggregation,
                 importance=draw(st.sampled_from(["token", "sequence"])))
+    # Beyond float32: refused when the call computes in float32 (the caller checks that).
     refused = False
+    wide = opts["kl_coef"] > 3.4e38 or abs(opts["entropy_coef"]) > 3.4e38
     norm = draw(st.sampled_from([None, None, 1, 5]))
     if norm is not None:
         opts["norm_length"] = norm
         refused |= base == "seq-mean-token-sum"
-    count = draw(st.sampled_from([None, None, 7, 2.5, "tensor"]))
+    count = draw(st.sampled_from([None, None, 7, 2.5, 1e300, "tensor"]))
     if count is not None:
         name = "num_tokens" if draw(st.booleans()) else "num_sequences"
         opts[name] = torch.tensor(3.0) if count == "tensor" else count
         refused |= (name == "num_tokens") != (base == "token-mean")
         refused |= name == "num_tokens" and norm is not None
-    return opts, refused
+        wide |= count == 1e300
+    return opts, (refused, wide)
 
 
 @st.composite
@@ -396,7 +404,7 @@ def token_batch(draw, B=None, T=None):
     adv = torch.tensor(draw(st.lists(st.floats(-2, 2, width=32), min_size=n_adv, max_size=n_adv)), dtype=torch.float64)
     adv = adv.view(B, 1) if adv_kind == "seq1" else adv.view(B, T) if adv_kind == "token" else adv
     entropy = tensor(0, 3)
-    iw = tensor(0, 2) if draw(st.booleans()) else None
+    iw = tensor(draw(st.sampled_from([0.0, -0.5])), 2) if draw(st.booleans()) else None
     if mask is not None and draw(st.booleans()):  # masked tokens may hold anything (documented)
         junk = torch.tensor(draw(st.lists(st.sampled_from([math.nan, math.inf, -math.inf, 1e30]),
                                           min_size=B * T, max_size=B * T)), dtype=torch.float64).view(shape)
@@ -406,6 +414,15 @@ def token_batch(draw, B=None, T=None):
         adv = torch.where(off, junk, adv) if adv.shape == shape else adv
     return dict(logp=logp, old_logp=old, advantages=adv, mask=mask, ref_logp=ref_logp, entropy=entropy,
                 importance_weights=iw)
+
+
+def _negative_weight_on_valid(iw, mask, shape, targets=None, ignore_index=None) -> bool:
+    if iw is None:
+        return False
+    valid = torch.ones(shape, dtype=torch.bool) if mask is None else mask != 0
+    if targets is not None:
+        valid &= targets.to(torch.int64) != ignore_index
+    return bool((valid & (iw < 0)).any())
 
 
 def _cast(x, dtype, data, label):
@@ -419,17 +436,23 @@ TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.fl
 @given(data=st.data(), batch=token_batch(), options=ppo_options(),
        dtype=st.sampled_from(FLOATS), backend=st.sampled_from(["torch", "cpu"] + TRITON))
 def test_ppo_loss(data, batch, options, dtype, backend):
-    opts, refused = options
+    opts, (refused, wide) = options
+    refused |= wide and dtype != torch.float64
     if opts.get("importance") == "sequence" and batch["importance_weights"] is not None:
         refused = True
     refused |= dtype == torch.float64 and backend != "torch"
     logp = _cast(batch["logp"], dtype, data, "logp layout").requires_grad_()
-    entropy = _cast(batch["entropy"], dtype, data, "entropy layout").requires_grad_()
-    args = {k: _cast(batch[k], dtype, data, k) for k in ("old_logp", "advantages", "ref_logp", "importance_weights")}
+    def dtype_of(name):  # each per-token input in logp's dtype or another float dtype
+        return data.draw(st.sampled_from([dtype, dtype, torch.float32, torch.float64, torch.bfloat16]), label=name)
+
+    entropy = _cast(batch["entropy"], dtype_of("entropy dtype"), data, "entropy layout").requires_grad_()
+    args = {k: _cast(batch[k], dtype_of(k + " dtype"), data, k)
+            for k in ("old_logp", "advantages", "ref_logp", "importance_weights")}
     mask = None if batch["mask"] is None else strided(batch["mask"], data, "mask layout")
     call = lambda: ik.ppo_loss(logp, args["old_logp"], args["advantages"], mask, ref_logp=args["ref_logp"],  # noqa
                                entropy=entropy, importance_weights=args["importance_weights"], backend=backend,
                                **opts)
+    refused |= _negative_weight_on_valid(args["importance_weights"], mask, logp.shape)
     event(f"{backend} {'refused' if refused else 'computed'}")
     if refused:
         expect_error(call, PPO_ARGS)
@@ -443,13 +466,15 @@ def test_ppo_loss(data, batch, options, dtype, backend):
                                       entropy=want_entropy, importance_weights=None if args["importance_weights"] is None
                                       else args["importance_weights"].double(), **opts)
     want.backward()
+    assume(bool(torch.isfinite(want).all()) and bool(torch.isfinite(want_logp.grad).all()))  # see test_linear_ppo_loss
     tol = TOL[dtype]
     valid = torch.ones(logp.shape, dtype=torch.bool) if mask is None else mask != 0
     assert_close(loss, want, rtol=tol, atol=tol, what="loss")
     assert_close(logp.grad[valid], want_logp.grad[valid], rtol=tol, atol=tol, what="grad logp")
     assert bool((logp.grad[~valid] == 0).all()), "masked tokens get no gradient"
     if want_entropy.grad is not None:
-        assert_close(entropy.grad[valid], want_entropy.grad[valid], rtol=tol, atol=tol, what="grad entropy")
+        etol = max(tol, TOL[entropy.dtype])  # the gradient comes back in entropy's dtype
+        assert_close(entropy.grad[valid], want_entropy.grad[valid], rtol=etol, atol=etol, what="grad entropy")
         assert bool((entropy.grad[~valid] == 0).all())
     for key in ("ratio_mean", "approx_kl", "entropy_mean"):
         assert_close(metrics[key], want_metrics[key], rtol=tol, atol=tol, what=key)
@@ -484,12 +509,22 @@ def lm_head(draw, lead):
         drop = torch.tensor(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
         targets = torch.where(drop, ignore_index, targets)
     targets = targets.view(lead).to(draw(st.sampled_from([torch.int64, torch.int32])))
-    settings_ = dict(temperature=draw(st.sampled_from([1.0, 0.7, 2.5])),
-                     logit_scale=draw(st.sampled_from([None, 0.5, -1.0])),
-                     softcap=draw(st.sampled_from([None, 3.0])),
+    settings_ = dict(temperature=draw(st.sampled_from([1.0, 0.7, 2.5, 1e-3, 1e30, 1e300, 1e-300])),
+                     logit_scale=draw(st.sampled_from([None, 0.5, -1.0, 1e-300, 1e39])),
+                     softcap=draw(st.sampled_from([None, 3.0, 1e-3, 1e300])),
                      chunk_size=draw(st.sampled_from([None, 1, 2, 5])),
                      ignore_index=ignore_index)
     return hidden, weight, bias, targets, settings_
+
+
+def lm_settings_wide(lm) -> bool:
+    """Settings a float32 compute refuses (outside float32's range; see checks.require_float32_range)."""
+    def outside(v, reciprocal):
+        if v is None:
+            return False
+        v = abs(v)
+        return not (1.1754943508222875e-38 <= v <= 1 / 1.1754943508222875e-38) if reciprocal else v > 3.4028234663852886e38
+    return outside(lm["temperature"], True) or outside(lm["logit_scale"], False) or outside(lm["softcap"], True)
 
 
 def _lm_tol(h_dtype, w_dtype):
@@ -504,13 +539,28 @@ def _lm_tol(h_dtype, w_dtype):
 def test_linear_logprobs(data, lead, backend):
     hidden, weight, bias, targets, opts = data.draw(lm_head(tuple(lead)), label="lm head")
     refused = weight.dtype == torch.float64 and backend != "torch"
+    refused |= lm_settings_wide(opts) and weight.dtype != torch.float64
     event(f"{backend} {'refused' if refused else 'computed'}")
-    h = strided(hidden, data, "hidden layout").requires_grad_()
-    w = strided(weight, data, "weight layout").requires_grad_()
-    b = None if bias is None else strided(bias, data, "bias layout").requires_grad_()
+    if bias is not None:
+        bias = bias.to(data.draw(st.sampled_from([bias.dtype, torch.float32, torch.float64]), label="bias dtype"))
+    grads = data.draw(st.sampled_from(["all", "hidden", "weight", "none", "no_grad"]), label="grads")
+    h = strided(hidden, data, "hidden layout").requires_grad_(grads in ("all", "hidden"))
+    w = strided(weight, data, "weight layout").requires_grad_(grads in ("all", "weight"))
+    b = None if bias is None else strided(bias, data, "bias layout").requires_grad_(grads == "all")
     call = lambda: ik.linear_logprobs(h, w, targets, bias=b, return_entropy=True, backend=backend, **opts)  # noqa
     if refused:
         expect_error(call, LM_ARGS)
+        return
+    if grads in ("none", "no_grad"):
+        with torch.set_grad_enabled(grads != "no_grad"):
+            logp, entropy = call()
+        assert logp.grad_fn is None and entropy.grad_fn is None
+        want_logp, want_ent = ref.linear_logprobs(hidden.double(), weight.double(), targets.to(torch.int64),
+                                                  bias=None if bias is None else bias.double(), return_entropy=True,
+                                                  **lm_reference(opts))
+        tol = _lm_tol(hidden.dtype, weight.dtype)
+        assert_close(logp, want_logp, rtol=tol, atol=tol, what="logp")
+        assert_close(entropy, want_ent, rtol=tol, atol=tol, what="entropy")
         return
     logp, entropy = call()
     g = torch.Generator().manual_seed(0)
@@ -521,14 +571,20 @@ def test_linear_logprobs(data, lead, backend):
     want_logp, want_ent = ref.linear_logprobs(leaves[0], leaves[1], targets.to(torch.int64), bias=b64,
                                               return_entropy=True, **lm_reference(opts))
     ((want_logp * g_logp.double() + want_ent * g_ent.double()).sum()).backward()
+    assume(all(x is None or bool(torch.isfinite(x).all()) for x in (want_logp, want_ent, leaves[0].grad,
+                                                                   leaves[1].grad)))  # see test_linear_ppo_loss
     tol = _lm_tol(hidden.dtype, weight.dtype)
     assert_close(logp, want_logp, rtol=tol, atol=tol, what="logp")
     assert_close(entropy, want_ent, rtol=tol, atol=tol, what="entropy")
     if logp.numel():
-        assert_close(h.grad, leaves[0].grad, rtol=tol, atol=tol, what="grad hidden")
-        assert_close(w.grad, leaves[1].grad, rtol=tol, atol=tol, what="grad weight")
-        if b is not None:
+        if h.requires_grad:
+            assert_close(h.grad, leaves[0].grad, rtol=tol, atol=tol, what="grad hidden")
+        if w.requires_grad:
+            assert_close(w.grad, leaves[1].grad, rtol=tol, atol=tol, what="grad weight")
+        if b is not None and b.requires_grad:
             assert_close(b.grad, b64.grad, rtol=tol, atol=tol, what="grad bias")
+    assert h.grad is None or h.grad.dtype == h.dtype
+    assert w.grad is None or w.grad.dtype == w.dtype
 
 
 LPPO_ARGS = tuple(sorted(set(PPO_ARGS + LM_ARGS)))
@@ -537,9 +593,10 @@ LPPO_ARGS = tuple(sorted(set(PPO_ARGS + LM_ARGS)))
 @FUZZ
 @given(data=st.data(), options=ppo_options(), backend=st.sampled_from(["torch", "cpu"] + TRITON))
 def test_linear_ppo_loss(data, options, backend):
-    opts, refused = options
+    opts, (refused, wide) = options
     B, T = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 4))
     hidden, weight, bias, targets, lm = data.draw(lm_head((B, T)), label="lm head")
+    refused |= (wide or lm_settings_wide(lm)) and weight.dtype != torch.float64
     batch = data.draw(token_batch(B, T), label="batch")
     if opts.get("importance") == "sequence" and batch["importance_weights"] is not None:
         refused = True
@@ -563,6 +620,9 @@ def test_linear_ppo_loss(data, options, backend):
     if mask is not None:
         valid &= mask != 0
     adv = per_token["advantages"]
+    if _negative_weight_on_valid(per_token["importance_weights"], mask, (B, T), targets, lm["ignore_index"]):
+        expect_error(call, LPPO_ARGS)
+        return
     if adv.shape == (B, T) and not bool(torch.isfinite(adv[valid]).all()):
         expect_error(call, LPPO_ARGS)  # NaN/inf advantages on tokens the mask leaves valid
         return
@@ -577,6 +637,9 @@ def test_linear_ppo_loss(data, options, backend):
         importance_weights=None if per_token["importance_weights"] is None else per_token["importance_weights"].double(),
         **lm_reference(lm), **ref_opts)
     want.backward()
+    # float64 takes any finite setting; the reference's autograd may overflow on extreme ones
+    # (softcap=1e300 times a kl_coef=1e39 gradient) where the op stays finite: nothing to compare.
+    assume(all(bool(torch.isfinite(x).all()) for x in (want, leaves[0].grad, leaves[1].grad)))
     tol = _lm_tol(hidden.dtype, weight.dtype) * 4
     assert_close(loss, want, rtol=tol, atol=tol, what="loss")
     assert_close(h.grad, leaves[0].grad, rtol=tol, atol=tol, what="grad hidden")

@@ -305,3 +305,30 @@ def test_a_tensor_normaliser_is_checked_as_the_loss_reads_it():
     logp, old, adv = _ppo_batch()  # 1e-300 is a positive float64 but 0 in float32: the loss divides by it
     with pytest.raises(ValueError, match=r"num_tokens must be finite and > 0, got 1e-300 \(a tensor, read as 0.0 "):
         ik.ppo_loss(logp, old, adv, num_tokens=torch.tensor(1e-300, dtype=torch.float64))
+
+
+# ---- importance weights ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", PPO_BACKENDS)
+@pytest.mark.parametrize("bad", [-0.5, NAN, math.inf])
+def test_an_importance_weight_that_would_reverse_or_void_an_update_is_refused(backend, bad):
+    # A negative weight silently turned that token's descent into ascent; NaN / inf voided the loss.
+    logp, old, adv = _ppo_batch()
+    iw = torch.rand(3, 5) + 0.5
+    iw[1, 2] = bad
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"importance_weights must be finite and >= 0 on valid tokens .* at index "
+                                         r"\(1, 2\)"):
+        ik.ppo_loss(logp, old, adv, mask, importance_weights=iw, backend=backend)
+    hidden, weight, targets = torch.randn(3, 5, 4), torch.randn(6, 4), torch.randint(0, 6, (3, 5))
+    for check_finite in (True, False):  # linear_ppo_loss checks them in its one sync either way
+        with pytest.raises(ValueError, match=r"importance_weights must be finite and >= 0 on valid tokens"):
+            ik.linear_ppo_loss(hidden, weight, targets, old, adv, mask, importance_weights=iw, backend=backend,
+                               check_finite=check_finite)
+    logp.requires_grad_()
+    loss, _ = ik.ppo_loss(logp, old, adv, mask, importance_weights=iw, backend=backend, check_finite=False)
+    loss.backward()
+    assert math.isnan(loss.item()) and bool(torch.isnan(logp.grad[1, 2]))
+    mask[1, 2] = False  # off the mask a weight may hold anything
+    loss, _ = ik.ppo_loss(logp.detach(), old, adv, mask, importance_weights=iw, backend=backend)
+    assert math.isfinite(loss.item())

@@ -70,6 +70,10 @@ def test_value_checks_of_one_rank_refuse_the_call_on_every_rank(results):
     assert norm["type"] == "ValueError" and "num_tokens must be finite and > 0, got -36.0" in norm["message"], norm
     assert "rank 1 of tp_group refused the call: a tensor num_tokens" in results[0]["ppo-one-rank-bad-num_tokens"][
         "message"]
+    iw = results[1]["ppo-one-rank-negative-importance-weights"]
+    assert iw["type"] == "ValueError" and "importance_weights must be finite and >= 0" in iw["message"], iw
+    assert results[0]["ppo-one-rank-negative-importance-weights"]["message"] == (
+        "rank 1 of tp_group refused the call: importance_weights negative or not finite on valid tokens")
 
 
 def test_tp_group_and_dtensor_hidden_errors_name_the_argument(results):

@@ -114,9 +114,10 @@ _OPS = {1: "linear_logprobs", 2: "linear_ppo_loss"}
 # before the gather) and FLAGS, bits of checks made on the device.
 _REFUSED, _TARGET_MIN, _TARGET_MAX, _FLAGS = "refused", "target_min", "target_max", "flags"
 _LAYOUT = ["rows", _REFUSED, _TARGET_MIN, _TARGET_MAX, _FLAGS] + list(AGREEMENT)
-FLAG_NORMALISER, FLAG_ADVANTAGES = 1, 2
+FLAG_NORMALISER, FLAG_ADVANTAGES, FLAG_IMPORTANCE_WEIGHTS = 1, 2, 4
 _FLAG_TEXT = {FLAG_NORMALISER: "a tensor num_tokens / num_sequences that is not finite and > 0",
-              FLAG_ADVANTAGES: "NaN or inf advantages on valid tokens"}
+              FLAG_ADVANTAGES: "NaN or inf advantages on valid tokens",
+              FLAG_IMPORTANCE_WEIGHTS: "importance_weights negative or not finite on valid tokens"}
 _ABSENT = -(1 << 63)  # an entry the op does not use
 _NONE = _ABSENT + 1  # an int setting left as None
 _INT64_MAX = (1 << 63) - 1

@@ -36,7 +36,8 @@ from .. import backends
 from ..core import checks as _checks
 from ..core.chunks import ChunkDriver, LogitTransform, chunk_rows, chunk_setting
 from ..core.numerics import FP32, FP32_FP64, as_compute, compute_dtype
-from ..core.vocab_parallel import FLAG_ADVANTAGES, FLAG_NORMALISER, LocalCall, VocabShard, resolve_lm_head
+from ..core.vocab_parallel import (FLAG_ADVANTAGES, FLAG_IMPORTANCE_WEIGHTS, FLAG_NORMALISER, LocalCall, VocabShard,
+                                   resolve_lm_head)
 from . import ppo
 from .logprobs import RowPassCall, chunked_backward, chunked_forward, row_pass_call, validate_lm_head
 
@@ -295,15 +296,18 @@ class LinearPpoLossFunction(torch.autograd.Function):
         return (*scaled, None)
 
 
-def _check_values(targets, valid, vocab, advantages, check_finite, opts: ppo.PpoOptions, dtype) -> list:
+def _check_values(targets, valid, vocab, advantages, check_finite, opts: ppo.PpoOptions, dtype,
+                  importance_weights) -> list:
     """Out-of-range targets would read out of bounds, and a tensor num_tokens / num_sequences that
-    is not finite and > 0 would reverse or void the update: always rejected. NaN/inf advantages:
-    when check_finite. Returns each sequence's number of valid tokens. One host sync for all of it."""
+    is not finite and > 0, or an importance weight that is negative or not finite on a valid token,
+    would reverse or void the update: always rejected. NaN/inf advantages: when check_finite.
+    Returns each sequence's number of valid tokens. One host sync for all of it."""
     out_of_range = valid & ((targets < 0) | (targets >= vocab))
     bad = out_of_range.any()
-    bad_norm = ppo.invalid_normalisers(opts, valid.device, dtype)
-    if bad_norm is not None:
-        bad = bad | bad_norm
+    for more in (ppo.invalid_normalisers(opts, valid.device, dtype),
+                 ppo.invalid_importance_weights(importance_weights, valid)):
+        if more is not None:
+            bad = bad | more
     if check_finite:
         bad = bad | ppo.nonfinite_advantages(advantages, valid)
     host = torch.cat([bad.reshape(1).long(), valid.sum(1)]).tolist()
@@ -312,6 +316,7 @@ def _check_values(targets, valid, vocab, advantages, check_finite, opts: ppo.Ppo
             found = targets[out_of_range][0].item()
             raise ValueError(f"targets must lie in [0, {vocab}) on valid tokens (or equal ignore_index); found {found}")
         ppo.raise_invalid_normaliser(opts, dtype)
+        ppo.raise_invalid_importance_weights(importance_weights, valid)
         ppo.raise_nonfinite_advantages(advantages, valid)
     return host[1:]
 
@@ -353,9 +358,10 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         logit_scale, softcap: the model's logit transform, applied before the temperature:
             logits = softcap * tanh(logit_scale * z / softcap) (Cohere scales; Gemma soft-caps).
         check_finite: reject NaN/inf advantages. Either way the call makes one host sync, at
-            validation: it checks the targets' range and a tensor num_tokens / num_sequences
-            (finite and > 0, else a ValueError), and counts each sequence's valid tokens, so that
-            masked tokens are dropped before the GEMMs (padding costs no compute).
+            validation: it checks the targets' range, a tensor num_tokens / num_sequences (finite
+            and > 0) and the importance weights on valid tokens (finite and >= 0), each a
+            ValueError otherwise, and counts each sequence's valid tokens, so that masked tokens
+            are dropped before the GEMMs (padding costs no compute).
         backend: "torch", "cpu" or "triton"; None picks the fastest verified one for the device and
             dtype. cpu and triton compute in fp32: float64 inputs need "torch" (or None).
         chunk_size: rows of logits per chunk (None: IA_KERNELS_CHUNK_BYTES, 64 MiB on CPU).
@@ -409,11 +415,15 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
             bad_norm = ppo.invalid_normalisers(opts, device, dtype)
             if bad_norm is not None:
                 flags = flags + bad_norm.to(torch.int64) * FLAG_NORMALISER
+            bad_iw = ppo.invalid_importance_weights(importance_weights, valid)
+            if bad_iw is not None:
+                flags = flags + bad_iw.to(torch.int64) * FLAG_IMPORTANCE_WEIGHTS
             if check_finite:
                 flags = flags + ppo.nonfinite_advantages(adv, valid).to(torch.int64) * FLAG_ADVANTAGES
 
         def explain(_flags):
             ppo.raise_invalid_normaliser(opts, dtype)
+            ppo.raise_invalid_importance_weights(importance_weights, valid)
             ppo.raise_nonfinite_advantages(adv, valid)
 
         return LocalCall(weight.shape[0], entries, (opts, temp, adv, device, transform, ignore, dtype, name,
@@ -428,7 +438,7 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     opts, temperature, advantages, device, transform, ignore_index, dtype, name, ppo_kernels, targets, valid = prepared
     B, T, H = hidden.shape
     vocab = weight.shape[0] if shard is None else shard.total
-    lengths = _check_values(targets, valid, vocab, advantages, check_finite, opts, dtype)
+    lengths = _check_values(targets, valid, vocab, advantages, check_finite, opts, dtype, importance_weights)
 
     h2 = hidden.reshape(B * T, H)
     h2 = h2 if h2.is_contiguous() else h2.contiguous()

@@ -223,6 +223,34 @@ def nonfinite_advantages(advantages, valid) -> torch.Tensor:
     return (used & ~torch.isfinite(advantages)).any()
 
 
+def invalid_importance_weights(importance_weights, valid) -> torch.Tensor | None:
+    """0-d bool (no sync): does a valid token's importance weight fall outside [0, inf)? A negative
+    weight reverses that token's update, NaN or inf voids the loss. None without weights."""
+    if importance_weights is None:
+        return None
+    iw = importance_weights
+    return (valid & ~(torch.isfinite(iw) & (iw >= 0))).any()
+
+
+def raise_invalid_importance_weights(importance_weights, valid) -> None:
+    if importance_weights is None:
+        return
+    bad = valid & ~(torch.isfinite(importance_weights) & (importance_weights >= 0))
+    if bool(bad.any()):
+        where = bad.nonzero()[0].tolist()
+        raise ValueError(f"importance_weights must be finite and >= 0 on valid tokens (importance-sampling "
+                         f"ratios; a negative weight would reverse that token's update): found "
+                         f"{importance_weights[tuple(where)].item()} at index {tuple(where)}")
+
+
+def guarded_importance_weights(importance_weights, valid):
+    """The weights as the loss reads them: 0 off the mask; NaN where a valid token's weight is
+    negative or not finite, so that without the check's host sync such a weight makes the loss
+    NaN instead of reversing an update."""
+    ok = torch.isfinite(importance_weights) & (importance_weights >= 0)
+    return torch.where(valid, torch.where(ok, importance_weights, float("nan")), 0.0)
+
+
 def raise_nonfinite_advantages(advantages, valid) -> None:
     used = valid.any(1) if advantages.dim() == 1 else valid
     where = (used & ~torch.isfinite(advantages)).nonzero()[0].tolist()
@@ -333,7 +361,7 @@ def loss_and_grads(terms, logp, old_logp, advantages, valid, ref_logp, entropy, 
     seq_scale = aggregation_scale(valid, opts, logp.dtype)
     loss_tok, g_logp, g_entropy, ratio = terms(logp, old_logp, advantages, valid, seq_scale, ref_logp, entropy, opts)
     if importance_weights is not None:
-        iw = torch.where(valid, importance_weights, 0.0)
+        iw = guarded_importance_weights(importance_weights, valid)
         loss_tok, g_logp, g_entropy = loss_tok * iw, g_logp * iw, g_entropy * iw
     # Off-mask loss terms are exactly 0, so a per-sequence sum then the scale is the weighted sum.
     loss = (loss_tok.sum(1) * seq_scale).sum()
@@ -415,12 +443,15 @@ def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tenso
             check's one sync; with check_finite=False it makes the loss and every gradient NaN.
         importance_weights: [B, T] constant per-token weights on each token's loss (rollout
             correction, e.g. vLLM's importance-sampling ratio); token-level importance only.
+            Finite and >= 0 on valid tokens: with check_finite=True a ValueError otherwise; with
+            check_finite=False such a weight makes the loss NaN (never a reversed update).
         importance: "token" (one ratio per token) or "sequence" (GSPO: one ratio per sequence,
             exp of the mean log-ratio of its valid tokens; each token's gradient is
             ratio / |y| * grad logp times the sequence's surrogate slope).
-        check_finite: reject NaN/inf advantages on valid tokens, and a tensor num_tokens /
-            num_sequences that is not finite and > 0, with a ValueError (one host sync); False
-            skips the check, leaving the call free of host synchronisation.
+        check_finite: reject NaN/inf advantages on valid tokens, importance weights that are
+            negative or not finite there, and a tensor num_tokens / num_sequences that is not
+            finite and > 0, with a ValueError (one host sync); False skips the check, leaving the
+            call free of host synchronisation.
         backend: "torch", "cpu" or "triton"; None picks the fastest verified one for the device and
             dtype. cpu and triton compute in fp32: float64 logp needs "torch" (or None).
 
@@ -446,11 +477,13 @@ def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tenso
              else (mask != 0).contiguous())
     dtype = compute_dtype(logp.dtype)
     opts.check_range(dtype)
-    if check_finite:  # one host sync for the advantages and the tensor normalisers together
-        bad_adv = nonfinite_advantages(advantages, valid)
-        bad_norm = invalid_normalisers(opts, device, dtype)
-        if bool(bad_adv if bad_norm is None else bad_adv | bad_norm):
+    if check_finite:  # one host sync for the advantages, normalisers and importance weights together
+        bad = nonfinite_advantages(advantages, valid)
+        for more in (invalid_normalisers(opts, device, dtype), invalid_importance_weights(importance_weights, valid)):
+            bad = bad if more is None else bad | more
+        if bool(bad):
             raise_invalid_normaliser(opts, dtype)
+            raise_invalid_importance_weights(importance_weights, valid)
             raise_nonfinite_advantages(advantages, valid)
     _, kernels = _OP.select(device, dtype, backend)
     loss, ratio = PpoLossFunction.apply(logp, entropy, old_logp, advantages, valid, ref_logp, opts, kernels.terms,

@@ -69,6 +69,8 @@ CASES = {
     "ppo-unequal-importance": lambda: ppo(importance=mine("token", "sequence")),
     "ppo-one-rank-nan-advantages": lambda: ppo(advantages=mine(torch.ones(4), torch.tensor([1.0, float("nan"), 0, 0]))),
     "ppo-one-rank-bad-num_tokens": lambda: ppo(num_tokens=mine(torch.tensor(36.0), torch.tensor(-36.0))),
+    "ppo-one-rank-negative-importance-weights": lambda: ppo(importance_weights=mine(torch.ones(4, 9),
+                                                                                  -torch.ones(4, 9))),
     "tp_group-string": lambda: logprobs(tp_group="world"),
 }
 
