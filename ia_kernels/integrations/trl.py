@@ -62,8 +62,10 @@ _TRL_GRPO_EPS = 1e-4  # TRL divides by (std + 1e-4)
 # HfArgumentParser's string_to_bool: the spellings a bool setting may arrive in from YAML or a CLI
 _BOOL_STRINGS = {"yes": True, "true": True, "t": True, "y": True, "1": True,
                  "no": False, "false": False, "f": False, "n": False, "0": False}
-# estimators that do not divide by a std: scale_rewards="none" is true of them, "group"/"batch" are not
-_UNSCALED = ("dr_grpo", "rloo", "reinforce", "passk")
+# the scale_rewards value that describes each estimator other than grpo (the only one it configures):
+# passk_chen divides by its pass@k std, the others by no std. Any other value would be ignored: refused.
+_SCALING = {"dr_grpo": "none", "rloo": "none", "reinforce": "none", "passk": "none", "passk_chen": "group",
+            "majority": "none"}
 
 
 def _parse_bool(name: str, value) -> bool:
@@ -99,9 +101,9 @@ class IAGRPOConfig(GRPOConfig):
     correct_threshold: with length_penalty_alpha, a completion is correct when its combined reward
         exceeds it (a finite number; 0.5 when not given).
     fused_loss: True (default): the loss is `linear_ppo_loss` on hidden states; False: TRL's loss.
-    scale_rewards: TRL's setting, unchanged for estimator "grpo" ("group" when not given); with
-        another estimator only "none" (for those that do not scale: dr_grpo, rloo, reinforce, passk)
-        is accepted.
+    scale_rewards: TRL's setting, for estimator "grpo" ("group" when not given). Another estimator
+        is not configured by it: unset, it reads what the estimator does ("group" for passk_chen,
+        which divides by its pass@k std, "none" for the others); any other value is refused.
     """
 
     advantage_estimator: str = field(default="grpo", metadata={"help": "ia_kernels.group_advantages estimator"})
@@ -116,9 +118,8 @@ class IAGRPOConfig(GRPOConfig):
                                                                       "group (default), batch or none"})
 
     def __post_init__(self):
-        scale_given = self.scale_rewards is not None
-        if not scale_given:
-            self.scale_rewards = "group"  # TRL's default, for TRL's own code
+        if self.scale_rewards is None:  # what the estimator does: TRL's default "group" for grpo
+            self.scale_rewards = _SCALING.get(self.advantage_estimator, "group")
         super().__post_init__()
         est = self.advantage_estimator
         if not isinstance(est, str) or est not in ESTIMATORS:
@@ -160,10 +161,11 @@ class IAGRPOConfig(GRPOConfig):
                 _finite("correct_threshold", self.correct_threshold)
         self.fused_loss = _parse_bool("fused_loss", self.fused_loss)
         scale = self.scale_rewards
-        if est != "grpo" and scale_given and not (scale == "none" and est in _UNSCALED):
-            allowed = "only scale_rewards='none' is" if est in _UNSCALED else "no scale_rewards is"
-            raise ValueError(f"scale_rewards={scale!r} does not apply to advantage_estimator={est!r} ({allowed} "
-                             f"accepted with it; scale_rewards is TRL's scaling of estimator 'grpo'): remove it")
+        if est != "grpo" and scale != _SCALING[est]:
+            does = "divides by its pass@k std by definition" if _SCALING[est] == "group" else "does not divide by a std"
+            raise ValueError(f"scale_rewards={scale!r} does not apply to advantage_estimator={est!r}, which {does} "
+                             f"(scale_rewards is TRL's scaling of estimator 'grpo'): leave it unset "
+                             f"(it reads {_SCALING[est]!r})")
         custom = est != "grpo" or a is not None
         if custom and self.multi_objective_aggregation != "sum_then_normalize":
             raise ValueError(f"multi_objective_aggregation={self.multi_objective_aggregation!r} normalises each "

@@ -189,11 +189,11 @@ def _config(tmp_path, **kw):
 @pytest.mark.parametrize("settings,message", [
     # settings the chosen estimator would silently ignore
     (dict(advantage_estimator="rloo", scale_rewards="group"),
-     r"scale_rewards='group' does not apply to advantage_estimator='rloo' \(only scale_rewards='none' is accepted"),
+     r"scale_rewards='group' does not apply to advantage_estimator='rloo', which does not divide by a std"),
     (dict(advantage_estimator="rloo", scale_rewards=True), r"scale_rewards='group' does not apply"),
     (dict(advantage_estimator="passk", k=2, scale_rewards="batch"), r"scale_rewards='batch' does not apply"),
     (dict(advantage_estimator="passk_chen", k=2, scale_rewards="none"),
-     r"scale_rewards='none' does not apply to advantage_estimator='passk_chen' \(no scale_rewards is accepted"),
+     r"scale_rewards='none' does not apply to advantage_estimator='passk_chen', which divides by its pass@k std"),
     (dict(advantage_estimator="dr_grpo", scale_rewards="group"), r"does not apply to advantage_estimator='dr_grpo'"),
     (dict(advantage_estimator="rloo", passk_variant="loo"), r"passk_variant is used by advantage_estimator 'passk' "
                                                             r"only; got passk_variant='loo' with"),
@@ -229,12 +229,27 @@ def test_config_resolves_defaults_and_bool_strings(tmp_path):
     assert (c.scale_rewards, c.passk_variant, c.correct_threshold, c.fused_loss) == ("group", None, None, True)
     c = _config(tmp_path, advantage_estimator="passk", k=2, length_penalty_alpha=0.0)
     assert (c.passk_variant, c.correct_threshold) == ("loo-1", 0.5)
+    assert _config(tmp_path, advantage_estimator="rloo").scale_rewards == "none"  # what rloo does
+    assert _config(tmp_path, advantage_estimator="passk_chen", k=2).scale_rewards == "group"
     assert _config(tmp_path, advantage_estimator="rloo", scale_rewards="none").scale_rewards == "none"
     assert _config(tmp_path, advantage_estimator="rloo", scale_rewards=False).scale_rewards == "none"
     assert _config(tmp_path, scale_rewards="batch").scale_rewards == "batch"  # TRL's own grpo: honoured
     for text, value in [("no", False), ("False", False), ("false", False), ("0", False), ("true", True),
                         ("Yes", True), (False, False)]:
         assert _config(tmp_path, fused_loss=text).fused_loss is value, text
+
+
+def test_config_resolved_values_are_accepted(tmp_path):
+    """A resolved config's own values, given back explicitly (a config written out and read again),
+    build the same config: what a setting resolves to is never refused."""
+    fields = ("advantage_estimator", "k", "passk_variant", "scale_rewards", "length_penalty_alpha",
+              "correct_threshold", "fused_loss")
+    for settings in (dict(advantage_estimator="rloo", length_penalty_alpha=0.2),
+                     dict(advantage_estimator="passk_chen", k=2), dict(advantage_estimator="passk", k=2),
+                     dict(scale_rewards="none", length_penalty_alpha=0.0, correct_threshold=0.9)):
+        c = _config(tmp_path, **settings)
+        again = _config(tmp_path, **{f: getattr(c, f) for f in fields})
+        assert [getattr(again, f) for f in fields] == [getattr(c, f) for f in fields], settings
 
 
 def test_fused_loss_string_false_runs_trl_loss(tiny, tmp_path, monkeypatch):
