@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from ia_train.sandbox import SandboxUnavailable
 from ia_train.tasks.humaneval import (
     DEFAULT_LIMITS,
     TASK_NAMES,
@@ -96,10 +97,21 @@ def test_wrong_solutions_fail(task, sample):
     assert task.score_batch([p] * len(responses), responses) == [0.0] * len(responses)
 
 
+def test_a_completion_too_large_for_the_scratch_space_scores_zero(task, sample):
+    """A response larger than the run's private /tmp cannot be written there: a failed run (reward 0),
+    not a missing mount namespace (which raised SandboxUnavailable and ended the training run)."""
+    p = sample[0]
+    huge = "    # " + "x" * (DEFAULT_LIMITS.disk_bytes + (1 << 20)) + "\n    return True\n"
+    assert task.score_batch([p, p], [huge, p.meta["canonical_solution"]]) == [0.0, 1.0]
+    result = task.run([p], [huge])[0]
+    assert result.status == "failed" and "do not fit in its scratch space" in result.reason
+
+
 def test_broken_sandbox_raises_instead_of_scoring_zero(sample):
     broken = HumanEvalTask(python="/nonexistent/python3", workers=1)
     try:
-        with pytest.raises(RuntimeError, match="sandbox failed.*nonexistent"):
+        # The self-test, before the first completion is scored.
+        with pytest.raises(SandboxUnavailable, match="sandbox failed its self-test.*nonexistent"):
             broken.score_batch(sample[:1], [sample[0].meta["canonical_solution"]])
     finally:
         broken.close()

@@ -304,6 +304,19 @@ def test_status_reports_are_parsed_defensively():
     assert parse_reports(raw) == {"applied": ["netns"], "returncode": 0}
 
 
+def test_pool_self_test_passes_once_and_names_a_broken_sandbox():
+    with SandboxPool(workers=1, limits=FAST) as pool:
+        first = pool.verify()
+        assert first.passed and "proof" in first.reason
+        assert pool.verify() is first  # cached
+        assert pool.verify(force=True) is not first
+    with SandboxPool(workers=1, limits=FAST, python="/nonexistent/python3") as broken:
+        with pytest.raises(SandboxUnavailable, match="self-test .error: exec of /nonexistent/python3 failed"):
+            broken.verify()
+        # A batch still gives one result per program (the parent's side never loses a batch).
+        assert [r.status for r in broken.map_tests([("x = 1", "def check(c):\n    pass\n", "f")])] == ["error"]
+
+
 # ------------------------------------------------------------------------------------ fail closed
 
 

@@ -257,7 +257,7 @@ def _check_training(summary: dict):
 
 @pytest.mark.slow
 def test_a_training_run_of_hostile_completions_as_this_user():
-    """Five batches, each of every hostile completion (25) and 15 correct solutions, shuffled, scored
+    """Five batches, each of every hostile completion (26) and 15 correct solutions, shuffled, scored
     two at a time as training does (root: slot uids; otherwise the user-namespace mode)."""
     _check_training(training.train(rounds=ROUNDS))
 

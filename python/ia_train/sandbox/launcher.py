@@ -64,6 +64,7 @@ class Report:
     PROCFS = "procfs"  # what /proc the program sees (str)
     STARTED = "started"  # the program was forked: from now on nothing is the sandbox's failure (True)
     LOST = "lost"  # init or the launcher failed after the program started (str)
+    REJECTED = "rejected"  # the program could not be set up: its files do not fit (str); nothing ran
     RETURNCODE = "returncode"  # the program's exit status (int; negative: its signal)
     CPU_SECONDS = "cpu_seconds"  # CPU time of the program and its reaped children (float)
     PROOF = "proof"  # run_tests: what the harness wrote to the proof pipe (str)
@@ -268,15 +269,15 @@ def _setup_filesystem(libc, spec: dict) -> None:
         _mount(libc, None, path, None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
     os.mkdir(PRIVATE_WORK, 0o700)
     os.chdir(PRIVATE_WORK)
-    _write_files(spec)
     if spec["uid"] is not None:
         os.chown(PRIVATE_WORK, spec["uid"], spec["uid"])
     spec["env"]["HOME"] = PRIVATE_WORK
 
 
 def _write_files(spec: dict) -> None:
-    """The program's files in the working directory. Text that is not valid UTF-8 (a lone surrogate)
-    is written as it is, for the program to fail on, not the launcher."""
+    """The program's files in the working directory (after the isolation: a program too large for
+    its scratch space is the program's failure, not a missing namespace). Text that is not valid
+    UTF-8 (a lone surrogate) is written as it is, for the program to fail on, not the launcher."""
     for name, text in spec["files"].items():
         with open(name, "w", encoding="utf-8", errors="surrogatepass") as f:
             f.write(text)
@@ -384,7 +385,6 @@ _DENY_X86_64 = (
     99,  # sysinfo: the machine's free memory, process count and load
     162, 306,  # sync, syncfs: the machine's writeback (the program's own files are on tmpfs)
 )
-_CLONE_PIDFD = 0x00001000
 _NS_FLAGS = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWTIME
 _AF_UNIX, _AF_INET, _AF_INET6 = 1, 2, 10
 _RWF_NOWAIT = 0x00000008
@@ -445,7 +445,7 @@ def seccomp_program() -> bytes | None:
     for nr in _DENY_X86_64:
         code += [(_JEQ, 0, 1, nr), (_RET, 0, 0, eperm)]
     code += [(_JEQ, 0, 1, 435), (_RET, 0, 0, enosys)]  # clone3: its flags are out of the filter's reach
-    code += _on(56, _refuse_bits(0, _NS_FLAGS | _CLONE_PIDFD, eperm))  # clone
+    code += _on(56, _refuse_bits(0, _NS_FLAGS, eperm))  # clone
     # Sockets by allow-list: in an empty network namespace, inet and inet6 reach nothing; every
     # other family is refused (unix: a host daemon's socket file; vsock: the machine-wide vsock
     # port space, shared with the host and other runs; netlink, packet, alg, ...).
@@ -670,7 +670,11 @@ def launch() -> int:
         if spec.get("work_fallback"):
             # No private scratch: the program runs in the parent's work directory.
             os.chdir(spec["work"])
+        try:
             _write_files(spec)
+        except OSError as e:
+            _report(status_fd, {Report.REJECTED: f"the program's files do not fit in its scratch space ({e.strerror})"})
+            return 0
         if "pidns" not in applied:
             return _run_program(spec, status_fd)
         init = os.fork()

@@ -63,6 +63,8 @@ def classify(report: dict, timed_out: bool, stderr: str, out_size: int, limits: 
         return "timeout", f"wall time limit {limits.wall_seconds:g} s exceeded"
     if Report.ERROR in report:  # the sandbox itself failed (e.g. the interpreter could not be executed)
         return "error", str(report[Report.ERROR])[:500]
+    if Report.REJECTED in report:  # the program itself does not fit the run (nothing of it ran)
+        return "failed", str(report[Report.REJECTED])[:500]
     if code is None and oom:  # the OOM killer took the launcher or init: the program's doing
         return "memory", f"memory limit {_memory_limit(limits)} bytes of the run exceeded"
     if code is None:

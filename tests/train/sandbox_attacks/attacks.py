@@ -378,6 +378,14 @@ os.kill(-1, signal.SIGKILL)
 """
 
 
+def huge_completion() -> str:
+    """A wrong response larger than HumanEval's scratch space (16 MiB): before, writing it failed
+    inside the isolation step, which the parent took for a missing mount namespace and raised."""
+    from ia_train.tasks.humaneval import DEFAULT_LIMITS
+
+    return "    # " + "x" * (DEFAULT_LIMITS.disk_bytes + (1 << 20)) + "\n    return True\n"
+
+
 def trainer_crash(task, problems):
     body = "    exec(" + repr(_CRASHER) + ")\n"
     try:
@@ -556,6 +564,13 @@ def run_all(shared_dir: str) -> dict:
     if "crash" not in os.environ.get("IA_ATTACK_SKIP", ""):  # it kills its caller where nothing isolates it
         results["crash: score_batch raises"] = trainer_crash(task, problems)
         results.update({f"crash: {k}": v for k, v in signal_attacks(task, problems).items()})
+        try:
+            rewards = task.score_batch([problems[0]], [huge_completion()])
+            results["crash: a completion larger than the scratch space"] = (rewards != [0.0], f"reward {rewards}")
+        except Exception as e:  # noqa: BLE001 - refused for want of space, not of namespaces: the breach
+            results["crash: a completion larger than the scratch space"] = (
+                type(e).__name__ != "SandboxUnavailable" or "No space" in str(e),
+                f"score_batch raised {type(e).__name__}: {str(e)[:70]}")
     results["fake: a table of failed asserts in the page cache"] = page_cache_table(task, problems)
     task.close()
     escapes = {

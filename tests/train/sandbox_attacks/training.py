@@ -38,6 +38,7 @@ def hostile_completions() -> dict[str, tuple[str, str]]:
     out["crash: kill parent, pid 1, kill(-1), garbage into every fd"] = (
         "HumanEval/0", "    exec(" + repr(attacks["_CRASHER"]) + ")\n")
     out["learn: a table of failed asserts in the page cache"] = ("HumanEval/0", _text("page_cache_table.py"))
+    out["crash: a completion larger than the run's scratch space"] = ("HumanEval/0", attacks["huge_completion"]())
     for name, call in (
         ("vsock", "import socket\n    s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)\n"
                   "    s.bind((socket.VMADDR_CID_ANY, 4242))\n    s.listen(1)"),
