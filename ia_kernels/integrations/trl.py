@@ -119,7 +119,8 @@ class IAGRPOConfig(GRPOConfig):
 
     def __post_init__(self):
         if self.scale_rewards is None:  # what the estimator does: TRL's default "group" for grpo
-            self.scale_rewards = _SCALING.get(self.advantage_estimator, "group")
+            est = self.advantage_estimator
+            self.scale_rewards = _SCALING.get(est, "group") if isinstance(est, str) else "group"
         super().__post_init__()
         est = self.advantage_estimator
         if not isinstance(est, str) or est not in ESTIMATORS:
@@ -129,8 +130,9 @@ class IAGRPOConfig(GRPOConfig):
             raise ValueError("advantage_estimator='majority' needs answer ids, which TRL's reward functions do not "
                              "return; use it through ia_kernels.group_advantages directly")
         if est in ESTIMATORS_USING_K:
-            if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            if isinstance(self.k, bool) or not isinstance(self.k, numbers.Integral) or self.k < 1:
                 raise ValueError(f"advantage_estimator={est!r} needs k, an int >= 1 (got k={self.k!r})")
+            self.k = int(self.k)
             if self.k > self.num_generations:
                 raise ValueError(f"k={self.k} is larger than num_generations={self.num_generations}: the pass@k "
                                  f"objective needs k samples per prompt")
@@ -551,6 +553,8 @@ class IAGRPOTrainer(GRPOTrainer):
                 if self.args.use_bias_correction_kl:
                     kl = kl * coef
                 log["kl"].append(global_mean(kl))
+        if self.args.delta is not None:  # TRL clamps its ratio before the clip metrics
+            coef = coef.clamp(max=self.args.delta)
         log["entropy"].append(token_mean_of(metrics["entropy_mean"]))
         low = ((coef < 1 - self.epsilon_low) & (adv < 0)).float()
         high = ((coef > 1 + self.epsilon_high) & (adv > 0)).float()
