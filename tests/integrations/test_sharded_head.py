@@ -157,3 +157,20 @@ def test_loss_forward_follows_a_deep_copy():
         logits = clone(input_ids=ids).logits
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     torch.testing.assert_close(logits, clone.lm_head(want), rtol=1e-6, atol=1e-6)
+
+
+def test_call_as_forward_restores_the_module_forward():
+    from ia_kernels.integrations.trl import _call_as_forward
+
+    head = torch.nn.Linear(4, 3)
+    seen = []
+    out = _call_as_forward(head, torch.ones(2, 4), lambda h, w, b: seen.append((h, w, b)) or "done")
+    assert out == "done" and seen[0][1] is head.weight and seen[0][2] is head.bias
+    assert "forward" not in head.__dict__  # the class forward again
+    own = lambda x: x * 2  # noqa: E731 - an instance forward, as TRL's cast_lm_head_to_fp32 sets
+    head.forward = own
+    _call_as_forward(head, torch.ones(2, 4), lambda h, w, b: None)
+    assert head.__dict__["forward"] is own
+    with pytest.raises(RuntimeError, match="boom"):
+        _call_as_forward(head, torch.ones(2, 4), lambda h, w, b: (_ for _ in ()).throw(RuntimeError("boom")))
+    assert head.__dict__["forward"] is own  # restored on error too

@@ -38,6 +38,8 @@ STEP_CASES = {
     "dapo, KL (beta 0.04, times the ratio)": dict(beta=0.04),
     "grpo, KL without the ratio": dict(loss_type="grpo", beta=0.04, use_bias_correction_kl=False),
     "dapo, gradient checkpointing": dict(gradient_checkpointing=True),
+    # TRL gives the head an instance forward: the loss's call through the head must restore it (2 steps)
+    "dapo, cast_lm_head_to_fp32, 2 steps": dict(cast_lm_head_to_fp32=True, max_steps=2, learning_rate=0.3),
     "dapo, num_iterations 2, steps_per_generation 2 (off-policy)": dict(num_iterations=2, steps_per_generation=2,
                                                                        max_steps=4, per_device_train_batch_size=4,
                                                                        learning_rate=0.3),
