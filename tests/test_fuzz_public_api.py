@@ -99,7 +99,7 @@ def grouping(draw, equal_sizes=False, min_size=1):
         ids = [ids[i] for i in perm]
     values = draw(st.lists(st.integers(-200, 200), min_size=n_groups, max_size=n_groups, unique=True))
     form = draw(st.sampled_from(["int", "int64", "int8", "uint8", "int32", "list", "strings", "tensors",
-                                 "numpy", "tuple"]))
+                                 "numpy", "tuple", "mixed"]))
     labelled = [values[g] for g in ids]
     if form == "int" and contiguous and len(set(sizes)) == 1:
         arg = sizes[0]
@@ -120,6 +120,10 @@ def grouping(draw, equal_sizes=False, min_size=1):
         arg = np.array(labelled)
     elif form == "tuple":
         arg = tuple(np.int64(v) for v in labelled)
+    elif form == "mixed":  # equal numbers of different types: one label
+        kinds = [int, float, np.int32, np.float64, torch.tensor, lambda v: (v,)]
+        picks = draw(st.lists(st.integers(0, len(kinds) - 2), min_size=len(ids), max_size=len(ids)))
+        arg = [kinds[p](v) for p, v in zip(picks, labelled)]
     else:
         arg = torch.tensor(labelled, dtype=torch.int64)
     # The reference numbers groups by ascending id; a group's identity is what matters, so give it
@@ -144,7 +148,8 @@ def advantage_case(draw):
     elif estimator == "passk":
         values = draw(st.lists(st.floats(0, 1, width=16), min_size=n, max_size=n))
     else:
-        values = draw(st.lists(st.floats(-4, 4, width=16), min_size=n, max_size=n))
+        wide = draw(st.sampled_from([4.0, 4.0, 65504.0, 2.0 ** 100]))  # fp16 range, beyond it
+        values = draw(st.lists(st.floats(-wide, wide, width=32), min_size=n, max_size=n))
     nan_policy = draw(st.sampled_from(["raise", "omit"]))
     if nan_policy == "omit" and draw(st.booleans()):
         holes = draw(st.sets(st.integers(0, n - 1), max_size=n))

@@ -332,3 +332,19 @@ def test_an_importance_weight_that_would_reverse_or_void_an_update_is_refused(ba
     mask[1, 2] = False  # off the mask a weight may hold anything
     loss, _ = ik.ppo_loss(logp.detach(), old, adv, mask, importance_weights=iw, backend=backend)
     assert math.isfinite(loss.item())
+
+
+@pytest.mark.parametrize("backend", PPO_BACKENDS)
+def test_the_new_checks_keep_ppo_loss_to_its_documented_syncs(backend):
+    from test_ppo_loss import _CountSyncs
+
+    logp, old, adv = _ppo_batch()
+    logp.requires_grad_()
+    kw = dict(num_tokens=torch.tensor(12.0), importance_weights=torch.rand(3, 5), backend=backend)
+    with _CountSyncs() as mode:  # no sync at all without check_finite
+        loss, _ = ik.ppo_loss(logp, old, adv, check_finite=False, **kw)
+        loss.backward()
+    assert mode.syncs == []
+    with _CountSyncs() as mode:  # advantages, normaliser and weights share check_finite's one sync
+        ik.ppo_loss(logp, old, adv, **kw)
+    assert len(mode.syncs) == 1

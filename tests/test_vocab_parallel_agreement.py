@@ -35,6 +35,8 @@ DISAGREEMENTS = {
     "different-ops": ("disagree on the op", "rank 0 has linear_logprobs, rank 1 has linear_ppo_loss"),
     "ppo-unequal-valid-tokens": ("disagree on the number of valid tokens", "rank 0 has 36, rank 1 has"),
     "ppo-unequal-importance": ("disagree on importance", "rank 0 has 'token', rank 1 has 'sequence'"),
+    "unequal-targets": ("disagree on the targets (a checksum", "each rank must pass the same batch"),
+    "ppo-unequal-mask-same-count": ("disagree on the targets (a checksum",),
 }
 
 

@@ -97,6 +97,8 @@ AGREEMENT = {
     "T": "T, hidden.shape[1]",
     "tokens": "the number of tokens (the elements of targets)",
     "valid_tokens": "the number of valid tokens (targets != ignore_index where mask is nonzero)",
+    "targets": "the targets (a checksum of the ids the kernels read and their positions: each rank must "
+               "pass the same batch)",
     "chunk_size": "chunk_size",
     "chunk_bytes": "IA_KERNELS_CHUNK_BYTES (or the device's default), which sizes the chunks when chunk_size is None",
     "float64": "whether the call computes in float64 (weight.dtype)",
@@ -121,6 +123,15 @@ _FLAG_TEXT = {FLAG_NORMALISER: "a tensor num_tokens / num_sequences that is not 
 _ABSENT = -(1 << 63)  # an entry the op does not use
 _NONE = _ABSENT + 1  # an int setting left as None
 _INT64_MAX = (1 << 63) - 1
+
+
+def targets_checksum(targets: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
+    """0-d int64 on the targets' device (no sync): a checksum of the ids the kernels read and of
+    where they are, exact in int64 (each term below 2^31, for up to 2^32 tokens). Ranks that were
+    handed different batches of the same shape agree on every size but not on this."""
+    flat, keep = targets.reshape(-1), read.reshape(-1)
+    pos = torch.arange(flat.numel(), device=flat.device) % 32749 + 1
+    return torch.where(keep, (flat % 65521 + 1) * pos, 0).sum()
 
 
 def _entry(key: str, value) -> int:
@@ -191,11 +202,11 @@ class VocabShard:
         whatever its arguments, so that no rank is left waiting in a collective that another skips.
 
         prepare() validates this rank's arguments and returns a LocalCall; a ValueError from it is
-        carried by the gather. Then every rank raises the same ValueError when: a rank's validation
-        failed (the messages are exchanged: the error path's only other collective); the ranks
-        disagree on an AGREEMENT entry (naming the argument and two ranks' values); a target lies
-        outside the global vocabulary; a rank's device-side checks failed. One host sync (reading
-        the gathered table), none more on success.
+        carried by the gather. Then every rank raises the same ValueError when, in this order: a
+        rank's validation failed (the messages are exchanged: the error path's only other
+        collective); a target lies outside the global vocabulary; the ranks disagree on an
+        AGREEMENT entry (naming the argument and two ranks' values); a rank's device-side checks
+        failed. One host sync (reading the gathered table), none more on success.
         """
         _require_group(group)
         dist = _dist()
@@ -235,14 +246,6 @@ class VocabShard:
                 raise error
             r = refused[0]
             raise ValueError(f"rank {r} of tp_group refused the call: {messages[r]}")
-        for key in AGREEMENT:
-            column = [row[key] for row in table]
-            other = next((r for r in range(world) if column[r] != column[0]), None)
-            if other is not None:
-                raise ValueError(f"the ranks of tp_group disagree on {AGREEMENT[key]}: rank 0 has "
-                                 f"{_shown(key, column[0])}, rank {other} has {_shown(key, column[other])}; every "
-                                 f"rank of a vocabulary-parallel call passes the same hidden states, targets, "
-                                 f"per-token inputs and settings (only weight and bias are per rank)")
         sizes = [row["rows"] for row in table]
         if min(sizes) < 1:
             raise ValueError(f"every rank needs at least one vocabulary row; block sizes by rank: {sizes}")
@@ -253,6 +256,14 @@ class VocabShard:
                 where = "" if r == rank else f" (on rank {r} of tp_group)"
                 raise ValueError(f"targets must lie in [0, {total}) or equal ignore_index; found "
                                  f"{lo if lo < 0 else hi}{where}")
+        for key in AGREEMENT:
+            column = [row[key] for row in table]
+            other = next((r for r in range(world) if column[r] != column[0]), None)
+            if other is not None:
+                raise ValueError(f"the ranks of tp_group disagree on {AGREEMENT[key]}: rank 0 has "
+                                 f"{_shown(key, column[0])}, rank {other} has {_shown(key, column[other])}; every "
+                                 f"rank of a vocabulary-parallel call passes the same hidden states, targets, "
+                                 f"per-token inputs and settings (only weight and bias are per rank)")
         for r, row in enumerate(table):
             flags = row[_FLAGS]
             if flags != _ABSENT and flags:

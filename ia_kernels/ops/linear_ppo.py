@@ -37,7 +37,7 @@ from ..core import checks as _checks
 from ..core.chunks import ChunkDriver, LogitTransform, chunk_rows, chunk_setting
 from ..core.numerics import FP32, FP32_FP64, as_compute, compute_dtype
 from ..core.vocab_parallel import (FLAG_ADVANTAGES, FLAG_IMPORTANCE_WEIGHTS, FLAG_NORMALISER, LocalCall, VocabShard,
-                                   resolve_lm_head)
+                                   resolve_lm_head, targets_checksum)
 from . import ppo
 from .logprobs import RowPassCall, chunked_backward, chunked_forward, row_pass_call, validate_lm_head
 
@@ -404,6 +404,7 @@ def linear_ppo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
             valid = valid & (mask != 0)
         valid = valid.contiguous()
         entries = dict(op=2, H=H, B=B, T=T, tokens=B * T, valid_tokens=valid.sum(), chunk_size=chunk,
+                       targets=targets_checksum(t64, valid) if tp_group is not None else None,
                        chunk_bytes=chunk_bytes, float64=dtype == torch.float64,
                        hidden_grad=torch.is_grad_enabled() and hidden.requires_grad,
                        sequence_level=opts.importance == "sequence", temperature=temp, ignore_index=ignore,

@@ -20,7 +20,7 @@ from .. import backends
 from ..core import checks as _checks
 from ..core.chunks import ChunkDriver, LogitTransform, chunk_rows, chunk_setting
 from ..core.numerics import FP32, FP32_FP64, compute_dtype
-from ..core.vocab_parallel import LocalCall, VocabShard, resolve_lm_head
+from ..core.vocab_parallel import LocalCall, VocabShard, resolve_lm_head, targets_checksum
 
 
 @dataclass(frozen=True)
@@ -217,6 +217,7 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         _, kernels = _OP.select(hidden.device, compute_dtype(weight.dtype), backend)
         t64 = targets.to(torch.int64).reshape(-1)
         entries = dict(op=1, H=hidden.shape[-1], tokens=t64.numel(), chunk_size=chunk, chunk_bytes=chunk_bytes,
+                       targets=targets_checksum(t64, t64 != ignore) if tp_group is not None else None,
                        float64=compute_dtype(weight.dtype) == torch.float64,
                        hidden_grad=torch.is_grad_enabled() and hidden.requires_grad, temperature=temp,
                        ignore_index=ignore, logit_scale=None if transform is None else transform.scale,

@@ -72,6 +72,10 @@ CASES = {
     "ppo-one-rank-negative-importance-weights": lambda: ppo(importance_weights=mine(torch.ones(4, 9),
                                                                                   -torch.ones(4, 9))),
     "tp_group-string": lambda: logprobs(tp_group="world"),
+    # Same shapes, different batches (a data-loader that shards by the wrong rank): caught by the
+    # targets' checksum.
+    "unequal-targets": lambda: logprobs(targets=(inputs()[2] + RANK) % V),
+    "ppo-unequal-mask-same-count": lambda: ppo(mask=torch.ones(4, 9).tril().roll(RANK, dims=1)),
 }
 
 
