@@ -22,7 +22,11 @@ not use is an error, never silently ignored):
                              generated tokens (response_mask); a response whose tokens reach the
                              response length limit (actor_rollout_ref.rollout.response_length, read
                              from verl's config, or algorithm.ia_kernels.max_response_length) was cut
-                             off: it scores 0 and stays out of its prompt's length statistics.
+                             off: it scores 0 and stays out of its prompt's length statistics. (verl
+                             hands estimators no EOS flag: a response ending with EOS exactly at the
+                             limit counts as cut off, as verl's response_length/clip_ratio counts it,
+                             and a multi-turn response cut off inside a tool's output, where the mask
+                             is 0, is not seen as cut off.)
     ia_rloo, ia_grpo, ia_dr_grpo, ia_reinforce
                              the plain estimators (eps default 1e-6 as verl's)
 
