@@ -30,7 +30,7 @@ from ia_kernels import reference as ref
 # IA_FUZZ_EXAMPLES=2000 (for example) runs a longer, randomised search; the default is a fixed,
 # modest one that the suite can afford.
 _EXAMPLES = int(os.environ.get("IA_FUZZ_EXAMPLES", "0"))
-FUZZ = settings(max_examples=_EXAMPLES or 60, deadline=None, derandomize=not _EXAMPLES, database=None,
+FUZZ = settings(max_examples=_EXAMPLES or 80, deadline=None, derandomize=not _EXAMPLES, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.filter_too_much])
 TRITON = ["triton"] if backends.triton_installed() else []

@@ -348,3 +348,16 @@ def test_the_new_checks_keep_ppo_loss_to_its_documented_syncs(backend):
     with _CountSyncs() as mode:  # advantages, normaliser and weights share check_finite's one sync
         ik.ppo_loss(logp, old, adv, **kw)
     assert len(mode.syncs) == 1
+
+
+@pytest.mark.parametrize("size", [torch.tensor(2), torch.tensor(2, dtype=torch.uint8), np.int64(2), np.int8(2)])
+def test_a_group_size_given_as_a_0d_tensor_or_numpy_int_is_read_by_value(size):
+    r = torch.tensor([1.0, 0.0, NAN, 1.0])
+    want = ik.group_advantages(r, 2, estimator="rloo", nan_policy="omit")
+    torch.testing.assert_close(ik.group_advantages(r, size, estimator="rloo", nan_policy="omit"), want)
+    correct = torch.tensor([True, False, True, True])
+    torch.testing.assert_close(ik.group_pass_at_k(correct, size, 1), ik.group_pass_at_k(correct, 2, 1))
+    torch.testing.assert_close(ik.maj_at_k(torch.tensor([1, 1, 2, 3]), correct, size, 2),
+                               ik.maj_at_k(torch.tensor([1, 1, 2, 3]), correct, 2, 2))
+    torch.testing.assert_close(ik.length_penalized_rewards(correct, torch.ones(4), size, alpha=0.1),
+                               ik.length_penalized_rewards(correct, torch.ones(4), 2, alpha=0.1))

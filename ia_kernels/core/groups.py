@@ -114,7 +114,12 @@ def label_ids(labels, n: int, device: torch.device, name: str = "groups") -> tor
 
 
 def group_layout(groups, n: int, device: torch.device, name: str = "groups", what: str = "rewards") -> GroupLayout:
-    """Validates `groups` against n samples and builds the layout (one host sync for ids)."""
+    """Validates `groups` against n samples and builds the layout (one host sync for ids). A group
+    size may come as a Python or NumPy int or as a 0-d integer tensor (read by value)."""
+    if isinstance(groups, torch.Tensor) and groups.dim() == 0 and groups.dtype in checks.INT_DTYPES:
+        groups = checks.require_index(name, groups)
+    elif isinstance(groups, np.integer):
+        groups = int(groups)
     if isinstance(groups, bool) or not isinstance(groups, (int, torch.Tensor)):
         raise ValueError(f"{name} must be an int (the group size) or an integer tensor of group ids, "
                          f"got {type(groups).__name__}")

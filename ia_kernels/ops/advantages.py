@@ -36,6 +36,8 @@ def group_ids(groups, n: int, device: torch.device, name: str = "groups"):
     or numpy array of labels (ints, strings such as verl's uid column, ...) becomes an int64 tensor
     of contiguous ids 0, 1, ... numbered in order of first appearance (the labels only say which
     samples share a group). Labels are compared by value: core.groups.label_ids has the rule."""
+    if isinstance(groups, torch.Tensor) and groups.dim() == 0 and groups.dtype in _checks.INT_DTYPES:
+        return _checks.require_index(name, groups)  # a group size given as a 0-d tensor
     if isinstance(groups, (torch.Tensor, numbers.Integral)) and not isinstance(groups, (bool, np.bool_)):
         return int(groups) if isinstance(groups, numbers.Integral) else groups
     if not isinstance(groups, (list, tuple, np.ndarray)):
