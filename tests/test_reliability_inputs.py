@@ -361,3 +361,26 @@ def test_a_group_size_given_as_a_0d_tensor_or_numpy_int_is_read_by_value(size):
                                ik.maj_at_k(torch.tensor([1, 1, 2, 3]), correct, 2, 2))
     torch.testing.assert_close(ik.length_penalized_rewards(correct, torch.ones(4), size, alpha=0.1),
                                ik.length_penalized_rewards(correct, torch.ones(4), 2, alpha=0.1))
+
+
+@pytest.mark.parametrize("backend", ADV_BACKENDS)
+@pytest.mark.parametrize("estimator, bad, match", [
+    ("majority", math.inf, r"rewards must be finite: it has NaN or inf \(first at index 3: inf\)"),
+    ("passk", math.inf, r"rewards must be finite: .*index 3"),
+    ("passk", 5.0, r"rewards must lie in \[0, 1\] for estimator='passk' .* found 5.0 at index 3"),
+    ("passk_chen", 0.5, r"rewards must be 0 or 1 for estimator='passk_chen' .* found 0.5 at index 3"),
+    ("rloo", -math.inf, r"rewards must be finite: .*index 3"),
+])
+def test_omit_still_refuses_a_bad_reward_in_a_group_it_leaves_out(backend, estimator, bad, match):
+    # Group 0 loses samples to NaN and is left out (advantage 0): an inf or out-of-domain reward in
+    # it passed silently, though "inf still raises"; one in a kept group was named by its index
+    # among the scored samples, not in the batch.
+    r = torch.tensor([NAN, NAN, NAN, bad, 0.0, 1.0, 1.0, 0.0])
+    kw = dict(k=3) if estimator in ("passk", "passk_chen") else {}
+    answers = torch.zeros(8, dtype=torch.int64) if estimator == "majority" else None
+    with pytest.raises(ValueError, match=match):
+        ik.group_advantages(r, 4, estimator=estimator, answers=answers, nan_policy="omit", backend=backend, **kw)
+    r2 = torch.tensor([NAN, 0.0, 1.0, bad, 0.0, 1.0, 1.0, 0.0])  # kept group: the index is the batch's
+    with pytest.raises(ValueError, match=match):
+        ik.group_advantages(r2, 4, estimator=estimator, answers=answers, nan_policy="omit", backend=backend,
+                            **kw)

@@ -24,7 +24,7 @@ from .. import backends
 from ..core import checks as _checks
 from ..core.groups import GroupLayout, group_layout, label_ids, require_data, require_number
 from ..core.numerics import (ESTIMATOR_CODES, ESTIMATORS_USING_K, FP32_FP64, PASSK_VARIANT_CODES, REWARD_NON_FINITE,
-                             REWARD_OUTSIDE_UNIT, compute_dtype)
+                             REWARD_NOT_BINARY, REWARD_OUTSIDE_UNIT, compute_dtype)
 
 ESTIMATORS = tuple(ESTIMATOR_CODES)
 PASSK_VARIANTS = tuple(PASSK_VARIANT_CODES)
@@ -151,8 +151,9 @@ def group_advantages(rewards: torch.Tensor, groups, *, estimator: str, k: int | 
             0 on every sample: fewer than k for passk and passk_chen (no estimate of the k-sample
             objective exists from fewer than k samples), fewer than k + 1 for passk's
             variant="loo" (its baseline draws k of the other n - 1), any NaN in the group for
-            majority (it needs all k). This is data, never an error, on every backend. inf still
-            raises.
+            majority (it needs all k). This is data, never an error, on every backend. inf, and
+            a scored reward outside the estimator's domain, still raise, wherever they are (a
+            group left out included), naming the index in the full batch.
         backend: "torch", "cpu" or "cuda"; None picks the fastest one verified on the device
             (backends.VERIFIED: "cpu" on CPU tensors, "torch" on CUDA tensors until the CUDA
             kernels have passed their tests on a GPU; backend="cuda" runs them regardless).
@@ -200,8 +201,26 @@ def group_advantages(rewards: torch.Tensor, groups, *, estimator: str, k: int | 
     return out
 
 
+def _check_scored_rewards(rewards: torch.Tensor, nan: torch.Tensor, estimator: str) -> None:
+    """Every reward that is not NaN must fit the estimator (finite; in [0, 1] for passk; 0 or 1 for
+    passk_chen), checked over all of them with their own indices: the estimator later runs on the
+    scored samples of the groups that keep enough of them, and would neither see an inf in a group
+    left out nor name a bad reward by its index in the full batch."""
+    r = rewards.to(torch.float64)
+    codes = torch.where(torch.isinf(r), REWARD_NON_FINITE, 0)
+    if estimator == "passk":
+        codes = torch.where((codes == 0) & ~nan & ((r < 0) | (r > 1)), REWARD_OUTSIDE_UNIT, codes)
+    elif estimator == "passk_chen":
+        codes = torch.where((codes == 0) & ~nan & (r != 0) & (r != 1), REWARD_NOT_BINARY, codes)
+    bad = codes.nonzero()
+    if bad.numel():
+        i = int(bad[0, 0])
+        raise _reward_error(int(codes[i]), i, rewards)
+
+
 def _omit_nan(rewards, groups, nan, *, estimator, k, answers, eps, variant, backend) -> torch.Tensor:
     """group_advantages(nan_policy="omit") once NaN rewards are known to be present."""
+    _check_scored_rewards(rewards, nan, estimator)
     n = rewards.numel()
     ids = _per_sample_ids(groups, n, rewards.device)
     keep = ~nan
