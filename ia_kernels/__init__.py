@@ -18,7 +18,7 @@ from .core.numerics import ESTIMATORS_USING_K
 from .ops.advantages import group_advantages, length_penalized_rewards
 from .ops.eval_metrics import group_pass_at_k, maj_at_k, pass_at_k
 from .ops.logprobs import linear_logprobs
-from .ops.paged_attention import paged_attention
+from .ops.paged_attention import PagedAttentionPlan, paged_attention
 from .ops.linear_ppo import linear_ppo_loss
 from .ops.ppo import ppo_loss
 
@@ -26,5 +26,5 @@ ESTIMATORS = tuple(_ESTIMATOR_CODES)  # every estimator= that group_advantages a
 
 __all__ = ["ESTIMATORS", "ESTIMATORS_USING_K", "linear_logprobs", "ppo_loss", "linear_ppo_loss", "group_advantages",
            "length_penalized_rewards", "pass_at_k", "group_pass_at_k", "maj_at_k", "paged_attention",
-           "available_backends"]
+           "PagedAttentionPlan", "available_backends"]
 __version__ = "0.1.0"

@@ -123,3 +123,20 @@ def test_no_queries():
     q, k, v, table, lens, cu = _good()
     out = ik.paged_attention(q[:0], k, v, table, lens, torch.zeros(3, dtype=torch.int64), backend="cpu")
     assert out.shape == (0, 4, 8)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_plan_serves_every_layer(backend):
+    """The rows are checked once per step (PagedAttentionPlan), each layer's cache through run()."""
+    q, k, v, table, lens, cu = random_cache([1, 4, 1], [9, 4, 30], 4, 2, 16, 8, seed=11)
+    plan = ik.PagedAttentionPlan(table, lens, cu, num_blocks=k.shape[0], block_size=k.shape[1])
+    for layer in range(3):
+        k2, v2 = k * (layer + 1), v - layer
+        torch.testing.assert_close(plan.run(q, k2, v2, backend=backend),
+                                   ik.paged_attention(q, k2, v2, table, lens, cu, backend=backend))
+    with pytest.raises(ValueError, match="q has 5 tokens but the plan's rows hold 6 queries"):
+        plan.run(q[:5], k, v)
+    with pytest.raises(ValueError, match="k_cache holds .* blocks of 8 positions but the plan was made for"):
+        plan.run(q, k[:-1], v[:-1])
+    with pytest.raises(ValueError, match="block_table must be a torch.Tensor"):
+        ik.paged_attention(q, k, v, table.tolist(), lens, cu)

@@ -38,7 +38,7 @@ def _require_index_tensor(name: str, x, dims: int, what: str) -> torch.Tensor:
     return x
 
 
-def _validate(q, k_cache, v_cache, block_table, seqlens, cu_seqlens_q):
+def _check_tensors(q, k_cache, v_cache) -> None:
     for name, x in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
         _checks.require_float(name, x)
         if x.requires_grad and torch.is_grad_enabled():
@@ -52,7 +52,7 @@ def _validate(q, k_cache, v_cache, block_table, seqlens, cu_seqlens_q):
         raise ValueError(f"v_cache has shape {tuple(v_cache.shape)} but k_cache {tuple(k_cache.shape)}: they must match")
     if q.dtype != k_cache.dtype or v_cache.dtype != k_cache.dtype:
         raise ValueError(f"q, k_cache and v_cache must share a dtype, got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
-    T, H, D = q.shape
+    H, D = q.shape[1:]
     num_blocks, block_size, Hk, Dk = k_cache.shape
     if Dk != D:
         raise ValueError(f"q's head_dim is {D} but the cache's is {Dk}")
@@ -60,45 +60,79 @@ def _validate(q, k_cache, v_cache, block_table, seqlens, cu_seqlens_q):
         raise ValueError(f"q's {H} heads must be a multiple of the cache's {Hk} kv heads (grouped-query attention)")
     if block_size < 1 or num_blocks < 1:
         raise ValueError(f"k_cache has no room: {num_blocks} blocks of {block_size} positions")
-    _require_index_tensor("block_table", block_table, 2, "[rows, max_blocks]")
-    _require_index_tensor("seqlens", seqlens, 1, "[rows]")
-    B = block_table.shape[0]
-    if seqlens.shape[0] != B:
-        raise ValueError(f"seqlens has {seqlens.shape[0]} rows but block_table {B}")
-    device = _checks.require_same_device(q=q, k_cache=k_cache, v_cache=v_cache, block_table=block_table,
-                                         seqlens=seqlens, cu_seqlens_q=cu_seqlens_q)
-    if cu_seqlens_q is None:
-        if T != B:
-            raise ValueError(f"without cu_seqlens_q each row has one query (a decode step): q has {T} tokens for "
-                             f"{B} rows")
-        cu = torch.arange(B + 1, device=device)
-    else:
-        cu = _require_index_tensor("cu_seqlens_q", cu_seqlens_q, 1, "[rows + 1]").to(torch.int64)
-        if cu.shape[0] != B + 1:
-            raise ValueError(f"cu_seqlens_q must have rows + 1 = {B + 1} entries, got {cu.shape[0]}")
-    # the kernels index with these: check them once, as the int32 / int64 they read
-    lens = seqlens.to(torch.int64)
-    q_lens = cu[1:] - cu[:-1]
-    limit = block_table.shape[1] * block_size
-    bad = (cu[0] != 0) | (cu[-1] != T) | (q_lens < 0).any() | (lens < q_lens).any() | (lens > limit).any()
-    if bool(bad):
+
+
+def _require_index_tensor(name: str, x, dims: int, what: str) -> torch.Tensor:
+    _checks.require_int(name, x)
+    if x.dim() != dims:
+        raise ValueError(f"{name} must be {what}, got shape {tuple(x.shape)}")
+    return x
+
+
+class PagedAttentionPlan:
+    """The rows of one step's paged attention, checked once and kept in the dtypes the kernels read
+    (block table int32, lengths and query offsets int64), for every layer's call: plan() then run()
+    per layer, as flashinfer's wrappers split it. The per-layer run() checks only the tensors that
+    change between layers (q and the layer's cache), without a host sync."""
+
+    def __init__(self, block_table, seqlens, cu_seqlens_q, *, num_blocks: int, block_size: int,
+                 tokens: int | None = None):
+        _require_index_tensor("block_table", block_table, 2, "[rows, max_blocks]")
+        _require_index_tensor("seqlens", seqlens, 1, "[rows]")
+        B = block_table.shape[0]
+        if seqlens.shape[0] != B:
+            raise ValueError(f"seqlens has {seqlens.shape[0]} rows but block_table {B}")
+        device = _checks.require_same_device(block_table=block_table, seqlens=seqlens, cu_seqlens_q=cu_seqlens_q)
+        if cu_seqlens_q is None:
+            cu = torch.arange(B + 1, device=device)
+        else:
+            cu = _require_index_tensor("cu_seqlens_q", cu_seqlens_q, 1, "[rows + 1]").to(torch.int64)
+            if cu.shape[0] != B + 1:
+                raise ValueError(f"cu_seqlens_q must have rows + 1 = {B + 1} entries, got {cu.shape[0]}")
+        T = int(cu[-1]) if tokens is None else tokens
+        # the kernels index with these: check them once, as the int32 / int64 they read
+        lens = seqlens.to(torch.int64)
+        q_lens = cu[1:] - cu[:-1]
+        limit = block_table.shape[1] * block_size
         if int(cu[0]) != 0 or int(cu[-1]) != T or bool((q_lens < 0).any()):
             raise ValueError(f"cu_seqlens_q must rise from 0 to the {T} query tokens")
-        b = int(((lens < q_lens) | (lens > limit)).nonzero()[0, 0])
-        raise ValueError(f"seqlens[{b}] = {int(lens[b])} must lie between that row's {int(q_lens[b])} queries and "
-                         f"the {limit} positions its block table holds")
-    used = torch.arange(block_table.shape[1], device=device)[None] * block_size < lens[:, None]
-    ids = block_table.to(torch.int64)[used]
-    if ids.numel() and bool(((ids < 0) | (ids >= num_blocks)).any()):
-        raise ValueError(f"block_table names a block outside the cache's {num_blocks} blocks (in a position a row uses)")
-    table = torch.where(used, block_table, 0).to(torch.int32).contiguous()
-    return cu.contiguous(), lens.contiguous(), table
+        bad = (lens < q_lens) | (lens > limit)
+        if bool(bad.any()):
+            b = int(bad.nonzero()[0, 0])
+            raise ValueError(f"seqlens[{b}] = {int(lens[b])} must lie between that row's {int(q_lens[b])} queries "
+                             f"and the {limit} positions its block table holds")
+        used = torch.arange(block_table.shape[1], device=device)[None] * block_size < lens[:, None]
+        ids = block_table.to(torch.int64)[used]
+        if ids.numel() and bool(((ids < 0) | (ids >= num_blocks)).any()):
+            raise ValueError(f"block_table names a block outside the cache's {num_blocks} blocks (in a position a "
+                             "row uses)")
+        self.table = torch.where(used, block_table, 0).to(torch.int32).contiguous()
+        self.seqlens, self.cu_seqlens_q = lens.contiguous(), cu.contiguous()
+        self.num_blocks, self.block_size, self.tokens, self.device = num_blocks, block_size, T, device
+
+    def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, *, scale: float | None = None,
+            backend: str | None = None) -> torch.Tensor:
+        """This step's attention for one layer: q [tokens, heads, head_dim] over its cache."""
+        _check_tensors(q, k_cache, v_cache)
+        if q.shape[0] != self.tokens:
+            raise ValueError(f"q has {q.shape[0]} tokens but the plan's rows hold {self.tokens} queries")
+        if k_cache.shape[:2] != (self.num_blocks, self.block_size):
+            raise ValueError(f"k_cache holds {k_cache.shape[0]} blocks of {k_cache.shape[1]} positions but the plan "
+                             f"was made for {self.num_blocks} of {self.block_size}")
+        _checks.require_same_device(q=q, k_cache=k_cache, v_cache=v_cache, plan=self.table)
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else _checks.require_positive_finite("scale", scale)
+        _, kernels = _OP.select(q.device, q.dtype, backend)
+        if q.shape[0] == 0:
+            return q.new_empty(q.shape)
+        return kernels.paged_attention(q.contiguous(), k_cache.contiguous(), v_cache.contiguous(), self.table,
+                                       self.seqlens, self.cu_seqlens_q, scale)
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
                     seqlens: torch.Tensor, cu_seqlens_q: torch.Tensor | None = None, *, scale: float | None = None,
                     backend: str | None = None) -> torch.Tensor:
-    """Causal attention of packed query tokens over a paged KV cache (see the module doc).
+    """Causal attention of packed query tokens over a paged KV cache (see the module doc); for many
+    layers over the same rows, PagedAttentionPlan checks the rows once.
 
     Args:
         q: [tokens, heads, head_dim].
@@ -109,9 +143,12 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         scale: the softmax scale (default 1 / sqrt(head_dim)).
     Returns [tokens, heads, head_dim] in q's dtype.
     """
-    cu, lens, table = _validate(q, k_cache, v_cache, block_table, seqlens, cu_seqlens_q)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else _checks.require_positive_finite("scale", scale)
-    _, kernels = _OP.select(q.device, q.dtype, backend)
-    if q.shape[0] == 0:
-        return q.new_empty(q.shape)
-    return kernels.paged_attention(q.contiguous(), k_cache.contiguous(), v_cache.contiguous(), table, lens, cu, scale)
+    _check_tensors(q, k_cache, v_cache)
+    _checks.require_tensor("block_table", block_table)
+    _checks.require_same_device(q=q, block_table=block_table)
+    if cu_seqlens_q is None and block_table.shape[0] != q.shape[0]:
+        raise ValueError(f"without cu_seqlens_q each row has one query (a decode step): q has {q.shape[0]} tokens "
+                         f"for {block_table.shape[0]} rows")
+    plan = PagedAttentionPlan(block_table, seqlens, cu_seqlens_q, num_blocks=k_cache.shape[0],
+                              block_size=k_cache.shape[1], tokens=q.shape[0])
+    return plan.run(q, k_cache, v_cache, scale=scale, backend=backend)

@@ -1,34 +1,48 @@
 """The built-in engine: ia_train's own decode loop for Llama-style causal LMs (Llama, Mistral, Qwen2,
-SmolLM2, the bundled tiny model). It runs the model's own modules and weights (embedding, norms,
-projections, rotary table, MLP, LM head) in a hand-written forward with
-    * a static KV cache: per layer one [B, kv_heads, P + T, head_dim] buffer for keys and one for
-      values, allocated once per batch and written in place (no per-step concatenation);
-    * finished rows leaving the batch: a row that emitted EOS stops being sampled at once, and the
-      cache rows of finished sequences are compacted away (in place, only the columns written so
-      far) as soon as they make up 1/8 of the rows in the cache, so at most 1/8 of a step's rows are
-      finished ones and a long sample no longer drags the whole batch;
-    * each prompt prefilled once, its keys and values copied to its n samples;
-    * fused q/k/v and gate/up projections (the weights concatenated once per batch);
+SmolLM2, the bundled tiny model), with continuous batching over a paged KV cache. It runs the model's
+own modules and weights (embedding, norms, projections, rotary table, MLP, LM head) in a hand-written
+forward over packed tokens:
+
+    * continuous batching: up to `batch_size` samples run at once; a sample that emits EOS (or
+      reaches max_new_tokens) leaves at once and its slot goes to the next waiting (prompt, sample)
+      pair, so a long response no longer holds a shrinking batch;
+    * a paged KV cache (kv_cache.py): blocks of `block_size` positions and a block table per row, so
+      memory follows the tokens actually held, not rows x the longest response; a prompt's blocks
+      are shared by its n samples (each gets its own copy of the last, partial one);
+    * chunked prefill beside the decode steps: each iteration's forward packs one token per running
+      sample and up to `prefill_tokens` prompt tokens of waiting prompts, so the weights are read once
+      for both (one GEMM per projection) and a prompt's prefill never stalls the samples that run;
+    * attention through ia_kernels.paged_attention (the native CPU kernel on CPU; on a GPU with
+      flash-attention's paged kernel when asked for: `IA_TRAIN_PAGED_BACKEND=cuda`, not run on a
+      GPU yet, so not the default there: the torch backend is);
+    * fused q/k/v and gate/up projections (the weights concatenated once per call);
     * the sampler's log-probs kept (Rollout.logprobs), the old log-probs of the PPO update.
-Sampling is HF's: softmax(logits / temperature), one multinomial draw per row (no top-k/top-p), so
+Sampling is HF's: softmax(logits / temperature), one multinomial draw per sample (no top-k/top-p), so
 the distribution is the same (tests compare token frequencies against `generate` and the decode
 loop's logits against the model's full-sequence forward). The random stream differs from
-`generate`'s (finished rows draw nothing).
-Architectures it does not recognise (anything but the Llama-style layer: pre-norm RMSNorm, rotary
-q/k, optional q/k/v bias, gated MLP, no sliding window, no q/k norms) fall back to the HF engine;
-`builtin_unsupported(model)` says why. On a GPU the same loop runs with PyTorch SDPA (which picks
-flash / memory-efficient kernels itself).
+`generate`'s. Architectures it does not recognise (anything but the Llama-style layer: pre-norm
+RMSNorm, rotary q/k, optional q/k/v bias, gated MLP, no sliding window, no q/k norms) fall back to
+the HF engine; `builtin_unsupported(model)` says why.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 
-from .batch import Rollout, make_rollout, stack_chunks
+import ia_kernels
+
+from .batch import Rollout, make_rollout
 from .hf import HFEngine
+from .kv_cache import PagedKVCache
 
 _LLAMA_LIKE = {"llama", "mistral", "qwen2"}
+# ia_kernels.paged_attention's backend (None: its automatic choice; "cuda": flash-attention's paged
+# kernel, opt-in until a GPU run verifies it)
+PAGED_BACKEND = os.environ.get("IA_TRAIN_PAGED_BACKEND") or None
 
 
 def _causal_lm(model):
@@ -96,6 +110,31 @@ class _Weights:
         cos, sin = self.rotary(torch.empty(0, device=device, dtype=dtype), pos)
         return cos[0], sin[0]  # [length, head_dim]
 
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: PagedKVCache, slots: torch.Tensor,
+                table: torch.Tensor, seqlens: torch.Tensor, cu_q: torch.Tensor, cos, sin) -> torch.Tensor:
+        """Packed tokens [N] at `positions` through every layer: their keys and values written to the
+        cache at `slots`, attention over each row's blocks (`table`, `seqlens`, `cu_q` as
+        ia_kernels.paged_attention takes them). Returns the final hidden states [N, hidden] (not normed)."""
+        N = ids.shape[0]
+        hq, hk, d = self.heads, self.kv_heads, self.head_dim
+        plan = ia_kernels.PagedAttentionPlan(table, seqlens, cu_q, num_blocks=cache.num_blocks,
+                                             block_size=cache.block_size, tokens=N)
+        x = F.embedding(ids, self.embed)
+        c, s = cos[positions][:, None], sin[positions][:, None]  # [N, 1, d]
+        for i, lw in enumerate(self.layers):
+            qkv = F.linear(_rms(x, lw["ln1"]), lw["qkv"], lw["qkv_b"])
+            q = _rotate(qkv[:, :hq * d].view(N, hq, d), c, s)
+            k = _rotate(qkv[:, hq * d:(hq + hk) * d].view(N, hk, d), c, s)
+            cache.write(i, slots, k, qkv[:, (hq + hk) * d:].reshape(N, hk, d))
+            o = plan.run(q, cache.k[i], cache.v[i], scale=lw["scaling"], backend=PAGED_BACKEND)
+            x = x + F.linear(o.reshape(N, hq * d), lw["o"], lw["o_b"])
+            gu = F.linear(_rms(x, lw["ln2"]), lw["gate_up"])
+            x = x + F.linear(lw["act"](gu[..., :lw["inter"]]) * gu[..., lw["inter"]:], lw["down"])
+        return x
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(_rms(x, self.norm), self.head, self.head_b)
+
 
 def _rms(x, w_eps):
     w, eps = w_eps
@@ -107,143 +146,203 @@ def _rotate(x, cos, sin):
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-class DecodeLoop:
-    """One batch of left-padded prompts through the model with a static KV cache.
-
-    Each prompt is run once and its cache rows copied to its n samples. prefill() runs the prompts
-    and returns the logits of their last position (n rows per prompt); step(tokens) appends one
-    token to each row in the cache and returns the next logits; keep(rows) drops the other rows from
-    the cache (compaction in place)."""
-
-    def __init__(self, w: _Weights, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
-                 n: int = 1):
-        self.w, self.n = w, n
-        P = prompt_ids.shape[1]
-        B = prompt_ids.shape[0] * n
-        self.P, self.L = P, P + max_new_tokens
-        dev, dt = prompt_ids.device, w.embed.dtype
-        shape = (B, w.kv_heads, self.L, w.head_dim)
-        self.k = [torch.empty(shape, device=dev, dtype=dt) for _ in w.layers]
-        self.v = [torch.empty(shape, device=dev, dtype=dt) for _ in w.layers]
-        self.valid = torch.zeros(B, self.L, dtype=torch.bool, device=dev)  # which cache columns are keys
-        self.valid[:, :P] = prompt_mask.bool().repeat_interleave(n, 0)
-        self.cos, self.sin = w.rope_table(self.L, dev, dt)
-        self.ids, self.mask = prompt_ids, prompt_mask
-        self.pos = prompt_mask.long().sum(1).repeat_interleave(n, 0)  # the position of each row's next token
-        self.rows = B  # rows in the cache
-        self.t = 0  # cache columns written
-
-    def _layers(self, x, cos, sin, attn_mask, t0, t1):
-        w, A = self.w, x.shape[0]
-        S = x.shape[1]
-        hq, hk, d = w.heads, w.kv_heads, w.head_dim
-        for i, lw in enumerate(w.layers):
-            h = _rms(x, lw["ln1"])
-            qkv = F.linear(h, lw["qkv"], lw["qkv_b"])
-            q = qkv[..., :hq * d].view(A, S, hq, d).transpose(1, 2)
-            k = qkv[..., hq * d:(hq + hk) * d].view(A, S, hk, d).transpose(1, 2)
-            v = qkv[..., (hq + hk) * d:].view(A, S, hk, d).transpose(1, 2)
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            self.k[i][:A, :, t0:t1] = k
-            self.v[i][:A, :, t0:t1] = v
-            o = F.scaled_dot_product_attention(q, self.k[i][:A, :, :t1], self.v[i][:A, :, :t1], attn_mask=attn_mask,
-                                               scale=lw["scaling"], enable_gqa=hq != hk)
-            x = x + F.linear(o.transpose(1, 2).reshape(A, S, hq * d), lw["o"], lw["o_b"])
-            gu = F.linear(_rms(x, lw["ln2"]), lw["gate_up"])
-            x = x + F.linear(lw["act"](gu[..., :lw["inter"]]) * gu[..., lw["inter"]:], lw["down"])
-        return x
-
-    def _logits(self, x):
-        return F.linear(_rms(x, self.w.norm), self.w.head, self.w.head_b)
-
-    def prefill(self) -> torch.Tensor:
-        """[B, V] logits of the token after each prompt."""
-        P, mask = self.P, self.mask.bool()
-        pos = (self.mask.long().cumsum(-1) - 1).clamp(min=0)
-        x = F.embedding(self.ids, self.w.embed)
-        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # [B, 1, P, d]
-        causal = torch.ones(P, P, dtype=torch.bool, device=x.device).tril()
-        # padding keys are masked; a padding query sees itself, so every row of the softmax is finite
-        attn = causal & (mask[:, None, :] | torch.eye(P, dtype=torch.bool, device=x.device))
-        x = self._layers(x, cos, sin, attn[:, None], 0, P)
-        if self.n > 1:  # each prompt's keys and values to its n samples
-            Bp = self.ids.shape[0]
-            for buf in (*self.k, *self.v):
-                buf[:, :, :P] = buf[:Bp, :, :P].repeat_interleave(self.n, 0)
-        self.t = P
-        return self._logits(x[:, -1]).repeat_interleave(self.n, 0)
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Appends tokens [rows] (one per row in the cache) and returns the next [rows, V] logits."""
-        t = self.t
-        self.valid[:self.rows, t] = True
-        x = F.embedding(tokens[:, None], self.w.embed)
-        cos, sin = self.cos[self.pos][:, None, None], self.sin[self.pos][:, None, None]  # [A, 1, 1, d]
-        x = self._layers(x, cos, sin, self.valid[:self.rows, None, None, :t + 1], t, t + 1)
-        self.t, self.pos = t + 1, self.pos + 1
-        return self._logits(x[:, 0])
-
-    def keep(self, rows: torch.Tensor) -> None:
-        """Keep only these cache rows (indices into the current rows, increasing), in place."""
-        A, t = rows.numel(), self.t
-        for buf in (*self.k, *self.v):
-            buf[:A, :, :t] = buf[rows, :, :t]
-        self.valid[:A] = self.valid[rows]
-        self.pos = self.pos[rows]
-        self.rows = A
-
-
 def sample_tokens(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens, their log-probs) drawn from softmax(logits / temperature), as `generate` samples."""
+    """(tokens, their log-probs) drawn from softmax(logits / temperature), the distribution `generate`
+    samples. By the inverse CDF: one uniform number per row against the cumulative probabilities
+    (summed in float64, so a token's interval is its probability to ~1e-16), where torch.multinomial
+    draws an exponential number per vocabulary entry (on a 49k vocabulary, most of a small model's
+    sampling time). Logits that are not finite raise, as multinomial does."""
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    tokens = torch.multinomial(logp.exp(), 1)[:, 0]
+    cdf = logp.exp().cumsum(-1, dtype=torch.float64)
+    total = cdf[:, -1:]
+    if not bool(torch.isfinite(total).all()):
+        raise RuntimeError("the policy's next-token distribution is not finite (NaN or inf logits); the weights "
+                           "may have diverged")
+    u = torch.rand(total.shape, dtype=torch.float64, device=logits.device) * total
+    tokens = torch.searchsorted(cdf, u, right=True).clamp_(max=logits.shape[-1] - 1)[:, 0]
     return tokens, logp.gather(1, tokens[:, None])[:, 0]
 
 
-@torch.no_grad()
-def decode(lm, prompt_ids, prompt_mask, *, eos: int, pad: int, max_new_tokens: int, temperature: float,
-           n: int = 1, forced: torch.Tensor | None = None, keep_logits: bool = False):
-    """Samples up to max_new_tokens for each of n rows per prompt (B = prompts * n rows, a prompt's
-    samples contiguous; each row stops at its EOS).
+@dataclass
+class _Prompt:
+    """A prompt being prefilled: its tokens, the blocks that hold them, how far the prefill got."""
 
-    Returns (tokens [B, T] padded with `pad`, log-probs [B, T] (0 on padding), lengths [B], logits
-    [B, T, V] or None); T is the longest response. `forced` [B, T'] feeds these tokens instead of
-    sampling (teacher forcing, for tests); keep_logits returns every step's logits."""
-    w = _Weights(lm)
-    B = prompt_ids.shape[0] * n
-    dev = prompt_ids.device
-    loop = DecodeLoop(w, prompt_ids, prompt_mask, max_new_tokens, n)
-    out = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=dev)
-    out_lp = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=dev)
-    lengths = torch.zeros(B, dtype=torch.long, device=dev)
-    all_logits = torch.zeros(B, max_new_tokens, w.head.shape[0], device=dev) if keep_logits else None
-    ids = torch.arange(B, device=dev)  # the sequence held in each cache row
-    alive = torch.ones(B, dtype=torch.bool, device=dev)  # per cache row: not finished
-    logits = loop.prefill()
-    T = 0
-    for s in range(max_new_tokens):
-        if forced is not None:
-            tok = forced[ids, s]
-            lp = torch.log_softmax(logits.float() / temperature, -1).gather(1, tok[:, None])[:, 0]
+    index: int
+    ids: list[int]
+    blocks: list[int] = field(default_factory=list)
+    done: int = 0
+
+
+class ContinuousBatch:
+    """Samples n responses to each prompt with continuous batching over a paged KV cache (module doc).
+
+    run() returns (tokens [prompts * n, T] padded with `pad`, log-probs [prompts * n, T] (0 on
+    padding), lengths [prompts * n], logits [prompts * n, T, V] or None); sample j of prompt i is row
+    i * n + j; T is the longest response. `forced` [prompts * n, T'] feeds these tokens instead of
+    sampling (teacher forcing, for tests); keep_logits keeps every step's logits."""
+
+    def __init__(self, w: _Weights, prompts: list[list[int]], n: int, *, eos: int, pad: int, max_new_tokens: int,
+                 temperature: float, batch_size: int, block_size: int = 32, prefill_tokens: int = 512,
+                 forced: torch.Tensor | None = None, keep_logits: bool = False):
+        if any(not p for p in prompts):
+            raise ValueError("a prompt has no tokens")
+        self.w, self.n, self.eos, self.T, self.temperature = w, n, eos, max_new_tokens, temperature
+        self.capacity = max(n, batch_size)  # samples running at once (a prompt's n start together)
+        self.prefill_tokens = max(1, prefill_tokens)
+        self.forced, self.keep_logits = forced, keep_logits
+        self.device = w.embed.device
+        self.pending = [_Prompt(i, list(ids)) for i, ids in enumerate(prompts)][::-1]  # popped from the end
+        self.prefilling: list[_Prompt] = []
+        longest = max(len(p) for p in prompts)
+        per_row = -(-(longest + max_new_tokens) // block_size) + 1
+        per_prompt = -(-longest // block_size)
+        blocks = self.capacity * per_row + per_prompt * (-(-self.capacity // n) + 1)
+        self.cache = PagedKVCache(len(w.layers), blocks, block_size, w.kv_heads, w.head_dim, w.embed.dtype,
+                                  self.device)
+        self.cos, self.sin = w.rope_table(longest + max_new_tokens + 1, self.device, w.embed.dtype)
+        rows = len(prompts) * n
+        self.tokens = torch.full((rows, max_new_tokens), pad, dtype=torch.long, device=self.device)
+        self.logprobs = torch.zeros(rows, max_new_tokens, dtype=torch.float32, device=self.device)
+        self.lengths = torch.zeros(rows, dtype=torch.long, device=self.device)
+        self.all_logits = torch.zeros(rows, max_new_tokens, w.head.shape[0], device=self.device) if keep_logits else None
+        self.max_blocks = per_row
+        # the running samples, one entry per row of these tensors (kept in step; rows leave when done)
+        self.row_id = torch.empty(0, dtype=torch.long, device=self.device)  # output row of each sample
+        self.last = torch.empty(0, dtype=torch.long, device=self.device)  # its last sampled token
+        self.position = torch.empty(0, dtype=torch.long, device=self.device)  # where that token goes
+        self.table = torch.empty(0, self.max_blocks, dtype=torch.int32, device=self.device)
+        self.reserved = 0  # slots promised to prompts still prefilling
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def run(self):
+        while self.pending or self.prefilling or self.row_id.numel():
+            self._admit()
+            self._step()
+        T = int(self.lengths.max()) if self.lengths.numel() else 0
+        return (self.tokens[:, :T], self.logprobs[:, :T], self.lengths,
+                self.all_logits[:, :T] if self.keep_logits else None)
+
+    def _admit(self) -> None:
+        """Waiting prompts start their prefill while their n samples fit beside the running ones."""
+        while self.pending and self.row_id.numel() + self.reserved + self.n <= self.capacity:
+            self.prefilling.append(self.pending.pop())
+            self.reserved += self.n
+
+    def _step(self) -> None:
+        """One forward: a token per running sample, then prompt chunks up to the prefill budget."""
+        bs, A = self.cache.block_size, self.row_id.numel()
+        self._grow_tables()
+        ids, positions, slots = [self.last], [self.position], []
+        if A:
+            slots.append(self.table[torch.arange(A, device=self.device), self.position // bs].long() * bs
+                         + self.position % bs)
+        tables, seqlens, q_lens = [self.table], [self.position + 1], [torch.ones(A, dtype=torch.long, device=self.device)]
+        chunks, budget = [], self.prefill_tokens
+        for p in self.prefilling:
+            if budget == 0:
+                break
+            take = min(budget, len(p.ids) - p.done)
+            budget -= take
+            while len(p.blocks) * bs < p.done + take:
+                p.blocks.append(self.cache.allocate())
+            pos = torch.arange(p.done, p.done + take, device=self.device)
+            block_ids = torch.tensor(p.blocks, dtype=torch.long, device=self.device)
+            ids.append(torch.tensor(p.ids[p.done:p.done + take], device=self.device))
+            positions.append(pos)
+            slots.append(block_ids[pos // bs] * bs + pos % bs)
+            row = torch.zeros(1, self.max_blocks, dtype=torch.int32, device=self.device)
+            row[0, :len(p.blocks)] = block_ids.to(torch.int32)
+            tables.append(row)
+            seqlens.append(torch.tensor([p.done + take], device=self.device))
+            q_lens.append(torch.tensor([take], device=self.device))
+            p.done += take
+            chunks.append(p)
+        q_lens = torch.cat(q_lens)
+        cu = torch.nn.functional.pad(q_lens.cumsum(0), (1, 0))
+        x = self.w.forward(torch.cat(ids), torch.cat(positions), self.cache, torch.cat(slots),
+                           torch.cat(tables), torch.cat(seqlens), cu, self.cos, self.sin)
+        finished_prefill = [p for p in chunks if p.done == len(p.ids)]
+        # logits: every running sample's next token, and the first token of each prompt whose prefill ended
+        last_of_prompt = [int(cu[A + chunks.index(p) + 1]) - 1 for p in finished_prefill]
+        picked = torch.cat([x[:A], x[last_of_prompt]]) if last_of_prompt else x[:A]
+        logits = self.w.logits(picked)
+        self._advance(logits[:A])
+        for j, p in enumerate(finished_prefill):
+            self.prefilling.remove(p)
+            self.reserved -= self.n
+            self._fork(p, logits[A + j])
+
+    def _grow_tables(self) -> None:
+        """A block for each running sample whose next token starts one."""
+        bs = self.cache.block_size
+        need = (self.position % bs == 0).nonzero()[:, 0].tolist()
+        for r in need:
+            self.table[r, int(self.position[r]) // bs] = self.cache.allocate()
+
+    def _draw(self, logits: torch.Tensor, rows: torch.Tensor, step: torch.Tensor):
+        """(tokens, log-probs) for these output rows at these response positions."""
+        if self.forced is not None:
+            tok = self.forced[rows, step]
+            lp = torch.log_softmax(logits.float() / self.temperature, -1).gather(1, tok[:, None])[:, 0]
         else:
-            tok, lp = sample_tokens(logits, temperature)
-        live = ids[alive]
-        out[live, s] = tok[alive]
-        out_lp[live, s] = lp[alive]
-        if keep_logits:
-            all_logits[live, s] = logits[alive].float()
-        lengths[live] += 1
-        T = s + 1
-        alive &= tok != eos
-        n_alive = int(alive.sum())
-        if n_alive == 0 or s + 1 == max_new_tokens:
-            break
-        if (loop.rows - n_alive) * 8 >= loop.rows:  # compact: finished rows leave the cache
-            keep = alive.nonzero()[:, 0]
-            loop.keep(keep)
-            ids, alive, tok = ids[keep], alive[keep], tok[keep]
-        logits = loop.step(tok)
-    return out[:, :T], out_lp[:, :T], lengths, (all_logits[:, :T] if keep_logits else None)
+            tok, lp = sample_tokens(logits, self.temperature)
+        self.tokens[rows, step] = tok
+        self.logprobs[rows, step] = lp
+        if self.keep_logits:
+            self.all_logits[rows, step] = logits.float()
+        self.lengths[rows] = step + 1
+        return tok
+
+    def _advance(self, logits: torch.Tensor) -> None:
+        """The running samples' next tokens; those that end leave and give back their blocks."""
+        if not self.row_id.numel():
+            return
+        step = self.lengths[self.row_id]
+        tok = self._draw(logits, self.row_id, step)
+        done = (tok == self.eos) | (step + 1 >= self.T)
+        self.last, self.position = tok, self.position + 1
+        if bool(done.any()):
+            bs = self.cache.block_size
+            for r in done.nonzero()[:, 0].tolist():
+                used = (int(self.position[r]) - 1) // bs + 1  # the blocks holding positions < position
+                self.cache.release(self.table[r, :used].tolist())
+            keep = (~done).nonzero()[:, 0]
+            self.row_id, self.last, self.position, self.table = (
+                self.row_id[keep], self.last[keep], self.position[keep], self.table[keep])
+
+    def _fork(self, p: _Prompt, logits: torch.Tensor) -> None:
+        """A prefilled prompt becomes its n samples: the full blocks shared, the partial last one copied."""
+        n, bs, P = self.n, self.cache.block_size, len(p.ids)
+        rows = torch.arange(p.index * n, (p.index + 1) * n, device=self.device)
+        tok = self._draw(logits.expand(n, -1), rows, torch.zeros(n, dtype=torch.long, device=self.device))
+        live = tok != self.eos if self.T > 1 else torch.zeros(n, dtype=torch.bool, device=self.device)
+        full, partial = P // bs, P % bs
+        tables = torch.zeros(n, self.max_blocks, dtype=torch.int32, device=self.device)
+        for j in live.nonzero()[:, 0].tolist():
+            for b in p.blocks[:full]:
+                self.cache.share(b)
+            tables[j, :full] = torch.tensor(p.blocks[:full], dtype=torch.int32)
+            if partial:
+                own = self.cache.allocate()
+                self.cache.copy_block(p.blocks[full], own, partial)
+                tables[j, full] = own
+        self.cache.release(p.blocks)
+        keep = live.nonzero()[:, 0]
+        self.row_id = torch.cat([self.row_id, rows[keep]])
+        self.last = torch.cat([self.last, tok[keep]])
+        self.position = torch.cat([self.position, torch.full((keep.numel(),), P, dtype=torch.long, device=self.device)])
+        self.table = torch.cat([self.table, tables[keep]])
+
+
+@torch.no_grad()
+def decode(lm, prompts: list[list[int]], n: int, *, eos: int, pad: int, max_new_tokens: int, temperature: float,
+           batch_size: int = 512, forced: torch.Tensor | None = None, keep_logits: bool = False, **options):
+    """ContinuousBatch(...).run() for a causal LM and prompts given as token lists (see its doc)."""
+    return ContinuousBatch(_Weights(lm), prompts, n, eos=eos, pad=pad, max_new_tokens=max_new_tokens,
+                           temperature=temperature, batch_size=batch_size, forced=forced, keep_logits=keep_logits,
+                           **options).run()
 
 
 class BuiltinEngine:
@@ -263,18 +362,16 @@ class BuiltinEngine:
                                           batch_size=batch_size)
         lm, tok = _causal_lm(self.model), self.tokenizer
         device = next(lm.parameters()).device
-        eos, pad = tok.eos_token_id, tok.pad_token_id
-        per_chunk = max(1, batch_size // n)
-        chunks = []
-        for start in range(0, len(prompts), per_chunk):
-            enc = tok(prompts[start:start + per_chunk], return_tensors="pt", padding=True,
-                      add_special_tokens=False).to(device)
-            r_ids, r_lp, r_len, _ = decode(lm, enc["input_ids"], enc["attention_mask"], eos=eos, pad=pad,
-                                           max_new_tokens=max_new_tokens, temperature=temperature, n=n)
-            p_ids = enc["input_ids"].repeat_interleave(n, 0)
-            p_mask = enc["attention_mask"].repeat_interleave(n, 0)
-            # Response tokens up to and including the first EOS.
-            r_mask = torch.arange(r_ids.shape[1], device=device)[None] < r_len[:, None]
-            chunks.append((p_ids, p_mask, r_ids, r_mask.long(), r_lp))
-        prompt_ids, prompt_mask, response, response_mask, logprobs = stack_chunks(chunks, pad)
-        return make_rollout(tok, prompt_ids, prompt_mask, response, response_mask.bool(), logprobs)
+        ids = tok(list(prompts), add_special_tokens=False)["input_ids"]
+        r_ids, r_lp, r_len, _ = decode(lm, ids, n, eos=tok.eos_token_id, pad=tok.pad_token_id,
+                                       max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
+        # the batch layout every engine returns: prompts left-padded, responses right-padded
+        width = max(len(p) for p in ids)
+        prompt_ids = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
+        prompt_mask = torch.zeros(len(ids), width, dtype=torch.long)
+        for i, p in enumerate(ids):
+            prompt_ids[i, width - len(p):] = torch.tensor(p)
+            prompt_mask[i, width - len(p):] = 1
+        prompt_ids, prompt_mask = (x.to(device).repeat_interleave(n, 0) for x in (prompt_ids, prompt_mask))
+        r_mask = torch.arange(r_ids.shape[1], device=device)[None] < r_len[:, None]
+        return make_rollout(tok, prompt_ids, prompt_mask, r_ids, r_mask, r_lp)
