@@ -26,6 +26,17 @@ def smollm2():
     mp.undo()
 
 
+def test_a_trainer_takes_it_as_a_plain_model(smollm2, tmp_path):
+    """The GGUF loader marks the model as quantised although its weights are dense floats; with the
+    marks kept, transformers' Trainer (TRL's base) refused it as "purely quantized"."""
+    from transformers import Trainer, TrainingArguments
+
+    model, _ = smollm2
+    assert not getattr(model, "is_quantized", False) and getattr(model, "hf_quantizer", None) is None
+    Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
+    assert not hasattr(model.config, "quantization_config")
+
+
 def test_loads_a_dense_trainable_model(smollm2):
     model, tokenizer = smollm2
     params = sum(p.numel() for p in model.parameters())

@@ -34,7 +34,8 @@ def smollm2_gguf_path() -> str:
 
 
 def load_smollm2(dtype: torch.dtype = torch.float32, cache_dir: str | None = None):
-    """(model, tokenizer) for SmolLM2-135M-Instruct, dequantised from the packaged GGUF file.
+    """(model, tokenizer) for SmolLM2-135M-Instruct, dequantised from the packaged GGUF file: a plain,
+    trainable float model (no quantisation marks left).
 
     Converting takes ~10-20 s on CPU; with `cache_dir`, the converted model is saved there in
     safetensors on first use and loaded from there afterwards."""
@@ -59,7 +60,20 @@ def load_smollm2(dtype: torch.dtype = torch.float32, cache_dir: str | None = Non
     return model, tokenizer
 
 
+def _as_plain_model(model) -> None:
+    """Drops the GGUF loader's quantisation marks: the weights are dequantised to dense float tensors,
+    but the marks stay behind and make transformers' Trainer (TRL's base) refuse the model as
+    "purely quantized", and save_pretrained write a quantisation config that is not true."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model, "quantization_method"):
+        model.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
 def _prepare(model, tokenizer) -> None:
+    _as_plain_model(model)
     # Batched generation needs a pad token; reusing EOS is the usual choice for chat models.
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
