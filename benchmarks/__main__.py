@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-SUITES = ("logprobs", "advantages", "ppo", "linear_stats", "model", "loop")
+SUITES = ("logprobs", "advantages", "ppo", "linear_stats", "model", "loop", "long")
 # Suites not in `all`: gpu-build compiles every GPU kernel for sm_80/sm_90 (a minute or more on two
 # cores), so CI runs it as its own step (.ci/run) rather than inside the quick benchmark pass.
 EXTRA_SUITES = ("gpu-build",)

@@ -1,19 +1,24 @@
 """python -m benchmarks loop: the RL step of ia-train against TRL's GRPOTrainer, side by side.
 
-Both systems train the bundled tiny model on the same chain_sum prompts (16 prompts x 8 samples per
-step, 64 new tokens, temperature 1, no KL, CPU) with the same thread count. Each runs in its own
-worker process (so each has its own peak RSS) and the parent alternates blocks of steps between
-them (ia-train first in odd rounds, TRL first in even ones), so that drifting load on the machine
-hits both alike. A "step" is one rollout batch (16 x 8 sequences) and its optimiser step(s).
+Both systems train the same model on the same chain_sum prompts (temperature 1, no KL, CPU) with the
+same thread count: --model tiny (the bundled model: 16 prompts x 8 samples, 64 new tokens) or
+--model smollm2 (SmolLM2-135M-Instruct, vocabulary 49,152: 8 prompts x 8 samples, 256 new tokens);
+--prompts, --n and --max-new-tokens override. Each system runs in its own worker process (so each
+has its own peak RSS) and the parent alternates blocks of steps between them (ia-train first in odd
+rounds, TRL first in even ones), so that drifting load on the machine hits both alike. A "step" is
+one rollout batch and its optimiser step(s).
 
 Reported per system: s/step (total time / steps) and the median, response tokens per second, the
 phase split per step (generation; old-logp pass; loss forward + backward; optimiser; the rest:
-rewards, advantages, batching), and the worker's peak RSS.
+rewards, advantages, batching), the worker's peak RSS, and the fraction of the FLOP floor: a step
+needs at least 2P FLOPs per generated token and 6P per trained token (P parameters), and each
+worker measures this machine's fp32 GEMM rate at its thread count before it starts (the floor's
+time is those FLOPs at that rate; `floor_frac` = floor time / step time).
 
 --preset issue (default): one optimiser step per rollout batch (ia-train --minibatches 1, TRL
 steps_per_generation 1). --preset default: the default experiment's two optimiser steps per batch
-(ia-train --minibatches 2, TRL steps_per_generation 2). The ia-train side samples with --rollout
-builtin unless told otherwise (--rollout hf: Hugging Face generate, ia-train's default). TRL is optional: without it the ia-train
+(ia-train --minibatches 2, TRL steps_per_generation 2). The ia-train side samples with its default
+engine (the built-in one) unless --rollout says otherwise. TRL is optional: without it the ia-train
 side runs alone and the comparison is skipped with a message.
 """
 
@@ -28,6 +33,9 @@ import tempfile
 import time
 
 MARK = "@@loop "  # worker -> parent lines start with this (everything else is the libraries' chatter)
+# per model: prompts per step, samples per prompt, response limit
+MODELS = {"tiny": {"prompts": 16, "n": 8, "max_new_tokens": 64},
+          "smollm2": {"prompts": 8, "n": 8, "max_new_tokens": 256}}
 PHASES = ("generation", "old_logp", "loss_fwd_bwd", "optimizer", "other")
 
 
@@ -48,6 +56,24 @@ def _peak_rss() -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def gemm_rate(threads: int, seconds: float = 1.5) -> float:
+    """This machine's fp32 GEMM rate (FLOP/s) at `threads` threads: the median of repeated
+    [2048 x 1024] @ [1024 x 2048] products (the training step's GEMMs are of this order)."""
+    import statistics
+
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 1024), torch.randn(1024, 2048)
+    torch.mm(a, b)
+    rates, t_end = [], time.perf_counter() + seconds
+    while time.perf_counter() < t_end or len(rates) < 3:
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        rates.append(2 * 2048 * 1024 * 2048 / (time.perf_counter() - t0))
+    return statistics.median(rates)
 
 
 def _emit(obj) -> None:
@@ -101,14 +127,16 @@ def _ia_worker(s: dict) -> None:
     out = tempfile.mkdtemp(prefix="loop-ia-")
     known = {f.name for f in dataclasses.fields(Config)}  # an earlier version (--ia-path) may lack some
     options = {k: v for k, v in s.get("ia_options", {}).items() if k in known}
-    cfg = Config(model="tiny", task="chain_sum", prompts_per_step=s["prompts"], n=s["n"],
+    cfg = Config(model=s["model"], task=s.get("task", "chain_sum"), prompts_per_step=s["prompts"], n=s["n"],
                  max_new_tokens=s["max_new_tokens"], temperature=1.0, steps=s["total"], kl_coef=0.0,
                  minibatches=s["minibatches"], eval_problems=0, tensorboard=False, threads=s["threads"], out=out,
                  **options)
     validate(cfg)
+    rate = gemm_rate(s["threads"])
     r = setup(cfg)
     step = 0
-    _emit({"ready": True, "threads": torch.get_num_threads(), "options": options})
+    _emit({"ready": True, "threads": torch.get_num_threads(), "options": options, "gemm_flops": rate,
+           "parameters": sum(p.numel() for p in r.model.parameters())})
     while (k := _command()) > 0:
         records = []
         for _ in range(k):
@@ -140,9 +168,10 @@ def _trl_worker(s: dict) -> None:
     from ia_train.tasks import load_task, split_problems
 
     set_seed(0)
-    task = load_task("chain_sum")
+    task = load_task(s.get("task", "chain_sum"))
     problems, _ = split_problems(task, train=s["total"] * s["prompts"], held_out=0, seed=0)
-    model, tok = load_model("tiny", device=torch.device("cpu"), attention="sdpa")
+    rate = gemm_rate(s["threads"])
+    model, tok = load_model(s["model"], device=torch.device("cpu"), attention="sdpa")
     by_prompt = {format_prompt(tok, p.prompt): p for p in problems}
     counts = {"tokens": 0}
 
@@ -204,7 +233,8 @@ def _trl_worker(s: dict) -> None:
                     control.should_training_stop = True
 
     trainer.add_callback(Pace())
-    _emit({"ready": True, "threads": torch.get_num_threads()})
+    _emit({"ready": True, "threads": torch.get_num_threads(), "gemm_flops": rate,
+           "parameters": sum(p.numel() for p in model.parameters())})
     state["left"] = _command()
     if state["left"] > 0:
         trainer.train()
@@ -247,18 +277,23 @@ class Worker:
         return peak
 
 
-def _summary(system: str, records: list[dict], peak: int, threads: int) -> dict:
+def _summary(system: str, records: list[dict], peak: int, ready: dict) -> dict:
+    """A system's row: times, tokens/s, the phase split, peak RSS and the fraction of the FLOP floor
+    (2P per generated token + 6P per trained token, every response token being both, at the GEMM
+    rate the worker measured)."""
     import statistics
 
     n = len(records)
     total = sum(r["wall"] for r in records)
-    row = {"system": system, "steps": n, "threads": threads, "s_per_step": total / n,
-           "median_s": statistics.median(r["wall"] for r in records),
-           "tokens_per_s": sum(r["tokens"] for r in records) / total,
-           "tokens_per_step": sum(r["tokens"] for r in records) / n}
+    tokens = sum(r["tokens"] for r in records)
+    row = {"system": system, "steps": n, "threads": ready.get("threads"), "s_per_step": total / n,
+           "median_s": statistics.median(r["wall"] for r in records), "tokens_per_s": tokens / total,
+           "tokens_per_step": tokens / n}
     for p in PHASES:
         row[p] = sum(r[p] for r in records) / n
     row["peak_rss_mb"] = peak / 2**20
+    floor_seconds = 8 * ready["parameters"] * tokens / ready["gemm_flops"]
+    row.update(gemm_gflops=ready["gemm_flops"] / 1e9, floor_frac=floor_seconds / total)
     return row
 
 
@@ -282,12 +317,16 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--preset", choices=("issue", "default"), default="issue",
                         help="issue: one optimiser step per rollout batch; default: the default experiment's two")
     parser.add_argument("--systems", default="ia,trl")
-    parser.add_argument("--rollout", default="builtin", help="ia-train's --rollout (builtin or hf; ignored by versions without it)")
+    parser.add_argument("--rollout", default=None, help="ia-train's --rollout (builtin or hf; default: ia-train's default)")
     parser.add_argument("--ia-options", default="{}", help="extra ia-train settings as JSON, e.g. '{\"lr\": 1e-4}'")
     parser.add_argument("--ia-path", default=None, help="run the ia-train side from this checkout's python/ "
                         "directory (e.g. a git worktree of an earlier commit with ia_train.loop), to compare "
                         "before / after")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--model", choices=sorted(MODELS), default="tiny",
+                        help="tiny (16 prompts x 8 x 64 tokens) or smollm2 (8 prompts x 8 x 256 tokens)")
+    parser.add_argument("--prompts", type=int, default=None, help="prompts per step (default: the model's preset)")
+    parser.add_argument("--n", type=int, default=None, help="samples per prompt (default: the model's preset)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="response limit (default: the model's preset)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--settings", default=None, help=argparse.SUPPRESS)
@@ -298,9 +337,14 @@ def main(argv: list[str] | None = None):
     steps = args.steps or (2 if args.quick else 30)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     block = args.block or (1 if args.quick else 5)
-    settings = {"threads": args.threads, "prompts": 16, "n": 8, "max_new_tokens": args.max_new_tokens,
+    shape = {key: getattr(args, key) if getattr(args, key) is not None else value
+             for key, value in MODELS[args.model].items()}
+    ia_options = json.loads(args.ia_options)
+    if args.rollout:
+        ia_options["rollout"] = args.rollout
+    settings = {"threads": args.threads, "model": args.model, **shape,
                 "minibatches": 1 if args.preset == "issue" else 2, "total": warmup + steps + 1,
-                "ia_options": {"rollout": args.rollout, **json.loads(args.ia_options)}, "ia_path": args.ia_path}
+                "ia_options": ia_options, "ia_path": args.ia_path}
     systems = [s for s in args.systems.split(",") if s]
     if "trl" in systems and (why := _trl_available()):
         print(f"TRL side skipped: {why}")
@@ -318,12 +362,13 @@ def main(argv: list[str] | None = None):
             records[s] += workers[s].run(k)
         done += k
         rnd += 1
-    rows = [_summary(s, records[s], workers[s].close(), workers[s].ready.get("threads")) for s in systems]
+    rows = [_summary(s, records[s], workers[s].close(), workers[s].ready) for s in systems]
     if len(rows) == 2:
         ratio = rows[1]["s_per_step"] / rows[0]["s_per_step"]
         rows[0]["x_vs_trl"] = ratio
     load = os.getloadavg()
-    print(f"preset {args.preset}: 16 prompts x 8 samples, {args.max_new_tokens} new tokens, temperature 1, no KL, "
+    print(f"preset {args.preset}: model {args.model}, {shape['prompts']} prompts x {shape['n']} samples, "
+          f"{shape['max_new_tokens']} new tokens, temperature 1, no KL, "
           f"{settings['minibatches']} optimiser step(s) per batch, {args.threads} threads; ia-train settings "
           f"{workers['ia'].ready.get('options') if 'ia' in workers else '-'}; {steps} timed steps each "
           f"after {warmup} warm-up, alternating in blocks of {block}; phases in s/step; "
@@ -331,11 +376,12 @@ def main(argv: list[str] | None = None):
     from .harness import report
 
     cols = ["system", "steps", "threads", "s_per_step", "median_s", "tokens_per_s", "tokens_per_step", *PHASES,
-            "peak_rss_mb", "x_vs_trl"]
+            "peak_rss_mb", "gemm_gflops", "floor_frac", "x_vs_trl"]
     report("loop", rows, cols, json_path=args.json, extra={"settings": settings, "preset": args.preset,
                                                             "loadavg": load, "records": records})
     if len(rows) == 2:
-        print(f"ia-train step throughput: {rows[0]['x_vs_trl']:.2f}x TRL's"
+        print(f"ia-train step throughput: {rows[0]['x_vs_trl']:.2f}x TRL's; FLOP floor fractions: ia-train "
+              f"{rows[0]['floor_frac']:.2f}, TRL {rows[1]['floor_frac']:.2f}"
               + (" (--quick: too few steps for a comparison; a smoke test)" if args.quick else ""))
     return 0
 

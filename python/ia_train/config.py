@@ -30,7 +30,7 @@ SEED_MAX = 2**32 - 1  # numpy's seed range; torch and reasoning-gym accept it to
 # Settings a resumed run may change (they do not change what is trained or measured); every other
 # setting must match the run's config.json.
 RESUME_MAY_CHANGE = ("steps", "checkpoint_every", "eval_batch", "threads", "tensorboard", "stop_after",
-                     "device", "attention", "backend", "dist_timeout", "out", "resume")
+                     "device", "attention", "backend", "dist_timeout", "packing", "out", "resume")
 
 
 @dataclass
@@ -50,6 +50,7 @@ class Config:
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature for rollouts and evaluation"})
     max_new_tokens: int = field(default=80, metadata={"help": "response length limit in tokens (the bundled model's longest worked solution is 65)"})
     rollout: str = field(default="hf", metadata={"help": "rollout engine: builtin (ia_train's decode loop: static KV cache, finished rows leave the batch; Llama-style models, others fall back to hf) or hf (Hugging Face generate)"})
+    packing: str = field(default="pieces", metadata={"help": "the training forward's batch: pieces (each micro-batch in length-sorted pieces, padding cut: the CPU's path) or varlen (each micro-batch's rows packed into one sequence for flash-attention's varlen kernel under --attention flash_attention_2 / fa4; not run on a GPU yet, so opt-in; on a CPU it is correct but slower)"})
     # PPO
     steps: int = field(default=200, metadata={"help": "training steps (one rollout batch each)"})
     lr: float = field(default=2e-4, metadata={"help": "AdamW learning rate"})
@@ -320,6 +321,7 @@ def flag(name: str) -> str:
 
 # per-setting checks: the choices each named setting takes, and the numeric ranges
 CHOICES = {"objective": OBJECTIVES, "rollout": ("builtin", "hf"), "truncated_reward": ("zero", "score"),
+           "packing": ("pieces", "varlen"),
            "aggregation": AGGREGATIONS, "device": ("auto", "cpu", "cuda"),
            "attention": ("auto", "sdpa", "eager", "flash_attention_2", "fa4")}
 AT_LEAST_ONE = ("k", "n", "prompts_per_step", "max_new_tokens", "ppo_epochs", "minibatches", "grad_accum",

@@ -31,18 +31,20 @@ def test_packed_loss_and_gradients_equal_unpacked(objective):
                                          temperature=1.0, max_new_tokens=48)
     adv = torch.randn(64)
     old = ro.logprobs + 0.01 * torch.randn_like(ro.logprobs)
-    cfg = Config(objective=objective)
     rows = torch.arange(64)
     assert len(pieces(ro.attention_mask[:, :ro.prompt_width].sum(1), ro.lengths, rows)) > 1
     out = []
-    for pack in (False, True):
+    # one padded forward; length-sorted pieces; one varlen-packed sequence (the flash-attention path's
+    # layout, run here through SDPA's block-diagonal mask)
+    for pack, packing in ((False, "pieces"), (True, "pieces"), (True, "varlen")):
         model = Policy(copy.deepcopy(lm)).train()
-        loss, metrics = micro_batch_backward(model, ro, rows, old, None, adv, cfg, torch.device("cpu"),
-                                             scale=0.5, pack=pack)
+        loss, metrics = micro_batch_backward(model, ro, rows, old, None, adv, Config(objective=objective,
+                                             packing=packing), torch.device("cpu"), scale=0.5, pack=pack)
         out.append((loss, metrics, {n: p.grad for n, p in model.named_parameters()}))
-    (l0, m0, g0), (l1, m1, g1) = out
-    assert l1 == pytest.approx(l0, rel=1e-5)
-    for name in g0:
-        torch.testing.assert_close(g1[name], g0[name], atol=1e-6, rtol=1e-4)
-    assert m1["approx_kl"] == pytest.approx(m0["approx_kl"], rel=1e-4)
-    assert m1["entropy_mean"] == pytest.approx(m0["entropy_mean"], rel=1e-5)
+    l0, m0, g0 = out[0]
+    for l1, m1, g1 in out[1:]:
+        assert l1 == pytest.approx(l0, rel=1e-5)
+        for name in g0:
+            torch.testing.assert_close(g1[name], g0[name], atol=1e-6, rtol=1e-4)
+        assert m1["approx_kl"] == pytest.approx(m0["approx_kl"], rel=1e-4)
+        assert m1["entropy_mean"] == pytest.approx(m0["entropy_mean"], rel=1e-5)

@@ -82,3 +82,16 @@ def test_paired_change():
     lo, hi = d["pass@1_ci"]
     assert 0 <= lo <= 0.25 <= hi <= 0.5  # per-problem changes are 0.5, 0.5, 0, 0
     assert d["mean_tokens"] == 0 and d["mean_tokens_ci"] == [0.0, 0.0]
+
+
+def test_t_interval_over_seeds():
+    """Three seeds' changes 0.216 / 0.286 / 0.321: the t interval [0.142, 0.407] (t_{0.975, 2} = 4.303),
+    where a bootstrap over the seeds said [0.216, 0.326]."""
+    from ia_train.evaluation.metrics import t_interval, t_quantile_975
+
+    lo, hi = t_interval([0.216, 0.286, 0.321])
+    assert (round(lo, 3), round(hi, 3)) == (0.142, 0.407)
+    assert t_quantile_975(30) == 2.042 and abs(t_quantile_975(120) - 1.9799) < 1e-3  # tables: 1.980 at 120
+    assert all(x != x for x in t_interval([0.5]))  # one value: no interval (NaN)
+    with pytest.raises(ValueError, match="at least 2 values"):
+        t_quantile_975(0)

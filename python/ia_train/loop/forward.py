@@ -43,6 +43,24 @@ def response_hidden(policy: Policy, ro: Rollout, device: torch.device) -> Respon
     return ResponseBatch(h[:, ro.prompt_width - 1:-1], ro.targets.to(device), ro.response_mask.to(device), weight, bias)
 
 
+def packed_hidden(policy: Policy, ro: Rollout, device: torch.device) -> ResponseBatch:
+    """response_hidden with every row's real tokens packed into one sequence (no padding computed):
+    position ids restart at 0 for each row and no attention mask is given, which transformers turns
+    into flash-attention's varlen kernel (cu_seqlens) under flash_attention_2 / fa4, and into a
+    block-diagonal mask under SDPA (correct on a CPU, but quadratic in the packed length: the CPU's
+    path is packing.py's length-sorted pieces). The hidden states are put back in the padded layout."""
+    ro, _ = trim(ro)
+    real = ro.attention_mask.bool()
+    ids = ro.input_ids[real][None].to(device)
+    pos = ro.position_ids[real][None].to(device)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        h, weight, bias = policy("hidden", input_ids=ids, position_ids=pos, use_cache=False)
+    full = h.new_zeros(*real.shape, h.shape[-1])
+    full[real.to(device)] = h[0]
+    return ResponseBatch(full[:, ro.prompt_width - 1:-1], ro.targets.to(device), ro.response_mask.to(device),
+                         weight, bias)
+
+
 @torch.no_grad()
 def sequence_logprobs(policy: Policy, ro: Rollout, cfg: Config, device, micro: int, kernels: Kernels) -> torch.Tensor:
     """[B, T] log-probs of the sampled tokens (zero on padding), computed in micro-batches."""

@@ -12,7 +12,7 @@ from ..config import Config
 from ..rollout import Rollout
 from ..runtime import distributed
 from ..runtime.distributed import SINGLE, Dist
-from .forward import response_hidden
+from .forward import packed_hidden, response_hidden
 from .hooks import Kernels
 from .packing import normaliser, piece_advantages, pieces
 from .phases import PhaseClock
@@ -42,17 +42,20 @@ def micro_batch_backward(model, ro: Rollout, rows: torch.Tensor, old_logp, ref_l
                          kernels: Kernels = Kernels()) -> tuple[float, dict]:
     """linear_ppo_loss over one micro-batch (`rows` of the rollout `ro`) and its backward, the
     gradients multiplied by `scale`, in length-sorted pieces (one piece when pack is False or when
-    cutting does not pay). Returns (the micro-batch's loss, its metrics: token-weighted means)."""
+    cutting does not pay), or with --packing varlen in one packed forward. Returns (the
+    micro-batch's loss, its metrics: token-weighted means)."""
     opts = loss_options(cfg)
     parts = [rows]
-    if pack:
+    varlen = cfg.packing == "varlen"  # one packed forward: nothing to cut
+    forward = packed_hidden if varlen else response_hidden
+    if pack and not varlen:
         prompt_lengths = ro.attention_mask[:, :ro.prompt_width].sum(1)
         parts = pieces(prompt_lengths, ro.lengths, rows)
     if len(parts) > 1:
         opts.update(normaliser(ro.response_mask[rows], opts.get("aggregation", "token-mean")))
     total, sums, weight_sum = 0.0, {}, 0.0
     for piece in parts:
-        h, targets, mask, weight, bias = response_hidden(model, ro.select(piece), device)
+        h, targets, mask, weight, bias = forward(model, ro.select(piece), device)
         T = h.shape[1]
         loss, metrics = kernels.linear_ppo_loss(
             h, weight.to(h.dtype), targets, None if old_logp is None else old_logp[piece, :T].to(device),
