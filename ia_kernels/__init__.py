@@ -10,11 +10,12 @@ Public API (see README.md and docs/design.md):
     paged_attention           attention of new tokens over a KV cache in fixed-size blocks (rollout engines)
     available_backends        which backends each op has and whether they run on a device
     ESTIMATORS, ESTIMATORS_USING_K   group_advantages's estimator names, and those that take a k
+    NO_ANSWER                 the answer id (-1) of a sample without a final answer: it casts no vote
 """
 
 from .backends import available_backends
 from .core.numerics import ESTIMATOR_CODES as _ESTIMATOR_CODES
-from .core.numerics import ESTIMATORS_USING_K
+from .core.numerics import ESTIMATORS_USING_K, NO_ANSWER
 from .ops.advantages import group_advantages, length_penalized_rewards
 from .ops.eval_metrics import group_pass_at_k, maj_at_k, pass_at_k
 from .ops.logprobs import linear_logprobs
@@ -24,7 +25,7 @@ from .ops.ppo import ppo_loss
 
 ESTIMATORS = tuple(_ESTIMATOR_CODES)  # every estimator= that group_advantages accepts
 
-__all__ = ["ESTIMATORS", "ESTIMATORS_USING_K", "linear_logprobs", "ppo_loss", "linear_ppo_loss", "group_advantages",
+__all__ = ["ESTIMATORS", "ESTIMATORS_USING_K", "NO_ANSWER", "linear_logprobs", "ppo_loss", "linear_ppo_loss", "group_advantages",
            "length_penalized_rewards", "pass_at_k", "group_pass_at_k", "maj_at_k", "paged_attention",
            "PagedAttentionPlan", "available_backends"]
 __version__ = "0.1.0"

@@ -26,6 +26,9 @@ KL_ESTIMATOR_CODES = {"k1": 1, "k2": 2, "k3": 3}
 ESTIMATOR_CODES = {"reinforce": 0, "rloo": 1, "grpo": 2, "dr_grpo": 3, "passk": 4, "passk_chen": 5, "majority": 6}
 PASSK_VARIANT_CODES = {"s": 0, "loo": 1, "loo-1": 2, "centred": 3}
 ESTIMATORS_USING_K = ("passk", "passk_chen", "majority")
+# The answer id of a sample without a final answer: it abstains from majority votes (it casts no
+# vote), in group_advantages(estimator="majority") and maj_at_k alike.
+NO_ANSWER = -1
 
 # ia::adv::InputError: what a reward failed (the kernels report the first offending sample).
 REWARD_NON_FINITE, REWARD_OUTSIDE_UNIT, REWARD_NOT_BINARY = 1, 2, 3

@@ -23,8 +23,8 @@ import torch
 from .. import backends
 from ..core import checks as _checks
 from ..core.groups import GroupLayout, group_layout, label_ids, require_data, require_number
-from ..core.numerics import (ESTIMATOR_CODES, ESTIMATORS_USING_K, FP32_FP64, PASSK_VARIANT_CODES, REWARD_NON_FINITE,
-                             REWARD_NOT_BINARY, REWARD_OUTSIDE_UNIT, compute_dtype)
+from ..core.numerics import (ESTIMATOR_CODES, ESTIMATORS_USING_K, FP32_FP64, NO_ANSWER, PASSK_VARIANT_CODES,
+                             REWARD_NON_FINITE, REWARD_NOT_BINARY, REWARD_OUTSIDE_UNIT, compute_dtype)
 
 ESTIMATORS = tuple(ESTIMATOR_CODES)
 PASSK_VARIANTS = tuple(PASSK_VARIANT_CODES)
@@ -129,10 +129,14 @@ def group_advantages(rewards: torch.Tensor, groups, *, estimator: str, k: int | 
             "majority"   Tang et al.'s leave-one-out estimator for majority voting over the group's
                          answers (n == k): A_i = f(all) - f(all but i), f = the reward of the most
                          frequent answer, ties broken uniformly (f = mean reward over the tie).
+                         A sample whose answer id is NO_ANSWER (-1) abstains: it casts no vote, so
+                         f is the vote among the answering samples, 0 when none answers, and the
+                         abstaining sample's advantage is 0 (f does not depend on it).
             Groups of one sample get A = 0 from rloo, grpo and dr_grpo.
         k: samples per objective evaluation: required by passk and passk_chen (1 <= k <= every
             group's size); optional for majority (must equal the group size).
-        answers: [n] integer answer ids, for estimator="majority".
+        answers: [n] integer answer ids, for estimator="majority"; NO_ANSWER (-1) marks a sample
+            without a final answer (it abstains from the vote; any other value is an answer).
         eps: added to the std by grpo and passk_chen.
         variant: passk's baseline (PKPO's definitions; see csrc/include/ia/advantages.h):
             "s" none; "loo" s_i - k/(n-1) * rho(r without i, k) (needs k < n);
@@ -195,9 +199,34 @@ def group_advantages(rewards: torch.Tensor, groups, *, estimator: str, k: int | 
             return _omit_nan(rewards, groups, nan, estimator=estimator, k=k, answers=answers, eps=eps,
                              variant=variant, backend=backend)
     _, kernels = _OP.select(rewards.device, compute_dtype(rewards.dtype), backend)
+    # int64 first: a uint8 255 compares equal to -1 (torch wraps the scalar to the tensor's dtype)
+    if estimator == "majority" and bool((answers.to(torch.int64) == NO_ANSWER).any()):
+        return _majority_with_abstentions(kernels, rewards, answers, groups, k, variant, eps)
     out, (code, index) = kernels.group_advantages(rewards, answers, layout, estimator, k, variant, eps)
     if code:
         raise _reward_error(code, index, rewards)
+    return out
+
+
+def _majority_with_abstentions(kernels, rewards, answers, groups, k, variant, eps) -> torch.Tensor:
+    """The majority estimator when some samples abstain (answer NO_ANSWER): f(set) is the vote among
+    the set's answering samples, so A_i = f(all) - f(all but i) is 0 for an abstaining sample and,
+    for an answering one, the estimator on its group's answering samples alone (groups of varying
+    size, which every kernel takes: f(empty) = 0 gives a lone answerer its reward)."""
+    bad = ~torch.isfinite(rewards)  # the kernels check what they read; abstainers are not read
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise _reward_error(REWARD_NON_FINITE, i, rewards)
+    votes = answers.to(torch.int64) != NO_ANSWER
+    out = torch.zeros(rewards.numel(), dtype=compute_dtype(rewards.dtype), device=rewards.device)
+    if bool(votes.any()):
+        ids = _per_sample_ids(groups, rewards.numel(), rewards.device)[votes]
+        layout = group_layout(ids, ids.numel(), rewards.device)
+        sub, (code, index) = kernels.group_advantages(rewards[votes], answers[votes], layout, "majority", k,
+                                                      variant, eps)
+        if code:  # unreachable after the check above; kept so that no kernel verdict is ignored
+            raise _reward_error(code, int(votes.nonzero()[index, 0]), rewards)
+        out[votes] = sub.to(out.dtype)
     return out
 
 

@@ -15,6 +15,7 @@ import torch
 
 from ..core import checks as _checks
 from ..core.groups import group_layout, padded_index, require_data, to_padded
+from ..core.numerics import NO_ANSWER
 
 _INT64_MAX = torch.iinfo(torch.int64).max
 
@@ -195,10 +196,11 @@ def _maj_dp_bytes(k: int, distinct: int) -> int:
     return 26 * k * (k + 1) ** 2 + 48 * k * (k + 1) * (min(distinct, k) + 1)
 
 
-def _maj_at_k_one(counts: list[int], rewards: list[float], k: int) -> float:
-    """Exact maj@k for one problem whose n samples gave m distinct answers with these counts and
-    rewards. Sums over the winning answer's vote count x and the number t of other answers tied
-    with it (each tied answer wins with probability 1/(t+1)), by a dynamic programme over answers.
+def _maj_at_k_one(counts: list[int], rewards: list[float], k: int, abstaining: int = 0) -> float:
+    """Exact maj@k for one problem whose samples gave m distinct answers with these counts and
+    rewards, and `abstaining` more samples without an answer (n = sum(counts) + abstaining). Sums
+    over the winning answer's vote count x and the number t of other answers tied with it (each
+    tied answer wins with probability 1/(t+1)), by a dynamic programme over answers.
 
     For every x in 1..k at once (a batch of matrices), the state after some answers is the
     probability of having drawn J of the k votes so far with t other answers at exactly x votes and
@@ -208,9 +210,14 @@ def _maj_at_k_one(counts: list[int], rewards: list[float], k: int) -> float:
         H_b[J, y] = C(c_b, y) C(R - c_b, k - J - y) / C(R, k - J)      (exact integers, then float)
     y < x keeps (t, winner); y == x either joins the tie (t + 1) or becomes the winner (P0 -> P1,
     times its reward); y > x is dropped. maj@k = sum_{x, t} P1[x, J = k, t] / (t + 1).
+    The abstaining samples come first, as one block whose y draws (any number) change neither t
+    nor the winner: they take places among the k drawn but cast no vote, and a draw with no
+    answering sample has no winner (P1 stays 0: the vote is wrong).
     Cost: m steps of batched (k+1) x (k+1) matrix products over the k values of x.
     """
-    n, m = sum(counts), len(counts)
+    if not counts:
+        return 0.0  # nobody answers: every vote is wrong
+    n, m = sum(counts) + abstaining, len(counts)
     K1, T = k + 1, min(m, k) + 1
     D = np.arange(K1)[None, :] - np.arange(K1)[:, None]  # D[J, J'] = J' - J, the votes added
     xs = np.arange(1, k + 1)[:, None, None]
@@ -220,17 +227,11 @@ def _maj_at_k_one(counts: list[int], rewards: list[float], k: int) -> float:
     P0[:, 0, 0] = 1.0
     P1 = np.zeros_like(P0)
     R = n
+    if abstaining:
+        P0 = _draws(abstaining, R, k).T @ P0  # votes for nobody: (t, winner) unchanged
+        R -= abstaining
     for c_b, rho_b in zip(counts, rewards):
-        H = np.zeros((K1, K1))  # H[J, J + y]
-        for j in range(K1):
-            need = k - j
-            if need > R:
-                continue
-            total = math.comb(R, need)
-            for y in range(min(c_b, need) + 1):
-                ways = math.comb(c_b, y) * math.comb(R - c_b, need - y)
-                if ways:
-                    H[j, j + y] = ways / total  # int / int: correctly rounded
+        H = _draws(c_b, R, k)
         low_t = np.swapaxes(H * low_mask, 1, 2)
         tie_t = np.swapaxes(H * tie_mask, 1, 2)
         tie0, tie1 = tie_t @ P0, tie_t @ P1
@@ -238,6 +239,22 @@ def _maj_at_k_one(counts: list[int], rewards: list[float], k: int) -> float:
         P0 = low_t @ P0 + _shift_tie(tie0)
         R -= c_b
     return float((P1[:, k, :] / np.arange(1, T + 1)).sum())
+
+
+def _draws(c_b: int, R: int, k: int) -> np.ndarray:
+    """H[J, J + y]: the probability that the next block of c_b samples adds y to the J of k drawn so
+    far, from the R samples still in play (hypergeometric; exact integers, then float)."""
+    H = np.zeros((k + 1, k + 1))
+    for j in range(k + 1):
+        need = k - j
+        if need > R:
+            continue
+        total = math.comb(R, need)
+        for y in range(min(c_b, need) + 1):
+            ways = math.comb(c_b, y) * math.comb(R - c_b, need - y)
+            if ways:
+                H[j, j + y] = ways / total  # int / int: correctly rounded
+    return H
 
 
 def _shift_tie(p: np.ndarray) -> np.ndarray:
@@ -251,11 +268,16 @@ def maj_at_k(answers: torch.Tensor, correct: torch.Tensor, groups, k: int) -> to
     """Exact maj@k per problem: the expected reward of a majority vote over k samples drawn without
     replacement from the problem's n samples (ties broken uniformly at random).
 
+    The vote: a sample without a final answer (answer id NO_ANSWER, -1) abstains: it casts no vote,
+    and the vote is among the drawn samples that answer; when none of the k drawn answers, the vote
+    is wrong (reward 0). So two samples without an answer never outvote one correct answer.
+
     Args:
-        answers: [n] integer answer ids (e.g. hashes of the normalised final answers).
+        answers: [n] integer answer ids (e.g. hashes of the normalised final answers; Python's
+            hash() never returns -1), NO_ANSWER (-1) for a sample without one.
         correct: [n] bool / 0-1 correctness, or float rewards. An answer's reward is the mean
             reward of the samples that gave it (its correctness, when correctness is a function of
-            the answer).
+            the answer); an abstaining sample's reward is not used.
         groups: an int (samples per problem, contiguous) or an integer tensor [n] of problem ids.
         k: votes per majority, 1 <= k <= every problem's n. The exact computation needs
             ~26 k^3 + 48 k^2 min(m, k) bytes for m distinct answers; above 1 GiB
@@ -265,7 +287,7 @@ def maj_at_k(answers: torch.Tensor, correct: torch.Tensor, groups, k: int) -> to
     Returns:
         float64 [G], problems in ascending id order (contiguous blocks for an int). Exact up to
         float64 rounding (a dynamic programme over the distinct answers, see _maj_at_k_one); maj@1
-        is the mean reward and maj@n the vote over all n samples.
+        is the mean reward (an abstaining sample counting 0) and maj@n the vote over all n samples.
     """
     _per_sample("answers", answers)
     _checks.require_int("answers", answers)
@@ -287,6 +309,9 @@ def maj_at_k(answers: torch.Tensor, correct: torch.Tensor, groups, k: int) -> to
     problems = []  # (counts, mean rewards) per problem, all checked before any DP runs
     for g in range(layout.n_groups):
         idx = torch.arange(bounds[g], bounds[g + 1]) if order is None else order[bounds[g]:bounds[g + 1]]
+        votes = ans[idx] != NO_ANSWER
+        abstaining = int((~votes).sum())
+        idx = idx[votes]
         uniq, inverse, counts = torch.unique(ans[idx], return_inverse=True, return_counts=True)
         if _maj_dp_bytes(k, uniq.numel()) > MAJ_AT_K_MAX_BYTES:
             raise ValueError(f"k={k} is too large for maj_at_k's exact dynamic programme with {uniq.numel()} "
@@ -294,6 +319,6 @@ def maj_at_k(answers: torch.Tensor, correct: torch.Tensor, groups, k: int) -> to
                              f"{_maj_dp_bytes(k, uniq.numel()) / 2**30:.1f} GiB (limit "
                              f"{MAJ_AT_K_MAX_BYTES / 2**30:.0f} GiB, MAJ_AT_K_MAX_BYTES)")
         sums = torch.zeros(uniq.numel(), dtype=torch.float64).index_add_(0, inverse, r[idx])
-        problems.append((counts.tolist(), (sums / counts).tolist()))
-    out = [_maj_at_k_one(counts, rewards, k) for counts, rewards in problems]
+        problems.append((counts.tolist(), (sums / counts).tolist(), abstaining))
+    out = [_maj_at_k_one(counts, rewards, k, abstaining) for counts, rewards, abstaining in problems]
     return torch.tensor(out, dtype=torch.float64, device=answers.device)

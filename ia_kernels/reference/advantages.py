@@ -6,6 +6,7 @@ end. Two kinds of reference:
   - closed forms with exact integer binomials (group_advantages, pass_at_k): any group size;
   - brute-force enumeration over k-subsets (passk_by_enumeration, passk_chen_by_enumeration,
     maj_at_k): the definitions themselves, for small groups (C(n, k) subsets each).
+Majority votes: a sample whose answer id is NO_ANSWER (-1) casts no vote (see _majority_value).
 Neither shares code with the kernels (csrc/include/ia/advantages.h) or the PyTorch backend.
 """
 
@@ -141,9 +142,15 @@ def _passk_closed_form(r: list[Fraction], k: int, variant: str) -> list[Fraction
     return out
 
 
+NO_ANSWER = -1  # the answer id of a sample without a final answer: it casts no vote
+
+
 def _majority_value(answers: Sequence[int], rewards: Sequence[Fraction]) -> Fraction:
-    """Reward of the most frequent answer; ties broken uniformly (mean over the tied answers);
-    an answer's reward is the mean reward of its samples; 0 for no samples."""
+    """Reward of the most frequent answer among the samples that answer (answer id NO_ANSWER
+    abstains); ties broken uniformly (mean over the tied answers); an answer's reward is the mean
+    reward of its samples; 0 when no sample answers."""
+    pairs = [(a, r) for a, r in zip(answers, rewards) if a != NO_ANSWER]
+    answers, rewards = [a for a, _ in pairs], [r for _, r in pairs]
     if not answers:
         return Fraction(0)
     counts = Counter(answers)
@@ -228,15 +235,18 @@ def pass_at_k(num_correct: int, num_samples: int, k: int) -> float:
 def maj_at_k(answers: Sequence[int], rewards: Sequence[float], k: int) -> float:
     """maj@k of one problem: the mean, over every k-subset of the n samples, of the reward of the
     subset's majority answer (ties broken uniformly). An answer's reward is the mean reward of all
-    n samples that gave it (the same value whenever the reward is a function of the answer).
+    n samples that gave it (the same value whenever the reward is a function of the answer). A
+    sample with answer NO_ANSWER casts no vote; a subset in which no sample answers scores 0.
     Enumerates C(n, k) subsets."""
     r = [Fraction(float(x)) for x in rewards]
-    counts = Counter(answers)
+    counts = Counter(a for a in answers if a != NO_ANSWER)
     reward_of = {a: sum((x for b, x in zip(answers, r) if b == a), Fraction(0)) / counts[a] for a in counts}
     total = Fraction(0)
     subsets = list(itertools.combinations(range(len(r)), k))
     for I in subsets:
-        votes = Counter(answers[i] for i in I)
+        votes = Counter(answers[i] for i in I if answers[i] != NO_ANSWER)
+        if not votes:
+            continue  # nobody voted: the vote is wrong
         top = max(votes.values())
         tied = [a for a, c in votes.items() if c == top]
         total += sum((reward_of[a] for a in tied), Fraction(0)) / len(tied)

@@ -27,6 +27,7 @@ def scored_rewards(task, problems: list, texts: list[str], ended: torch.Tensor, 
 
 def final_answers(task, problems: list, texts: list[str], ended: torch.Tensor, cfg: Config) -> list:
     """Each response's final answer for majority votes; None (no answer) for a cut-off one under
-    --truncated-reward zero: it gave no final answer, so it cannot win a vote."""
+    --truncated-reward zero, or when the task finds none: such a response casts no vote (it
+    abstains; see ia_kernels.maj_at_k)."""
     counts = ended.tolist() if cfg.truncated_reward == "zero" else [True] * len(texts)
     return [task.extract_answer(p, t) if e else None for p, t, e in zip(problems, texts, counts)]

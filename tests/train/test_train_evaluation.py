@@ -16,11 +16,14 @@ def brute_pass_at_k(correct, k):
 
 
 def brute_maj_at_k(answers, correct, k):
-    """Vote over each k-subset; None is one shared candidate ("no answer") that is never right."""
+    """Vote over each k-subset among the responses that give an answer (None casts no vote); a subset
+    without any answer is a wrong vote."""
     total = 0.0
     subsets = list(itertools.combinations(range(len(answers)), k))
     for s in subsets:
-        votes = Counter(answers[i] for i in s)
+        votes = Counter(answers[i] for i in s if answers[i] is not None)
+        if not votes:
+            continue
         best = max(votes.values())
         tied = [a for a, c in votes.items() if c == best]
         good = {answers[i] for i in range(len(answers)) if correct[i] and answers[i] is not None}
@@ -60,6 +63,14 @@ def test_worked_example():
     # problem 1: all answers differ, every pair ties, the right one is in half the pairs -> 1/4
     assert s["maj@k"] == pytest.approx((0.25 + 1 + 0) / 3)
     assert s["mean_tokens"] == pytest.approx((25 + 5 + 1) / 3)
+
+
+def test_a_response_without_an_answer_casts_no_vote():
+    """Two responses without a final answer do not outvote one correct answer (they used to form one
+    always-wrong "no answer" candidate that won this vote)."""
+    s = summarize([[False, False, True]], [[None, None, 3]], [[80, 80, 9]], k=3)
+    assert s["maj@k"] == 1.0 and s["curve"]["maj@2"] == pytest.approx(2 / 3)
+    assert summarize([[False] * 4], [[None] * 4], [[80] * 4], k=2)["maj@k"] == 0.0  # nobody answers: wrong
 
 
 def test_bootstrap_ci():

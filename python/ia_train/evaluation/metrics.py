@@ -3,9 +3,12 @@ each with a confidence interval.
 
 Per problem, from its n samples: pass@k is the unbiased Codex estimator (ia_kernels.pass_at_k) and
 maj@k the exact expected correctness of a majority vote over k of the n samples, ties broken
-uniformly (ia_kernels.maj_at_k). Responses without a final answer form one "no answer" candidate
-that is always wrong. The report gives the mean over problems and a 95% percentile-bootstrap
-interval over problems (the problems are the sampling unit that varies between evaluations).
+uniformly (ia_kernels.maj_at_k). A response without a final answer (cut off, or with no answer
+tag) casts no vote: the vote is among the answering responses of the k, and when none of them
+answers the vote is wrong. Training's majority objective votes by the same rule (loop/step.py
+passes the same answer ids to group_advantages). The report gives the mean over problems and a
+95% percentile-bootstrap interval over problems (the problems are the sampling unit that varies
+between evaluations).
 """
 
 from __future__ import annotations
@@ -58,9 +61,11 @@ def t_interval(values: Sequence[float]) -> tuple[float, float]:
 
 
 def answer_ids(answers: Sequence[Hashable | None]) -> torch.Tensor:
-    """Int ids for voting: equal answers share an id; every missing answer gets id -1."""
+    """Int ids for voting: equal answers share an id (0, 1, ...); a missing answer (None) gets
+    ia_kernels.NO_ANSWER (-1), which casts no vote."""
     table: dict = {}
-    return torch.tensor([-1 if a is None else table.setdefault(a, len(table)) for a in answers], dtype=torch.long)
+    return torch.tensor([ia_kernels.NO_ANSWER if a is None else table.setdefault(a, len(table)) for a in answers],
+                        dtype=torch.long)
 
 
 def per_problem(correct: Sequence[Sequence[bool]], answers: Sequence[Sequence[Hashable | None]],
