@@ -63,6 +63,7 @@ class Config:
     clip_high: Optional[float] = field(default=None, metadata={"help": "PPO ratio clip on the high side (DAPO's clip-higher)"})
     kl_coef: float = field(default=0.0, metadata={"help": "KL penalty against the frozen initial model as a loss term (k3 estimator; 0: off)"})
     kl_reward_coef: float = field(default=0.0, metadata={"help": "KL penalty against the frozen initial model in the reward (k1 estimator, beta of Arora & Zanette's runs: each token's advantage loses beta times the sum of log(pi/pi_ref) over it and the later tokens of its response; 0: off)"})
+    whiten_advantages: bool = field(default=False, metadata={"help": "normalise each step's advantages over its whole rollout batch (every rank's), token-weighted, after the KL-in-reward shaping: A' = (A - mean) / std over all response tokens, as OpenRLHF's replay buffer does before the loss for every estimator but its group_norm (Arora & Zanette trained with it); false: the estimator's advantages as they are"})
     aggregation: Optional[str] = field(default=None, metadata={"help": "how the loss averages over tokens: token-mean (one mean over the batch's tokens), seq-mean-token-mean (each response's token mean, then the mean over responses: Arora & Zanette, OpenRLHF) or seq-mean-token-sum (default: token-mean; dr_grpo always uses its own constant-length normaliser)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 turns it off)"})
     # evaluation

@@ -101,8 +101,8 @@ def test_recipe_settings_are_checked(over, message, tmp_path):
 
 
 def test_the_length_recipes_follow_arora_and_zanette():
-    """configs/recipes/*length*: their alpha family, RLOO, the k1 reward KL at beta 0.001 and the
-    per-sequence token mean; each file validates as a config."""
+    """configs/recipes/*length*: their alpha family, RLOO, the k1 reward KL at beta 0.001, the
+    per-sequence token mean and OpenRLHF's batch whitening; each file validates as a config."""
     from pathlib import Path
 
     import yaml
@@ -114,8 +114,8 @@ def test_the_length_recipes_follow_arora_and_zanette():
     for f in files:
         settings = yaml.safe_load(f.read_text())
         assert set(settings) <= set(FIELDS), f.name
-        assert (settings["objective"], settings["kl_reward_coef"], settings["aggregation"]) == \
-            ("rloo", 0.001, "seq-mean-token-mean"), f.name
+        assert (settings["objective"], settings["kl_reward_coef"], settings["aggregation"],
+                settings["whiten_advantages"]) == ("rloo", 0.001, "seq-mean-token-mean", True), f.name
         alphas.add(settings["alpha"])
         text = f.read_text()
         assert "Arora & Zanette" in text and "OpenRLHF" in text, f.name  # says where the values come from

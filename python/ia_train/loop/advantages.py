@@ -1,8 +1,10 @@
 """From a step's rewards to the advantages the loss weighs each response (or token) by: Arora &
-Zanette's length penalty, the objective's group estimator (ia_kernels.group_advantages) and the k1
-KL penalty in the reward."""
+Zanette's length penalty, the objective's group estimator (ia_kernels.group_advantages), the k1
+KL penalty in the reward, and OpenRLHF's batch whitening (--whiten-advantages)."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -49,3 +51,34 @@ def mean_abs_advantage(advantages: torch.Tensor, response_mask: torch.Tensor) ->
     if advantages.dim() == 1:
         return float(advantages.abs().mean())
     return float(advantages.abs().sum() / response_mask.sum().clamp(min=1))
+
+
+# OpenRLHF's floor on the variance before its rsqrt (NaiveReplayBuffer.normalize: clamp(min=1e-8))
+WHITEN_MIN_VAR = 1e-8
+
+
+def whiten_advantages(advantages: torch.Tensor, response_mask: torch.Tensor,
+                      all_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> torch.Tensor:
+    """--whiten-advantages: the step's advantages normalised over its whole rollout batch at token
+    level, as OpenRLHF's NaiveReplayBuffer.normalize does before the loss (the trainer Arora &
+    Zanette used, for every estimator but group_norm):
+        mean = sum of A over the valid tokens / their number,
+        var  = sum over the valid tokens of (A - mean)^2 / their number (ddof 0),
+        A'   = (A - mean) / sqrt(max(var, 1e-8)),
+    the sums taken over every rank (`all_sum`: runtime.distributed.all_sum under a launcher).
+    [B] advantages are per-token constants there, so each response weighs by its token count: the
+    mean subtracted is length-weighted, and with a length penalty it is coupled to the length under
+    study. Returns the input's shape and dtype ([B, T]: 0 on padding); computed in float64."""
+    mask = response_mask.to(device=advantages.device, dtype=torch.float64)
+    a = advantages.to(torch.float64)
+    weight = mask.sum(1) if a.dim() == 1 else mask  # tokens behind each value
+    sums = all_sum(torch.stack([(a * weight).sum(), weight.sum()]))
+    total, count = float(sums[0]), float(sums[1])
+    if count == 0:
+        return advantages
+    mean = total / count
+    var = float(all_sum(((a - mean) ** 2 * weight).sum().reshape(1))[0]) / count
+    out = (a - mean) / max(var, WHITEN_MIN_VAR) ** 0.5
+    if out.dim() == 2:
+        out = out * mask
+    return out.to(advantages.dtype)

@@ -14,7 +14,8 @@ from ..rollout import Rollout
 from ..runtime import distributed
 from ..runtime.distributed import gathered
 from ..runtime.seeding import step_seed
-from .advantages import kl_reward_advantages, mean_abs_advantage, penalized_rewards, sequence_advantages
+from .advantages import (kl_reward_advantages, mean_abs_advantage, penalized_rewards, sequence_advantages,
+                         whiten_advantages)
 from .forward import sequence_logprobs
 from .phases import PhaseClock
 from .state import Run
@@ -62,7 +63,8 @@ def train_step(r: Run, step: int) -> dict:
         ended = finished(ro, r.tokenizer)
         scores = scored_rewards(r.task, rows, ro.texts, ended, cfg)
         rewards = penalized_rewards(kernels, cfg, scores, ro.lengths, ended)
-        # the majority objective votes as the evaluation does: a cut-off response casts no vote
+        # the majority objective votes as the evaluation does: a response without a final answer
+        # (cut off, or none found) casts no vote (answer id -1, ia_kernels.NO_ANSWER)
         answers = answer_ids(final_answers(r.task, rows, ro.texts, ended, cfg)) if cfg.objective == "majority" else None
         advantages = sequence_advantages(kernels, cfg, rewards, answers, device)
     micro = ro.input_ids.shape[0] // (cfg.minibatches * cfg.grad_accum)
@@ -81,6 +83,8 @@ def train_step(r: Run, step: int) -> dict:
         advantages, kl_seq = kl_reward_advantages(advantages, sample_logp, ref_logp, ro.response_mask.float(),
                                                   cfg.kl_reward_coef)
         extra["kl_k1"] = float(kl_seq.mean())
+    if cfg.whiten_advantages:  # OpenRLHF's replay-buffer normalisation, over every rank's responses
+        advantages = whiten_advantages(advantages, ro.response_mask, lambda t: distributed.all_sum(t, d))
     stats = ppo_update(r.model, r.optimizer, r.scheduler, ro, old_logp, ref_logp if cfg.kl_coef > 0 else None,
                        advantages, cfg, device, generator, d, kernels=kernels, clock=clock)
     batch = distributed.mean_over_ranks(
