@@ -384,3 +384,23 @@ def test_omit_still_refuses_a_bad_reward_in_a_group_it_leaves_out(backend, estim
     with pytest.raises(ValueError, match=match):
         ik.group_advantages(r2, 4, estimator=estimator, answers=answers, nan_policy="omit", backend=backend,
                             **kw)
+
+
+# ---- log-probs of large logits ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", PPO_BACKENDS)
+@pytest.mark.parametrize("scale", [1e3, 3e4])
+def test_the_log_prob_of_a_large_logit_keeps_its_own_precision(backend, scale):
+    # logp was x_t - lse: at |logits| ~ 1e3 in fp32, lse's rounding (6e-5) swamped a log-prob of
+    # -4.5e-5 (it came out 0 or -6.1e-5). (x_t - m) - log s keeps plain PyTorch's relative precision.
+    hidden = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.5, 1.0]]])
+    weight = torch.tensor([[scale, 0.0], [scale - 10.0, 0.0], [scale - 12.0, 3.0]])
+    targets = torch.tensor([[0, 1, 2]])
+    want = ref.linear_logprobs(hidden.double(), weight.double(), targets)
+    plain = torch.log_softmax(hidden @ weight.T, -1).gather(-1, targets[..., None])[..., 0]  # PyTorch, fp32
+    got = ik.linear_logprobs(hidden, weight, targets, backend=backend)
+    err, plain_err = (got.double() - want).abs(), (plain.double() - want).abs()
+    assert bool((err <= 2 * plain_err + 1e-9).all()), (err, plain_err)  # the design's rule: <= 2x PyTorch's
+    assert got[0, 0] < 0  # -4.54e-5, not 0
+    loss, metrics = ik.linear_ppo_loss(hidden, weight, targets, want.float(), torch.tensor([1.0]), backend=backend)
+    assert abs(metrics["ratio_mean"].item() - 1.0) < 1e-6  # the fused row pass reads the same log-probs

@@ -1,8 +1,10 @@
 // Per-row maths of the log-prob row pass, shared by the CPU and CUDA kernels.
 //
 // For one row of logits z[0..V) and temperature T, with x = z / T:
-//   lse      = log sum_j exp(x_j)
-//   logp     = x_t - lse                         (t: the row's target)
+//   lse      = log sum_j exp(x_j) = m + log s,   m = max_j x_j, s = sum_j exp(x_j - m)
+//   logp     = (x_t - m) - log s                 (t: the row's target; not x_t - lse, which loses
+//                                                 the log-prob to the rounding of lse once |m| is
+//                                                 large: at |m| = 1e3 in fp32, up to 6e-5)
 //   entropy  = lse - sum_j p_j x_j = log(s) - sum_j p_j (x_j - m) ,  p_j = exp(x_j - lse)
 // computed around the row maximum m so that large logits lose nothing to cancellation.
 //
@@ -32,9 +34,9 @@ IA_HOST_DEVICE RowStats finish_row_stats(float m, float s, float w, float x_targ
   RowStats out;
   float log_s = logf(s);
   out.lse = m + log_s;
-  // With x_target and m rounded the same way, s >= 1 and so x_target <= m <= lse; the bounds make
-  // that hold however a compiler contracts the arithmetic (NaN passes through).
-  out.logp = min_keep_nan(x_target - out.lse, 0.f);
+  // With x_target and m rounded the same way, x_target <= m and s >= 1, so logp <= 0; the bounds
+  // make that hold however a compiler contracts the arithmetic (NaN passes through).
+  out.logp = min_keep_nan((x_target - m) - log_s, 0.f);
   out.entropy = max_keep_nan(log_s - w / s, 0.f);
   return out;
 }

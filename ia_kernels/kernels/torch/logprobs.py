@@ -34,8 +34,9 @@ def rows_forward(z, targets, temperature, ignore_index, logp, lse, entropy):
     s = e.sum(-1)
     log_s = torch.log(s)
     lse_ = m + log_s
-    # x_t <= m <= lse holds up to rounding of the additions: clamp so that logp <= 0 exactly.
-    lp = torch.clamp(x_t - lse_, max=0.0)
+    # (x_t - m) - log s, not x_t - lse, whose rounding swamps the log-prob once |m| is large (at
+    # |m| = 1e3 in fp32, up to 6e-5); x_t <= m and s >= 1: the clamp makes logp <= 0 exact.
+    lp = torch.clamp((x_t - m) - log_s, max=0.0)
     lp = torch.where(in_range, lp, torch.full_like(lp, float("nan")))
     logp.copy_(torch.where(ignored, torch.zeros_like(lp), lp))
     entropy.copy_(torch.clamp(log_s - (e.mul_(d)).sum(-1) / s, min=0.0))

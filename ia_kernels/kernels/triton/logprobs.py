@@ -61,7 +61,7 @@ def finish_row_stats(m, s, w, x_t):
     """(logp, lse, entropy) of ia::finish_row_stats: logp <= 0 and entropy >= 0 exactly, NaN kept."""
     log_s = tl.log(s)
     lse = m + log_s
-    logp = x_t - lse
+    logp = (x_t - m) - log_s  # not x_t - lse: lse's rounding would swamp the log-prob at large |m|
     ent = log_s - w / s
     return tl.where(logp > 0.0, 0.0, logp), lse, tl.where(ent < 0.0, 0.0, ent)
 
@@ -99,7 +99,7 @@ def _logprob_rows_forward_kernel(
     targets_ptr,  # [rows] int64 target ids
     inv_temp,  # 1 / temperature
     ignore_index,  # targets equal to this give logp 0
-    logp_ptr,  # [rows] fp32 out: x_t - lse
+    logp_ptr,  # [rows] fp32 out: (x_t - m) - log s = x_t - lse
     lse_ptr,  # [rows] fp32 out: log-sum-exp of x = z / T
     entropy_ptr,  # [rows] fp32 out: entropy of softmax(x)
     BLOCK_V: tl.constexpr,  # columns per step of the sweep
