@@ -125,8 +125,9 @@ class _Weights:
             qkv = F.linear(_rms(x, lw["ln1"]), lw["qkv"], lw["qkv_b"])
             q = _rotate(qkv[:, :hq * d].view(N, hq, d), c, s)
             k = _rotate(qkv[:, hq * d:(hq + hk) * d].view(N, hk, d), c, s)
-            cache.write(i, slots, k, qkv[:, (hq + hk) * d:].reshape(N, hk, d))
-            o = plan.run(q, cache.k[i], cache.v[i], scale=lw["scaling"], backend=PAGED_BACKEND)
+            cache.write(i, slots, k.to(cache.dtype), qkv[:, (hq + hk) * d:].reshape(N, hk, d).to(cache.dtype))
+            o = plan.run(q.to(cache.dtype), cache.k[i], cache.v[i], scale=lw["scaling"], backend=PAGED_BACKEND)
+            o = o.to(x.dtype)
             x = x + F.linear(o.reshape(N, hq * d), lw["o"], lw["o_b"])
             gu = F.linear(_rms(x, lw["ln2"]), lw["gate_up"])
             x = x + F.linear(lw["act"](gu[..., :lw["inter"]]) * gu[..., lw["inter"]:], lw["down"])
@@ -193,11 +194,15 @@ class ContinuousBatch:
         self.device = w.embed.device
         self.pending = [_Prompt(i, list(ids)) for i, ids in enumerate(prompts)][::-1]  # popped from the end
         self.prefilling: list[_Prompt] = []
+        if PAGED_BACKEND == "cuda":  # flash-attention's paged kernel: blocks of 256, a half-precision cache
+            block_size, cache_dtype = 256, torch.bfloat16
+        else:
+            cache_dtype = w.embed.dtype
         longest = max(len(p) for p in prompts)
         per_row = -(-(longest + max_new_tokens) // block_size) + 1
         per_prompt = -(-longest // block_size)
         blocks = self.capacity * per_row + per_prompt * (-(-self.capacity // n) + 1)
-        self.cache = PagedKVCache(len(w.layers), blocks, block_size, w.kv_heads, w.head_dim, w.embed.dtype,
+        self.cache = PagedKVCache(len(w.layers), blocks, block_size, w.kv_heads, w.head_dim, cache_dtype,
                                   self.device)
         self.cos, self.sin = w.rope_table(longest + max_new_tokens + 1, self.device, w.embed.dtype)
         rows = len(prompts) * n

@@ -23,8 +23,7 @@ class PagedKVCache:
         shape = (num_blocks, block_size, kv_heads, head_dim)
         self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(layers)]
-        self.block_size = block_size
-        self.num_blocks = num_blocks
+        self.block_size, self.num_blocks, self.dtype = block_size, num_blocks, dtype
         self._free = list(range(num_blocks))  # a heap: the lowest free block first
         self._refs = [0] * num_blocks
         self.in_use = 0
