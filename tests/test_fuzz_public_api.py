@@ -29,7 +29,6 @@ import os
 import re
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
