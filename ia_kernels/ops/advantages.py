@@ -114,9 +114,13 @@ def group_advantages(rewards: torch.Tensor, groups, *, estimator: str, k: int | 
 
     Args:
         rewards: [n] float rewards.
-        groups: an int (the group size; the samples of a group are contiguous), an integer
-            tensor [n] of group ids (any order, any group sizes, any integer values), or a list /
-            tuple / numpy array of n hashable labels (ints, strings such as verl's uids, ...).
+        groups: an int (the group size; the samples of a group are contiguous; a NumPy int or a
+            0-d integer tensor too), an integer tensor [n] of group ids (any order, any group
+            sizes, any integer values), or a list / tuple / numpy array of n hashable labels (ints,
+            strings such as verl's uids, ...) compared by value: 0-d tensors and NumPy scalars as
+            their Python value, so 1, 1.0, np.int64(1) and torch.tensor(1) are one group; a NaN
+            label, an object compared by identity, a multi-element tensor or an unhashable label
+            is a ValueError naming its index.
         estimator: one of
             "reinforce"  A_i = r_i;
             "rloo"       A_i = r_i - mean of the other rewards of the group;
@@ -293,7 +297,8 @@ def length_penalized_rewards(correct: torch.Tensor, lengths: torch.Tensor, group
         lengths: [n] response lengths (tokens), integer or float, finite and >= 0 (a ValueError
             names the first bad index otherwise).
         groups: an int (group size, contiguous), an integer tensor [n] of group ids (any
-            integer values, negative included), or a list / tuple / numpy array of n hashable labels.
+            integer values, negative included), or a list / tuple / numpy array of n hashable labels,
+            compared by value as in group_advantages.
         threshold: None (correct holds 0/1), or a real number: correct = rewards > threshold.
         finished: [n] bool (or 0/1): whether each response ended with an end-of-sequence token;
             None: every response did.
