@@ -27,9 +27,15 @@ EVAL_SEED_OFFSET = 1_000_000_000
 DEFAULT_OPTIONS = {"chain_sum": {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1,
                                  "prompt_format": "expression"}}
 PROMPT_FORMATS = ("question", "expression")
-# Appended to questions, so that pretrained chat models (SmolLM2, ...) state the answer where it is read.
-ANSWER_INSTRUCTION = "\nGive your final answer inside <answer></answer> tags."
+# Where a response's final answer is read: the last <answer></answer> tag (the default), or the last
+# number in the response (for small pretrained models that do not follow the tag instruction: they
+# score 0 with tags and so give RL nothing to learn from; with it a response has exactly one final
+# answer, so writing many numbers gains nothing). Each has its instruction, appended to questions.
+ANSWER_FORMATS = {"tag": "\nGive your final answer inside <answer></answer> tags.",
+                  "last_number": "\nEnd your reply with the final answer as a number."}
+ANSWER_INSTRUCTION = ANSWER_FORMATS["tag"]
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 def dataset_names() -> list[str]:
@@ -61,6 +67,9 @@ class ReasoningGymTask:
         self.prompt_format = self.options.pop("prompt_format", "question")
         if self.prompt_format not in PROMPT_FORMATS:
             raise ValueError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}")
+        self.answer_format = self.options.pop("answer_format", "tag")
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"answer_format must be one of {', '.join(ANSWER_FORMATS)}, got {self.answer_format!r}")
         self._datasets: dict = {}
 
     def _dataset(self, seed: int, size: int):
@@ -79,7 +88,7 @@ class ReasoningGymTask:
         out = []
         for i in range(start, start + count):
             entry = data[i]
-            prompt = entry["question"] + ANSWER_INSTRUCTION
+            prompt = entry["question"] + ANSWER_FORMATS[self.answer_format]
             if self.prompt_format == "expression":
                 if "expression" not in entry.get("metadata", {}):
                     raise ValueError(f"{self.name} items have no metadata['expression']; use prompt_format: question")
@@ -88,15 +97,19 @@ class ReasoningGymTask:
                                answer=entry["answer"], meta={"entry": entry, "dataset": data}))
         return out
 
+    def final_answer_text(self, response: str) -> str | None:
+        """The response's final answer as written (see ANSWER_FORMATS), or None."""
+        found = (_ANSWER if self.answer_format == "tag" else _NUMBER).findall(response)
+        return found[-1].strip() if found else None
+
     def extract_answer(self, problem: Problem, response: str) -> Hashable | None:
-        found = _ANSWER.findall(response)
-        return canonical(found[-1]) if found else None
+        return canonical(self.final_answer_text(response))
 
     def score(self, problem: Problem, response: str) -> float:
-        found = _ANSWER.findall(response)
-        if not found:
+        answer = self.final_answer_text(response)
+        if answer is None:
             return 0.0
-        reward = problem.meta["dataset"].score_answer(found[-1].strip(), problem.meta["entry"])
+        reward = problem.meta["dataset"].score_answer(answer, problem.meta["entry"])
         return float(min(max(reward, 0.0), 1.0))
 
     def score_batch(self, problems: Sequence[Problem], responses: Sequence[str]) -> list[float]:
