@@ -37,8 +37,8 @@ RESUME_MAY_CHANGE = ("steps", "checkpoint_every", "eval_batch", "threads", "tens
 class Config:
     # what to train
     model: str = field(default="tiny", metadata={"help": "'tiny' (the bundled model), 'smollm2', or a local Hugging Face model directory"})
-    task: str = field(default="chain_sum", metadata={"help": "a reasoning-gym task name (e.g. chain_sum, basic_arithmetic), or math500 / aime24 / aime25 / humaneval"})
-    task_options: dict = field(default_factory=dict, metadata={"help": "task generator settings as YAML, e.g. '{min_terms: 2, max_terms: 3}' (empty: for chain_sum the bundled model's range, 2-3 terms of one digit shown as the bare expression, prompt_format: expression; for other tasks reasoning-gym's defaults)"})
+    task: str = field(default="chain_styles", metadata={"help": "chain_styles (the bundled task the tiny model is trained on: one-digit chain sums in classes t2-t5 and pick, two answer styles, hidden per-prompt rubrics), a reasoning-gym task name (e.g. chain_sum, basic_arithmetic), or math500 / aime24 / aime25 / humaneval"})
+    task_options: dict = field(default_factory=dict, metadata={"help": "reasoning-gym generator settings as YAML, e.g. '{min_terms: 2, max_terms: 3}' (empty: for chain_sum 2-3 terms of one digit shown as the bare expression, prompt_format: expression; for other reasoning-gym tasks their defaults; chain_styles and the benchmark tasks take none)"})
     # the objective
     objective: str = field(default="passk", metadata={"help": "one of " + ", ".join(OBJECTIVES)})
     k: int = field(default=4, metadata={"help": "k of the inference-time objective (passk, majority) and of the pass@k / maj@k report"})
@@ -48,7 +48,7 @@ class Config:
     # rollouts
     prompts_per_step: int = field(default=16, metadata={"help": "prompts per training step (each sampled n times)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature for rollouts and evaluation"})
-    max_new_tokens: int = field(default=80, metadata={"help": "response length limit in tokens (the bundled model's longest worked solution is 65)"})
+    max_new_tokens: int = field(default=128, metadata={"help": "response length limit in tokens (the bundled model's longest worked solution, an explained five-term chain, is 108 with EOS)"})
     rollout: str = field(default="hf", metadata={"help": "rollout engine: builtin (ia_train's decode loop: static KV cache, finished rows leave the batch; Llama-style models, others fall back to hf) or hf (Hugging Face generate)"})
     packing: str = field(default="pieces", metadata={"help": "the training forward's batch: pieces (each micro-batch in length-sorted pieces, padding cut: the CPU's path) or varlen (each micro-batch's rows packed into one sequence for flash-attention's varlen kernel under --attention flash_attention_2 / fa4; not run on a GPU yet, so opt-in; on a CPU it is correct but slower)"})
     # PPO
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="ia-train",
         description="Inference-aware RL fine-tuning with ia_kernels. With no arguments: the default "
-                    "experiment (the bundled small model on reasoning-gym's chain_sum, before/after "
+                    "experiment (the bundled small model on the bundled chain_styles task, before/after "
                     "evaluation on held-out problems).",
     )
     parser.add_argument("--config", default=None, help="YAML file of settings (command-line flags override it)")

@@ -25,7 +25,12 @@ def test_eval_reports_every_k_consistently(tmp_path, capsys):
     assert res["pass@1"] == pytest.approx(sum(v >= 0.5 for v in scores) / len(scores))
     # pass@4 from 4 samples: the fraction of problems with at least one correct sample.
     assert res["pass@4"] == pytest.approx(sum(any(v >= 0.5 for v in p["scores"]) for p in samples) / 12)
-    assert "pass@4" in capsys.readouterr().out
+    # the default task's problems have classes: every k's values per class too
+    assert sorted(res["per_class"]) == ["pick", "t2", "t3", "t4", "t5"]
+    assert sum(v["problems"] for v in res["per_class"].values()) == 12
+    assert all({"pass@1", "pass@4", "maj@4", "mean_tokens"} <= set(v) for v in res["per_class"].values())
+    printed = capsys.readouterr().out
+    assert "pass@4" in printed and "per class" in printed
 
 
 @pytest.mark.parametrize("args, message", [

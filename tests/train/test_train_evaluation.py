@@ -106,3 +106,34 @@ def test_t_interval_over_seeds():
     assert all(x != x for x in t_interval([0.5]))  # one value: no interval (NaN)
     with pytest.raises(ValueError, match="at least 2 values"):
         t_quantile_975(0)
+
+
+def test_per_class_values_when_problems_have_classes():
+    """With each problem's class (Problem.meta["class"]) the summary carries every per-problem value's
+    mean per class, and the paired change per class."""
+    correct = [[True, False], [True, True], [False, False], [False, True]]
+    answers = [[1, 2], [7, 7], [None, 3], [4, 5]]
+    lengths = [[10, 20], [5, 5], [80, 80], [30, 50]]
+    classes = ["a", "b", "a", "b"]
+    s = summarize(correct, answers, lengths, k=2, classes=classes)
+    assert s["classes"] == classes and list(s["per_class"]) == ["a", "b"]
+    assert s["per_class"]["a"]["problems"] == 2
+    assert s["per_class"]["a"]["pass@1"] == pytest.approx((0.5 + 0) / 2)
+    assert s["per_class"]["b"]["pass@k"] == pytest.approx((1 + 1) / 2) == s["per_class"]["b"]["pass@2"]
+    assert s["per_class"]["a"]["mean_tokens"] == pytest.approx((15 + 80) / 2)
+    after = summarize([[True, True]] * 4, answers, lengths, k=2, classes=classes)
+    d = change(s, after)
+    assert d["per_class"]["a"]["pass@1"] == pytest.approx(1 - 0.25) and d["per_class"]["b"]["pass@1"] == pytest.approx(0.25)
+    assert "per_class" not in summarize(correct, answers, lengths, k=2)
+    with pytest.raises(ValueError, match="classes has 3 entries for 4 problems"):
+        summarize(correct, answers, lengths, k=2, classes=classes[:3])
+
+
+def test_the_evaluation_reads_classes_from_the_problems():
+    from ia_train.evaluation.sampling import problem_classes
+    from ia_train.tasks import Problem
+
+    assert problem_classes([Problem("1", "p", 1, {"class": "t2"}), Problem("2", "q", 2, {"class": "pick"})]) == \
+        ["t2", "pick"]
+    assert problem_classes([Problem("1", "p", 1, {"class": "t2"}), Problem("2", "q", 2, {})]) is None
+    assert problem_classes([]) is None

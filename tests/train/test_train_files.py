@@ -239,7 +239,7 @@ def test_a_partial_last_metrics_line_is_skipped(tmp_path):
     (["--n", "8"], "--n 4 -> 8"),
     (["--k", "4"], "--k 2 -> 4"),
     (["--objective", "rloo"], "--objective 'grpo' -> 'rloo'"),
-    (["--task", "basic_arithmetic"], "--task 'chain_sum' -> 'basic_arithmetic'"),
+    (["--task", "basic_arithmetic"], "--task 'chain_styles' -> 'basic_arithmetic'"),
     (["--lr", "0.1"], "--lr 0.003 -> 0.1"),
     (["--task-options", "{min_terms: 2, max_terms: 2}"], "--task-options {} -> {'min_terms': 2, 'max_terms': 2}"),
     (["--seed", "1", "--alpha", "0.1"], "--seed 0 -> 1, --alpha 0.0 -> 0.1"),

@@ -98,7 +98,7 @@ def run_eval(cfg: Config, ks: list[int]) -> dict:
     from ..tasks import load_task
     from .metrics import summarize
     from .report import eval_table
-    from .sampling import sample_and_score
+    from .sampling import problem_classes, sample_and_score
 
     out = Path(cfg.out)
     with writing(out):
@@ -123,12 +123,17 @@ def run_eval(cfg: Config, ks: list[int]) -> dict:
         torch.set_num_threads(threads)
     results: dict = {"model": cfg.model, "task": cfg.task, "n": cfg.eval_n, "ks": ks, "problems": len(problems),
                      "temperature": cfg.temperature, "seed": cfg.seed}
+    classes = problem_classes(problems)
     for k in ks:
-        s = summarize(correct, answers, lengths, k, seed=cfg.seed)
+        s = summarize(correct, answers, lengths, k, seed=cfg.seed, classes=classes)
         for metric in ("pass", "maj"):
             results[f"{metric}@{k}"] = s[f"{metric}@k"]
             results[f"{metric}@{k}_ci"] = s[f"{metric}@k_ci"]
         results["mean_tokens"], results["mean_tokens_ci"] = s["mean_tokens"], s["mean_tokens_ci"]
+        for c, values in (s.get("per_class") or {}).items():  # per problem class, when the task has classes
+            cell = results.setdefault("per_class", {}).setdefault(c, {"problems": values["problems"],
+                                                                        "mean_tokens": values["mean_tokens"]})
+            cell[f"pass@{k}"], cell[f"maj@{k}"] = values["pass@k"], values["maj@k"]
     print(eval_table(results, ks, cfg.eval_n, len(problems)))
     write_json(out / "eval.json", results)
     write_json(out / "samples_eval.json", samples[:50], indent=1)

@@ -90,11 +90,25 @@ def curve_ks(n: int, k: int) -> list[int]:
     return sorted(ks)
 
 
-def summarize(correct, answers, lengths, k: int, *, seed: int = 0) -> dict:
+def by_class(per_problem: dict[str, Sequence[float]], classes: Sequence[str]) -> dict[str, dict]:
+    """Per problem class (in order of first appearance): "problems", and the mean over the class's
+    problems of every per-problem value."""
+    out: dict[str, dict] = {}
+    labels = np.asarray(classes, dtype=object)
+    for c in dict.fromkeys(classes):
+        pick = labels == c
+        out[c] = {"problems": int(pick.sum()),
+                  **{name: float(np.asarray(v, dtype=np.float64)[pick].mean()) for name, v in per_problem.items()}}
+    return out
+
+
+def summarize(correct, answers, lengths, k: int, *, seed: int = 0, classes: Sequence[str] | None = None) -> dict:
     """Means over problems under "pass@1", "pass@k", "maj@k", "mean_tokens", their 95% bootstrap
     intervals under "<name>_ci" ([lo, hi]), "k", "n", "problems", the per-problem values under
     "per_problem" (for paired comparisons), and under "curve" pass@j and maj@j (with "_ci") for
-    every j of curve_ks(n, k) (their per-problem values join "per_problem")."""
+    every j of curve_ks(n, k) (their per-problem values join "per_problem"). With `classes` (each
+    problem's class, e.g. Problem.meta["class"]): "classes" (that list, aligned with "per_problem")
+    and "per_class" (by_class: every per-problem value's mean per class)."""
     n = len(correct[0])
     ks = curve_ks(n, k)
     values = per_problem(correct, answers, lengths, sorted(set(ks) | {k}))
@@ -115,6 +129,11 @@ def summarize(correct, answers, lengths, k: int, *, seed: int = 0) -> dict:
             curve[name + "_ci"] = list(bootstrap_ci(values[name], seed=seed))
             out["per_problem"][name] = values[name].tolist()
     out["curve"] = curve
+    if classes is not None:
+        if len(classes) != len(correct):
+            raise ValueError(f"classes has {len(classes)} entries for {len(correct)} problems")
+        out["classes"] = [str(c) for c in classes]
+        out["per_class"] = by_class(out["per_problem"], out["classes"])
     return out
 
 
@@ -136,4 +155,9 @@ def change(before: dict, after: dict, *, seed: int = 0) -> dict:
             for metric in ("pass", "maj"):
                 name = f"{metric}@{j}"
                 out["curve"][name], out["curve"][name + "_ci"] = paired(name)
+    if before.get("classes") is not None and before.get("classes") == after.get("classes"):
+        names = [name for name in after["per_problem"] if name in before["per_problem"]]
+        diffs = {name: np.asarray(after["per_problem"][name]) - np.asarray(before["per_problem"][name])
+                 for name in names}
+        out["per_class"] = by_class(diffs, after["classes"])
     return out

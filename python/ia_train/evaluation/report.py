@@ -23,6 +23,28 @@ def summary_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def class_table(summary: dict) -> str:
+    """Per problem class (when the task has classes): pass@1, pass@k, maj@k and mean tokens, before
+    -> after (change); empty when the evaluation has no classes."""
+    k = summary["k"]
+    before, after, delta = (summary[w].get("per_class") or {} for w in ("before", "after", "change"))
+    if not after:
+        return ""
+    columns = (("pass@1", "{:.3f}"), ("pass@k", "{:.3f}"), ("maj@k", "{:.3f}"), ("mean_tokens", "{:.1f}"))
+    lines = [f"per class (held-out problems): pass@1, pass@{k}, maj@{k}, mean tokens; before -> after (change)"]
+    for c, a in after.items():
+        cells = []
+        for key, fmt in columns:
+            cell = fmt.format(a[key])
+            if c in before:
+                cell = fmt.format(before[c][key]) + " -> " + cell
+            if c in delta:
+                cell += " (" + ("+" if delta[c][key] >= 0 else "") + fmt.format(delta[c][key]) + ")"
+            cells.append(cell)
+        lines.append(f"{c:<8} ({a['problems']:>3})  " + "   ".join(cells))
+    return "\n".join(lines)
+
+
 def eval_table(results: dict, ks: list[int], n: int, problems: int) -> str:
     """`ia-train eval`'s table: pass@k and maj@k for every k, and the mean response tokens."""
     lines = [f"{problems} held-out problems, n = {n} samples each; 95% bootstrap intervals over problems",
@@ -31,4 +53,10 @@ def eval_table(results: dict, ks: list[int], n: int, problems: int) -> str:
         lo, hi = results[name + "_ci"]
         fmt = "{:.1f}" if name == "mean_tokens" else "{:.3f}"
         lines.append(f"{name:<12} {fmt.format(results[name]):>8}  [{fmt.format(lo)}, {fmt.format(hi)}]")
+    if results.get("per_class"):
+        names = [f"pass@{k}" for k in ks] + [f"maj@{k}" for k in ks]
+        lines += ["per class (problems): " + ", ".join(names) + ", mean_tokens"]
+        for c, v in results["per_class"].items():
+            lines.append(f"{c:<8} ({v['problems']:>3})  " + "  ".join(f"{v[n]:.3f}" for n in names)
+                         + f"  {v['mean_tokens']:.1f}")
     return "\n".join(lines)

@@ -22,7 +22,14 @@ def evaluate(engine, task, problems, cfg: Config, label: str, d: Dist = SINGLE) 
     with gathered(engine.model):
         results = sample_and_score(engine, task, distributed.my_block(problems, d), cfg, label, d)
     correct, answers, lengths, samples = (distributed.gather_lists(part, d) for part in results)
-    return summarize(correct, answers, lengths, cfg.k, seed=cfg.seed), samples
+    return summarize(correct, answers, lengths, cfg.k, seed=cfg.seed, classes=problem_classes(problems)), samples
+
+
+def problem_classes(problems) -> list[str] | None:
+    """Each problem's class (Problem.meta["class"]) when every problem has one, else None: the
+    evaluation then also reports its metrics per class."""
+    classes = [p.meta.get("class") if isinstance(p.meta, dict) else None for p in problems]
+    return None if not classes or any(c is None for c in classes) else [str(c) for c in classes]
 
 
 def sample_and_score(engine, task, problems, cfg: Config, label: str, d: Dist = SINGLE):
@@ -50,5 +57,6 @@ def sample_and_score(engine, task, problems, cfg: Config, label: str, d: Dist = 
             answers.append(answers_all[sl])
             lengths.append(ro.lengths[sl].tolist())
             samples.append({"uid": p.uid, "prompt": p.prompt, "answer": str(p.answer),
+                            **({"class": p.meta["class"]} if "class" in p.meta else {}),
                             "responses": ro.texts[sl], "scores": scores[sl]})
     return correct, answers, lengths, samples

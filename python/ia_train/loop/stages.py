@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, resume_changes
 from ..evaluation.metrics import METRICS, change
-from ..evaluation.report import summary_table
+from ..evaluation.report import class_table, summary_table
 from ..evaluation.sampling import evaluate
 from ..models import Policy, load_model
 from ..models.attention import CALLS as ATTENTION_CALLS
@@ -245,6 +245,8 @@ def finish(r: Run, row: dict, train_seconds: float) -> dict:
         with writing(out / "before_after.png"):
             plots.before_after(summary, out / "before_after.png")
         print(summary_table(summary))
+        if class_table(summary):
+            print(class_table(summary))
     write_json(out / "summary.json", summary)
     print(f"wrote {out}/summary.json, metrics.jsonl, training_curves.png"
           f"{', before_after.png' if r.eval_problems else ''} in {summary['wall_seconds']:.0f}s", flush=True)

@@ -1,8 +1,9 @@
 """Task registry: a name -> a `Task` (see base.py).
 
-reasoning-gym datasets are known by their own names. The benchmark tasks live in their own modules,
-imported only when named (they pull in heavier dependencies); each module provides
-`make_task(name) -> Task`.
+`chain_styles` is the bundled task (chain_styles.py: the default, what the bundled tiny model is
+trained on, nothing to install). reasoning-gym datasets are known by their own names. The benchmark
+tasks live in their own modules, imported only when named (they pull in heavier dependencies); each
+module provides `make_task(name) -> Task`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from .base import Problem, Task, split_problems
 
 # name -> module that provides make_task(name)
 BENCHMARK_TASKS = {
+    "chain_styles": "ia_train.tasks.chain_styles",
     "math500": "ia_train.tasks.math",
     "aime24": "ia_train.tasks.math",
     "aime25": "ia_train.tasks.math",
@@ -22,6 +24,7 @@ BENCHMARK_TASKS = {
 }
 # name -> the optional modules the task imports (see ia_train.optional for the install commands)
 TASK_PACKAGES = {
+    "chain_styles": (),
     "math500": ("mmath", "math_verify"),
     "aime24": ("mmath", "math_verify"),
     "aime25": ("mmath", "math_verify"),
