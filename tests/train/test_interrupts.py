@@ -92,3 +92,29 @@ def test_a_study_run_stopped_midway_is_started_over(tmp_path):
     summaries, failures = run_grid([spec], tmp_path, jobs=1, threads=1, extra=["--tensorboard", "false"],
                                    say=lambda line: None)
     assert failures == {} and summaries["r"]["last_step"]["step"] == 1
+
+
+def test_a_study_run_stopped_after_a_checkpoint_continues_from_it(tmp_path):
+    """A study's runs keep checkpoints (every CHECKPOINT_EVERY steps): the next `ia-train study`
+    continues a stopped run from its last one with --resume, unless the directory holds a run of other
+    settings, which is started over."""
+    from ia_train.study import RunSpec, resumable, run_grid
+
+    settings = (("alpha", 0.0), ("checkpoint_every", 1), ("eval_n", 8), ("eval_problems", 2), ("steps", 2),
+                ("prompts_per_step", 2), ("n", 4), ("k", 2), ("max_new_tokens", 12), ("tensorboard", False))
+    spec = RunSpec("r", "length", "alpha=0", settings)
+    run_dir = tmp_path / "r"
+    from ia_train.study import flags
+
+    stopped = subprocess.run([sys.executable, "-m", "ia_train", "--out", str(run_dir), "--threads", "1",
+                              *flags(spec.config), "--stop-after", "1"], capture_output=True, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert stopped.returncode == 0, stopped.stderr
+    assert resumable(run_dir, spec) and not (run_dir / "summary.json").exists()
+    other = RunSpec("r", "length", "alpha=0.4", tuple((k, 0.4 if k == "alpha" else v) for k, v in settings))
+    assert not resumable(run_dir, other)
+    summaries, failures = run_grid([spec], tmp_path, jobs=1, threads=1, extra=[], say=lambda line: None)
+    assert failures == {} and summaries["r"]["last_step"]["step"] == 2
+    log = (run_dir / "log.txt").read_text()
+    assert "--resume" in log and "resuming at step 1" in log
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2

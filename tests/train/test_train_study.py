@@ -1,4 +1,5 @@
-"""`ia-train study`: the grid it runs, the aggregation over seeds, its outputs, failures and resuming."""
+"""`ia-train study`: the grid it runs, the aggregation over seeds (t intervals, paired differences, per
+class), its outputs, --report-only, failures and resuming."""
 
 import json
 import random
@@ -7,77 +8,143 @@ import numpy as np
 import pytest
 
 from ia_train.cli import main as cli_main
-from ia_train.evaluation.metrics import change, summarize
-from ia_train.study import (ALPHAS, LENGTH_RECIPE, MODES, RunSpec, aggregate, grid, plot_length, plot_objectives,
-                            run_grid, table, two_level_interval)
+from ia_train.evaluation.metrics import change, summarize, t_interval
+from ia_train.study import (ALPHAS, CHECKPOINT_EVERY, LENGTH_RECIPE, MODES, RunSpec, aggregate, grid, plot_length,
+                            plot_objectives, run_grid, run_record, table)
+
+CLASSES = ["t2", "t3", "pick"]
 
 
 def test_the_full_grid_covers_both_papers():
-    specs = grid(MODES["full"], [0, 1, 2])
-    assert len({s.name for s in specs}) == len(specs) == 3 * (4 + len(ALPHAS))
+    specs = grid(MODES["full"])
+    assert len({s.name for s in specs}) == len(specs) == 5 * 4 + 3 * len(ALPHAS)
     objectives = [s.config for s in specs if s.grid == "objectives"]
     assert sorted({c["objective"] for c in objectives}) == ["grpo", "majority", "passk", "rloo"]
+    assert sorted({c["seed"] for c in objectives}) == [0, 1, 2, 3, 4]
     for c in objectives:  # the same samples per step for every objective; majority votes over all n = k
         assert c.get("prompts_per_step", 16) * c["n"] == 128
         assert c["k"] == 4 and (c["n"] == 4 if c["objective"] == "majority" else c["n"] == 8)
     length = [s.config for s in specs if s.grid == "length"]
     assert sorted({c["alpha"] for c in length}) == sorted(ALPHAS) == [0.0, 0.05, 0.1, 0.2, 0.4]
+    assert sorted({c["seed"] for c in length}) == [0, 1, 2]
     assert all(all(c[k] == v for k, v in LENGTH_RECIPE.items()) for c in length)
-    assert all(c["eval_n"] == 16 and c["steps"] == MODES["full"]["steps"] for c in objectives + length)
-    quick = grid(MODES["quick"], [0])
+    assert all(c["whiten_advantages"] is True for c in length)
+    assert not any(c.get("whiten_advantages") for c in objectives)
+    for c in objectives + length:
+        assert (c["eval_n"], c["steps"], c["eval_problems"]) == (32, 300, 200)
+        assert c["checkpoint_every"] == CHECKPOINT_EVERY and c["rollout"] == "builtin"
+    quick = grid(MODES["quick"])
     assert sorted(s.config["alpha"] for s in quick if s.grid == "length") == [0.0, 0.4]
-
-
-def test_two_level_interval():
-    # one seed of identical problems: no uncertainty at all
-    assert two_level_interval([np.full(5, 0.3)]) == pytest.approx((0.3, 0.3))
-    # seeds that differ but whose problems agree: the interval spans the seed means' resampled averages
-    lo, hi = two_level_interval([np.full(4, 0.2), np.full(4, 0.4), np.full(4, 0.6)])
-    assert 0.2 <= lo < 0.4 < hi <= 0.6
-    # more problems per seed -> a narrower interval
-    rng = np.random.default_rng(0)
-    wide = two_level_interval([rng.random(10) for _ in range(3)])
-    narrow = two_level_interval([rng.random(1000) for _ in range(3)])
-    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+    assert {s.config["seed"] for s in quick} == {0}
 
 
 def fake_summary(spec: RunSpec, p_before: float, p_after: float, tokens: float, problems: int = 30) -> dict:
-    """A run's summary.json made with the real evaluation code from random samples."""
+    """A run's summary.json made with the real evaluation code from random samples, with classes."""
     rng = random.Random(hash(spec.name) % 1000)
     n = spec.config["eval_n"]
+    classes = [CLASSES[i % len(CLASSES)] for i in range(problems)]
 
     def evaluation(p):
         correct = [[rng.random() < p for _ in range(n)] for _ in range(problems)]
-        answers = [[1 if c else rng.choice([2, 3]) for c in row] for row in correct]
+        answers = [[1 if c else rng.choice([2, 3, None]) for c in row] for row in correct]
         lengths = [[tokens + rng.choice([-2, 0, 2]) for _ in range(n)] for _ in range(problems)]
-        return summarize(correct, answers, lengths, spec.config["k"])
+        return summarize(correct, answers, lengths, spec.config["k"], classes=classes)
 
     before, after = evaluation(p_before), evaluation(p_after)
     return {"config": spec.config, "before": before, "after": after, "change": change(before, after),
-            "wall_seconds": 1.0, "train_seconds": 1.0}
+            "wall_seconds": 3.0, "train_seconds": 2.0}
 
 
-def test_aggregate_table_and_figures(tmp_path):
-    specs = grid({**MODES["quick"], "eval_n": 8}, [0, 1])
+def study_records(seeds=(0, 1, 2)):
+    mode = {**MODES["quick"], "eval_n": 8, "objective_seeds": len(seeds), "length_seeds": len(seeds)}
+    specs = grid(mode)
     summaries = {s.name: fake_summary(s, 0.3, 0.5 if s.grid == "objectives" else 0.4,
                                       60 - 50 * s.config.get("alpha", 0)) for s in specs}
-    rows = aggregate(specs, summaries)
+    return specs, summaries, [run_record(s, summaries[s.name]) for s in specs]
+
+
+def test_intervals_are_t_intervals_over_the_seed_values():
+    specs, summaries, records = study_records()
+    agg = aggregate(records)
+    rows = agg["settings"]
     assert [r["label"] for r in rows] == ["alpha=0", "alpha=0.4", "rloo", "grpo", "passk (k=4)", "majority (k=4)"]
     for r in rows:
         runs = [summaries[s.name] for s in specs if s.label == r["label"]]
-        assert r["seeds"] == [0, 1]
+        assert r["seeds"] == [0, 1, 2] and r["interval"] == "t over seeds"
         for j in (1, 2, 4, 8):
             for m in ("pass", "maj"):
                 name = f"{m}@{j}"
-                assert r["after"][name] == pytest.approx(np.mean([x["after"]["curve"][name] for x in runs]))
+                per_seed = [x["after"]["curve"][name] for x in runs]
+                assert r["after"][name] == pytest.approx(np.mean(per_seed))
+                assert r["after"][name + "_ci"] == pytest.approx(list(t_interval(per_seed)))
                 assert r["change"][name] == pytest.approx(r["after"][name] - r["before"][name])
-                lo, hi = r["change"][name + "_ci"]
-                assert lo <= r["change"][name] <= hi
-        assert r["after"]["mean_tokens"] == pytest.approx(np.mean([x["after"]["mean_tokens"] for x in runs]))
-    text = table(rows)
+        # per class: the mean over seeds of each seed's class mean, with its own t interval
+        for c in CLASSES:
+            per_seed = [x["after"]["per_class"][c]["pass@1"] for x in runs]
+            cell = r["per_class"]["after"][c]
+            assert cell["pass@1"] == pytest.approx(np.mean(per_seed))
+            assert cell["pass@1_ci"] == pytest.approx(list(t_interval(per_seed)))
+            assert cell["problems"] == 10
+
+
+def test_three_seeds_give_the_t_interval_a_bootstrap_would_narrow():
+    """The issue's numbers: rloo's pass@1 change 0.216 / 0.286 / 0.321 over 3 seeds. The two-level
+    bootstrap reported [0.216, 0.326]; over the seed means a t interval is [0.142, 0.407]."""
+    _, _, records = study_records()
+    rloo = [r for r in records if r["label"] == "rloo"]
+    for r, value in zip(rloo, (0.216, 0.286, 0.321)):
+        r["change"]["pass@1"] = value
+    row = next(r for r in aggregate(records)["settings"] if r["label"] == "rloo")
+    assert row["change"]["pass@1"] == pytest.approx(0.2743, abs=1e-4)
+    assert row["change"]["pass@1_ci"] == pytest.approx([0.142, 0.407], abs=1e-3)
+
+
+def test_paired_differences_are_taken_seed_by_seed():
+    specs, summaries, records = study_records()
+    paired = aggregate(records)["paired"]
+    assert [(p["grid"], p["label"], p["baseline"]) for p in paired] == [
+        ("length", "alpha=0.4", "alpha=0"), ("objectives", "grpo", "rloo"), ("objectives", "passk (k=4)", "rloo"),
+        ("objectives", "majority (k=4)", "rloo")]
+    passk = next(p for p in paired if p["label"] == "passk (k=4)")
+    by = {(s.label, s.config["seed"]): summaries[s.name] for s in specs}
+    for name in ("pass@1", "pass@8", "maj@4"):
+        diffs = [by[("passk (k=4)", s)]["after"]["curve"][name] - by[("rloo", s)]["after"]["curve"][name]
+                 for s in (0, 1, 2)]
+        assert passk["after"][name] == pytest.approx(np.mean(diffs))
+        assert passk["after"][name + "_ci"] == pytest.approx(list(t_interval(diffs)))
+    diffs = [by[("passk (k=4)", s)]["after"]["per_class"]["pick"]["pass@4"]
+             - by[("rloo", s)]["after"]["per_class"]["pick"]["pass@4"] for s in (0, 1, 2)]
+    assert passk["per_class"]["pick"]["pass@4"] == pytest.approx(np.mean(diffs))
+    # a seed that only one side ran is left out of the pairing
+    fewer = [r for r in records if not (r["label"] == "rloo" and r["seed"] == 2)]
+    assert next(p for p in aggregate(fewer)["paired"] if p["label"] == "grpo")["seeds"] == [0, 1]
+
+
+def test_one_seed_reports_the_runs_own_interval_over_problems():
+    _, summaries, records = study_records(seeds=(0,))
+    row = aggregate(records)["settings"][0]
+    assert row["interval"] == "bootstrap over problems (one seed)"
+    summary = summaries["length-alpha0-seed0"]
+    assert row["after"]["pass@2_ci"] == summary["after"]["curve"]["pass@2_ci"]
+    assert row["per_class"]["after"]["t2"]["pass@1_ci"] is None  # nothing to vary over
+
+
+def test_table_figures_and_report_only_rebuild(tmp_path):
+    _, _, records = study_records()
+    agg = aggregate(records)
+    text = table(agg)
     assert "| passk (k=4) |" in text and "| 0.4 |" in text and "pass@8" in text
-    assert plot_objectives(rows, tmp_path / "o.png").stat().st_size > 10_000
-    assert plot_length(rows, tmp_path / "l.png").stat().st_size > 10_000
+    assert "| passk (k=4) − rloo |" in text and "Per problem class" in text and "| pick |" in text
+    assert plot_objectives(agg, tmp_path / "o.png").stat().st_size > 10_000
+    assert plot_length(agg, tmp_path / "l.png").stat().st_size > 10_000
+    # --report-only: from study.json's runs alone
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "study.json").write_text(json.dumps({"command": "ia-train study", "runs": records, "aggregates": {}}))
+    assert cli_main(["study", "--report-only", "--out", str(out)]) == 0
+    assert (out / "objectives.png").is_file() and (out / "length.png").is_file()
+    assert text in (out / "study.md").read_text()
+    assert json.loads((out / "study.json").read_text())["aggregates"] == json.loads(json.dumps(agg))
 
 
 def test_a_failing_run_is_reported_with_its_error(tmp_path):
@@ -87,30 +154,36 @@ def test_a_failing_run_is_reported_with_its_error(tmp_path):
     assert "exit status 2" in failures["bad"] and "--alpha must be in [0, 1], got 2.0" in failures["bad"]
 
 
-def test_study_options_are_checked(capsys):
+def test_study_options_are_checked(capsys, tmp_path):
     assert cli_main(["study", "--eval-n", "4"]) == 2
     assert "ia-train study: error: --eval-n 4: the curves go to k = 8, so it must be at least 8" in capsys.readouterr().err
     assert cli_main(["study", "--jobs", "0"]) == 2
     assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
     assert cli_main(["study", "--seeds", "1000000000"]) == 2
     assert "--seeds 1000000000 is more than ia-train study accepts (at most 1000)" in capsys.readouterr().err
+    assert cli_main(["study", "--length-seeds", "0"]) == 2
+    assert "--length-seeds must be at least 1, got 0" in capsys.readouterr().err
     assert cli_main(["study", "--steps", str(10**12)]) == 2
     assert "is more than ia-train study accepts" in capsys.readouterr().err
+    assert cli_main(["study", "--report-only", "--out", str(tmp_path)]) == 2
+    assert f"--report-only: {tmp_path / 'study.json'} does not exist" in capsys.readouterr().err
 
 
 def test_a_small_study_end_to_end_and_resumed(tmp_path, capsys):
     out = tmp_path / "study"
-    argv = ["study", "--quick", "--grid", "length", "--steps", "1", "--eval-problems", "3", "--jobs", "2",
+    argv = ["study", "--quick", "--grid", "length", "--steps", "1", "--eval-problems", "5", "--jobs", "2",
             "--out", str(out)]
     assert cli_main(argv) == 0
     study = json.loads((out / "study.json").read_text())
     assert study["failed"] == {} and len(study["runs"]) == 2
     assert [r["alpha"] for r in study["runs"]] == [0.0, 0.4]
     for r in study["runs"]:
-        assert r["steps"] == 1 and r["after"]["problems"] == 3 and set(r["after"]["curve"]["ks"]) == {1, 2, 4, 8}
-        assert (r["kl_reward_coef"], r["aggregation"]) == (0.001, "seq-mean-token-mean")
-    assert [a["label"] for a in study["aggregates"]] == ["alpha=0", "alpha=0.4"]
+        assert r["steps"] == 1 and r["problems"] == 5 and {f"pass@{j}" for j in (1, 2, 4, 8)} <= set(r["after"])
+        assert (r["kl_reward_coef"], r["aggregation"], r["whiten_advantages"]) == (0.001, "seq-mean-token-mean", True)
+        assert set(r["per_class"]["after"]) == {"t2", "t3", "t4", "t5", "pick"}  # the bundled task's classes
+    assert [a["label"] for a in study["aggregates"]["settings"]] == ["alpha=0", "alpha=0.4"]
     assert (out / "length.png").is_file() and "| alpha |" in (out / "study.md").read_text()
+    assert study["full_study_estimate_seconds"] > 0
     # Run again: the finished runs are kept, not trained again.
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/summary.json")}
     assert cli_main(argv) == 0

@@ -1,9 +1,10 @@
 """`ia-train study`: parse the command, run the grid, aggregate, write study.json, study.md and the
-figures."""
+figures; or, with --report-only, rebuild study.md and the figures from an existing study.json."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -20,23 +21,41 @@ from .runner import run_grid
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    p = OneLineParser(prog="ia-train study", description="the two papers' headline trade-offs (pass@k and majority "
-                      "objectives; the length penalty's alpha), reproduced on the bundled model")
+    p = OneLineParser(prog="ia-train study", description="the two papers' effects (pass@k and majority "
+                      "objectives against the mean objective; the length penalty's alpha family), on the bundled "
+                      "model and task, over seeds")
+    quick, full = MODES["quick"], MODES["full"]
     p.add_argument("--quick", action="store_true",
-                   help=f"one seed, {MODES['quick']['steps']} steps, alpha in {{0, 0.4}}, "
-                        f"{MODES['quick']['eval_problems']} held-out problems x {MODES['quick']['eval_n']} samples")
+                   help=f"one seed, {quick['steps']} steps, alpha in {{0, 0.4}}, {quick['eval_problems']} held-out "
+                        f"problems x {quick['eval_n']} samples (under 15 minutes on a 2-core CPU)")
     p.add_argument("--out", default=None, help="output directory (default: runs/study, or runs/study-quick with --quick)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per setting (default: 1 quick, 3 full)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: 100)")
-    p.add_argument("--eval-problems", type=int, default=None, help="held-out problems per run (default: 100 quick, 200 full)")
-    p.add_argument("--eval-n", type=int, default=None, help="samples per held-out problem (default: 8 quick, 16 full)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help=f"seeds per setting in both grids (default: {full['objective_seeds']} for the objectives, "
+                        f"{full['length_seeds']} for the length grid; 1 with --quick)")
+    p.add_argument("--objective-seeds", type=int, default=None, help="seeds per objective (overrides --seeds)")
+    p.add_argument("--length-seeds", type=int, default=None, help="seeds per alpha (overrides --seeds)")
+    p.add_argument("--steps", type=int, default=None, help=f"training steps per run (default: {full['steps']}, "
+                                                            f"{quick['steps']} with --quick)")
+    p.add_argument("--eval-problems", type=int, default=None,
+                   help=f"held-out problems per run (default: {full['eval_problems']}, {quick['eval_problems']} quick)")
+    p.add_argument("--eval-n", type=int, default=None,
+                   help=f"samples per held-out problem (default: {full['eval_n']}, {quick['eval_n']} quick)")
     p.add_argument("--grid", choices=("all", "objectives", "length"), default="all", help="which grid to run")
     p.add_argument("--jobs", type=int, default=None, help="runs at a time (default: the number of CPU cores)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
-    p.add_argument("--rollout", choices=("hf", "builtin"), default=None, help="rollout engine of every run (default: ia-train's)")
+    p.add_argument("--rollout", choices=("hf", "builtin"), default=None,
+                   help=f"rollout engine of every run (default: {MODES['full']['rollout']}, ia-train's own decode loop, "
+                        "1.7x faster than generate on the bundled model)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: rebuild study.md, the figures and study.json's aggregates from --out's study.json")
     args = p.parse_args(argv)
     mode = dict(MODES["quick" if args.quick else "full"])
-    for key in ("seeds", "steps", "eval_problems", "eval_n", "jobs", "threads"):
+    if args.seeds is not None:
+        args.objective_seeds = args.objective_seeds if args.objective_seeds is not None else args.seeds
+        args.length_seeds = args.length_seeds if args.length_seeds is not None else args.seeds
+    if args.rollout is not None:
+        mode["rollout"] = args.rollout
+    for key in ("seeds", "objective_seeds", "length_seeds", "steps", "eval_problems", "eval_n", "jobs", "threads"):
         value = getattr(args, key)
         if value is not None:
             if value < 1:
@@ -53,38 +72,90 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args.threads = args.threads or max(1, cores // args.jobs)
     args.mode = mode
     out = args.out if args.out is not None else ("runs/study-quick" if args.quick else "runs/study")
-    check_output_dir(out)
+    if args.report_only:
+        if not (Path(out) / "study.json").is_file():
+            raise ConfigError(f"--report-only: {Path(out) / 'study.json'} does not exist; give the --out of a study")
+    else:
+        check_output_dir(out)
     args.out = Path(out)
     return args
 
 
 # a study is a grid of ordinary runs: the same bounds as ia-train's settings, and a bound on seeds
-AT_MOST = {"seeds": 1000, "steps": TRAIN_AT_MOST["steps"], "eval_problems": TRAIN_AT_MOST["eval_problems"],
-           "eval_n": TRAIN_AT_MOST["eval_n"], "jobs": 1024, "threads": TRAIN_AT_MOST["threads"]}
+AT_MOST = {"seeds": 1000, "objective_seeds": 1000, "length_seeds": 1000, "steps": TRAIN_AT_MOST["steps"],
+           "eval_problems": TRAIN_AT_MOST["eval_problems"], "eval_n": TRAIN_AT_MOST["eval_n"], "jobs": 1024,
+           "threads": TRAIN_AT_MOST["threads"]}
+
+
+def write_report(study: dict, out: Path) -> list[Path]:
+    """study.md and the figures from study["aggregates"]; the paths written."""
+    agg = study["aggregates"]
+    header = (f"<!-- written by `{study.get('command', 'ia-train study')}` from study.json; rebuild with "
+              f"`ia-train study --report-only --out {out}` -->\n\n")
+    (out / "study.md").write_text(header + table(agg))
+    return [p for p in (plot_objectives(agg, out / "objectives.png"), plot_length(agg, out / "length.png")) if p]
+
+
+def estimate_full_seconds(records: list[dict], jobs: int) -> float | None:
+    """The full study's wall time on this machine, from these runs' measured seconds per training step
+    and per evaluated sample (the rest of a run: loading, two evaluations)."""
+    measured = [r for r in records if r.get("step_seconds") and r.get("wall_seconds") and r.get("train_seconds")]
+    if not measured:
+        return None
+    step = sum(r["step_seconds"] for r in measured) / len(measured)
+    per_sample = sum((r["wall_seconds"] - r["train_seconds"]) / (r["problems"] * r["n"]) for r in measured) / len(measured)
+    full = MODES["full"]
+    runs = grid(full)
+    total = sum(s.config["steps"] * step + per_sample * s.config["eval_problems"] * s.config["eval_n"] for s in runs)
+    return total / max(1, jobs)
+
+
+def report_only(args) -> int:
+    path = args.out / "study.json"
+    try:
+        study = json.loads(path.read_text())
+        records = study["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--report-only: {path} is not a study's output ({str(e).splitlines()[0][:120]})") from None
+    study["aggregates"] = aggregate(records)
+    write_json(path, study)
+    plots = write_report(study, args.out)
+    print(table(study["aggregates"]))
+    print(f"rebuilt {args.out / 'study.md'}, {', '.join(p.name for p in plots)} and the aggregates in {path} "
+          f"from its {len(records)} runs", flush=True)
+    return 0
 
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
+    if args.report_only:
+        return report_only(args)
     mode = args.mode
-    specs = [s for s in grid(mode, list(range(mode["seeds"]))) if args.grid in ("all", s.grid)]
-    extra = ["--rollout", args.rollout] if args.rollout else []
+    specs = [s for s in grid(mode) if args.grid in ("all", s.grid)]
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"ia-train study: {len(specs)} runs ({'quick' if args.quick else 'full'}: {mode['seeds']} seed(s), "
-          f"{mode['steps']} steps, {mode['eval_problems']} held-out problems x {mode['eval_n']} samples), "
-          f"{args.jobs} at a time with {args.threads} thread(s) each, in {args.out}", flush=True)
+    print(f"ia-train study: {len(specs)} runs ({'quick' if args.quick else 'full'}: {mode['objective_seeds']} seed(s) "
+          f"per objective, {mode['length_seeds']} per alpha, {mode['steps']} steps, {mode['eval_problems']} held-out "
+          f"problems x {mode['eval_n']} samples, --rollout {mode['rollout']}), {args.jobs} at a time with "
+          f"{args.threads} thread(s) each, "
+          f"in {args.out}", flush=True)
     t0 = time.time()
-    summaries, failures = run_grid(specs, args.out / "runs", args.jobs, args.threads, extra)
-    rows = aggregate(specs, summaries)
+    summaries, failures = run_grid(specs, args.out / "runs", args.jobs, args.threads, [])
+    records = [run_record(s, summaries[s.name]) for s in specs if s.name in summaries]
     study = {"mode": "quick" if args.quick else "full", "settings": mode,
              "command": "ia-train study " + " ".join(argv), "wall_seconds": time.time() - t0,
-             "failed": failures, "aggregates": rows,
-             "runs": [run_record(s, summaries[s.name]) for s in specs if s.name in summaries]}
+             "failed": failures, "runs": records, "aggregates": aggregate(records)}
+    estimate = estimate_full_seconds(records, args.jobs)
+    if estimate is not None:
+        study["full_study_estimate_seconds"] = estimate
     write_json(args.out / "study.json", study)
-    (args.out / "study.md").write_text(table(rows))
-    plots = [p for p in (plot_objectives(rows, args.out / "objectives.png"), plot_length(rows, args.out / "length.png")) if p]
-    print(table(rows))
+    plots = write_report(study, args.out)
+    print(table(study["aggregates"]))
     print(f"wrote {args.out / 'study.json'}, study.md, {', '.join(p.name for p in plots)} "
           f"in {study['wall_seconds'] / 60:.1f} min", flush=True)
+    if estimate is not None and args.quick:
+        print(f"the full study (`ia-train study`, {len(grid(MODES['full']))} runs) would take about "
+              f"{estimate / 3600:.1f} h here with {args.jobs} at a time (from these runs' measured step and "
+              "evaluation times)", flush=True)
     if failures:
         print(f"ia-train study: error: {len(failures)} of {len(specs)} runs failed ({', '.join(failures)}); "
               "the figures leave them out; fix the cause and run the same command again to finish them",

@@ -5,18 +5,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ALPHAS = (0.0, 0.05, 0.1, 0.2, 0.4)
-# Arora & Zanette's recipe around the penalty (see configs/recipes/math500_length_alpha_*.yaml)
-LENGTH_RECIPE = {"objective": "rloo", "aggregation": "seq-mean-token-mean", "kl_reward_coef": 0.001}
+# Arora & Zanette's recipe around the penalty (see configs/recipes/math500_length_alpha_*.yaml): RLOO,
+# each response's token mean, the k1 KL against the initial model in the reward (beta = 0.001), and
+# OpenRLHF's whitening of each step's advantages over the whole rollout batch
+LENGTH_RECIPE = {"objective": "rloo", "aggregation": "seq-mean-token-mean", "kl_reward_coef": 0.001,
+                 "whiten_advantages": True}
 OBJECTIVES = (  # (label, settings): the same 128 samples per step for each
     ("rloo", {"objective": "rloo", "n": 8, "k": 4}),
     ("grpo", {"objective": "grpo", "n": 8, "k": 4}),
     ("passk (k=4)", {"objective": "passk", "n": 8, "k": 4}),
     ("majority (k=4)", {"objective": "majority", "n": 4, "k": 4, "prompts_per_step": 32}),
 )
+# the settings every paired comparison is taken against, per grid
+BASELINES = {"objectives": "rloo", "length": "alpha=0"}
+# The study's runs sample with ia-train's own decode loop (--rollout builtin): on the bundled model it
+# takes 2.4 s per step against generate's 4.2 s (one thread, 2-core CPU), which is what makes 35 runs
+# of 300 steps an afternoon. `ia-train study --rollout hf` runs them with generate instead.
+STUDY_ROLLOUT = "builtin"
 MODES = {  # what --quick and the full study run; the flags below override
-    "quick": {"seeds": 1, "steps": 100, "eval_problems": 100, "eval_n": 8, "alphas": (0.0, 0.4)},
-    "full": {"seeds": 3, "steps": 100, "eval_problems": 200, "eval_n": 16, "alphas": ALPHAS},
+    "quick": {"objective_seeds": 1, "length_seeds": 1, "steps": 60, "eval_problems": 50, "eval_n": 8,
+              "alphas": (0.0, 0.4), "rollout": STUDY_ROLLOUT},
+    "full": {"objective_seeds": 5, "length_seeds": 3, "steps": 300, "eval_problems": 200, "eval_n": 32,
+             "alphas": ALPHAS, "rollout": STUDY_ROLLOUT},
 }
+# a study's run keeps a checkpoint this often, so that a stopped study continues its runs mid-way
+CHECKPOINT_EVERY = 50
 
 
 @dataclass(frozen=True)
@@ -31,19 +44,26 @@ class RunSpec:
         return dict(self.settings)
 
 
-def grid(mode: dict, seeds: list[int]) -> list[RunSpec]:
+def grid(mode: dict) -> list[RunSpec]:
+    """Every run of the study: the length grid (mode["alphas"], mode["length_seeds"] seeds) and the
+    objectives (mode["objective_seeds"] seeds), seed by seed, so that a study stopped early holds
+    whole seeds. The seed sets the training problems, the sampling and the held-out problems: runs of
+    one seed share their held-out problems (paired comparisons)."""
     common = {"steps": mode["steps"], "eval_problems": mode["eval_problems"], "eval_n": mode["eval_n"],
-              "checkpoint_every": 0, "tensorboard": False}
+              "checkpoint_every": CHECKPOINT_EVERY, "tensorboard": False,
+              **({"rollout": mode["rollout"]} if mode.get("rollout") else {})}
     specs = []
-    for seed in seeds:
-        for alpha in mode["alphas"]:
-            s = {**common, **LENGTH_RECIPE, "n": 8, "k": 4, "alpha": alpha, "seed": seed}
-            specs.append(RunSpec(f"length-alpha{alpha:g}-seed{seed}", "length", f"alpha={alpha:g}",
-                                 tuple(sorted(s.items()))))
-        for label, settings in OBJECTIVES:
-            s = {**common, **settings, "seed": seed}
-            name = f"objective-{settings['objective']}-k{settings['k']}-n{settings['n']}-seed{seed}"
-            specs.append(RunSpec(name, "objectives", label, tuple(sorted(s.items()))))
+    for seed in range(max(mode["objective_seeds"], mode["length_seeds"])):
+        if seed < mode["length_seeds"]:
+            for alpha in mode["alphas"]:
+                s = {**common, **LENGTH_RECIPE, "n": 8, "k": 4, "alpha": alpha, "seed": seed}
+                specs.append(RunSpec(f"length-alpha{alpha:g}-seed{seed}", "length", f"alpha={alpha:g}",
+                                     tuple(sorted(s.items()))))
+        if seed < mode["objective_seeds"]:
+            for label, settings in OBJECTIVES:
+                s = {**common, **settings, "seed": seed}
+                name = f"objective-{settings['objective']}-k{settings['k']}-n{settings['n']}-seed{seed}"
+                specs.append(RunSpec(name, "objectives", label, tuple(sorted(s.items()))))
     return specs
 
 

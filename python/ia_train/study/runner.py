@@ -1,10 +1,12 @@
 """Running the study's grid: each run an ordinary ia-train in its own process and directory, a few at a
-time; a finished run (summary.json with the same settings) is kept, so a stopped study continues.
+time; a finished run (summary.json with the same settings) is kept, and an unfinished one with a
+checkpoint and the same settings continues from it (`ia-train --resume`), so a stopped study loses
+at most the steps since each running run's last checkpoint (grid.CHECKPOINT_EVERY).
 
 Ctrl-C or SIGTERM stops the study promptly: no queued run starts, every running one gets SIGTERM (and
-SIGKILL after a grace period) and is started over by the next `ia-train study` (its directory holds
-no summary). The runs are in sessions of their own, so a terminal's Ctrl-C reaches the study alone
-and the study stops them in order."""
+SIGKILL after a grace period) and is continued by the next `ia-train study` (from its last
+checkpoint, or from the start when it has none). The runs are in sessions of their own, so a
+terminal's Ctrl-C reaches the study alone and the study stops them in order."""
 
 from __future__ import annotations
 
@@ -21,6 +23,19 @@ from pathlib import Path
 from .grid import RunSpec, flags
 
 
+def _same_settings(saved: dict, spec: RunSpec) -> bool:
+    return all(saved.get(key) == value for key, value in spec.settings)
+
+
+def resumable(run_dir: Path, spec: RunSpec) -> bool:
+    """Whether the directory holds an unfinished run of exactly these settings with a checkpoint."""
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and _same_settings(saved, spec) and (run_dir / "checkpoints" / "latest").exists()
+
+
 def finished_summary(run_dir: Path, spec: RunSpec) -> dict | None:
     """The run's summary.json when it finished with exactly these settings, else None."""
     try:
@@ -28,7 +43,7 @@ def finished_summary(run_dir: Path, spec: RunSpec) -> dict | None:
     except (OSError, ValueError):
         return None
     saved = summary.get("config", {}) if isinstance(summary, dict) else {}
-    if any(saved.get(key) != value for key, value in spec.settings) or "after" not in summary:
+    if not _same_settings(saved, spec) or "after" not in summary:
         return None
     return summary
 
@@ -82,20 +97,23 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 def run_one(spec: RunSpec, runs_dir: Path, threads: int, extra: list[str],
             processes: Processes | None = None) -> tuple[RunSpec, dict | None, str]:
     """(spec, its summary or None, the log's tail when it failed or 'stopped'). A directory left by
-    an interrupted run of the study is started over."""
+    an interrupted run of the study continues from its last checkpoint (same settings), else starts
+    over."""
     processes = processes or Processes()
     run_dir = runs_dir / spec.name
     done = finished_summary(run_dir, spec)
     if done is not None:
         return spec, done, ""
-    if processes.stopping.is_set():  # leave the directory as it is: the next study starts it over
+    if processes.stopping.is_set():  # leave the directory as it is: the next study continues it
         return spec, None, "stopped"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    resume = resumable(run_dir, spec)
+    if not resume:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
     cmd = [sys.executable, "-m", "ia_train", "--out", str(run_dir), "--threads", str(threads),
-           *flags(spec.config), *extra]
-    with open(run_dir / "log.txt", "w") as log:
+           *flags(spec.config), *extra, *(["--resume"] if resume else [])]
+    with open(run_dir / "log.txt", "a" if resume else "w") as log:
         log.write(" ".join(cmd) + "\n")
         log.flush()
         rc = processes.run(cmd, log)
