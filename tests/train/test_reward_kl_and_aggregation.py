@@ -56,22 +56,30 @@ def test_a_run_with_the_recipe_puts_the_kl_in_the_token_advantages(tmp_path):
     cfg = small_config(tmp_path, objective="rloo", steps=2, alpha=0.2, kl_reward_coef=0.05, minibatches=1,
                        aggregation="seq-mean-token-mean", prompts_per_step=4, max_new_tokens=80)
     advantages, losses = Spy("group_advantages"), Spy("linear_ppo_loss")
-    run(cfg, spying(advantages, losses))
+    ends = []  # the number of loss calls at the end of each step (a step's batch may run in several pieces)
+    hooks = spying(advantages, losses)
+    hooks.on_step_end = lambda r, row: ends.append(len(losses.calls))
+    run(cfg, hooks)
     rows = read_metrics(tmp_path / "run")
-    assert len(losses.calls) == 2 and len(advantages.calls) == 2
-    for step, ((args, kw, _), (_, _, seq_adv)) in enumerate(zip(losses.calls, advantages.calls)):
-        targets, token_adv, mask = args[2], args[4], args[5]
-        assert kw["aggregation"] == "seq-mean-token-mean"
-        assert kw["ref_logp"] is None and kw["kl_coef"] == 0  # the KL is in the reward only
-        assert token_adv.shape == targets.shape and torch.all(token_adv[~mask] == 0)
+    assert len(ends) == 2 and len(advantages.calls) == 2
+    for step, (start, end) in enumerate(zip([0] + ends[:-1], ends)):
+        calls, seq_adv = losses.calls[start:end], advantages.calls[step][2]
+        for args, kw, _ in calls:
+            targets, token_adv, mask = args[2], args[4], args[5]
+            assert kw["aggregation"] == "seq-mean-token-mean"
+            assert kw["ref_logp"] is None and kw["kl_coef"] == 0  # the KL is in the reward only
+            assert token_adv.shape == targets.shape and torch.all(token_adv[~mask] == 0)
+            if step == 0:  # nothing has been updated yet: the policy is the reference, so k1 is 0 everywhere
+                first = token_adv[:, :1].expand_as(token_adv)  # each row constant over its tokens
+                assert torch.allclose(token_adv[mask], first[mask], atol=1e-6)
         # the first token's advantage is the sequence's minus beta times its whole-response k1 sum
-        kl_first = (seq_adv.float() - token_adv[:, 0]) / cfg.kl_reward_coef
-        assert float(kl_first.mean()) == pytest.approx(rows[step]["kl_k1"], abs=1e-4)
-        if step == 0:  # nothing has been updated yet: the policy is the reference, so k1 is 0 everywhere
-            # (the loss sees the rows shuffled: compare as sets, and each row constant over its tokens)
-            first = token_adv[:, :1].expand_as(token_adv)
-            assert torch.allclose(token_adv[mask], first[mask], atol=1e-6)
-            assert torch.allclose(token_adv[:, 0].sort().values, seq_adv.float().sort().values, atol=1e-6)
+        # (the loss sees the rows shuffled and in pieces: compare means, and sets at step 0)
+        firsts = torch.cat([args[4][:, 0] for args, _, _ in calls])
+        assert firsts.numel() == seq_adv.numel()
+        kl_first = (seq_adv.float().mean() - firsts.mean()) / cfg.kl_reward_coef
+        assert float(kl_first) == pytest.approx(rows[step]["kl_k1"], abs=1e-4)
+        if step == 0:
+            assert torch.allclose(firsts.sort().values, seq_adv.float().sort().values, atol=1e-6)
             assert rows[0]["kl_k1"] == pytest.approx(0, abs=1e-6)
     assert rows[0]["accuracy"] > 0 and rows[1]["kl_k1"] != 0  # one update moved the policy off the reference
 

@@ -197,9 +197,9 @@ def test_resume_after_sigkill(tmp_path):
     import sys
     import time
 
-    flags = ["--objective", "rloo", "--steps", "6", "--checkpoint-every", "2", "--prompts-per-step", "2",
-             "--n", "4", "--k", "2", "--max-new-tokens", "20", "--eval-problems", "0", "--minibatches", "2",
-             "--lr", "3e-3", "--warmup-steps", "1", "--tensorboard", "false"]
+    flags = ["--task", SMALL["task"], "--objective", "rloo", "--steps", "6", "--checkpoint-every", "2",
+             "--prompts-per-step", "2", "--n", "4", "--k", "2", "--max-new-tokens", "20", "--eval-problems", "0",
+             "--minibatches", "2", "--lr", "3e-3", "--warmup-steps", "1", "--tensorboard", "false"]
     out = tmp_path / "killed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "ia_train", *flags, "--out", str(out)], env=env,
