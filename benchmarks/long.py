@@ -42,7 +42,7 @@ def _generation_worker(s: dict) -> None:
     lm.eval()
     problems = load_task(s["task"]).problems("eval", s["prompts"], 0)
     prompts = [format_prompt(tok, p.prompt) for p in problems]
-    engine = make_engine(s["engine"], lm, tok)
+    engine = make_engine({"generate": "hf"}.get(s["engine"], s["engine"]), lm, tok)  # "generate" is --rollout hf
     torch.manual_seed(0)
     engine.generate(prompts[:1], 2, temperature=1.0, max_new_tokens=8)
     torch.manual_seed(1)
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         _generation_worker(json.loads(args.worker))
         return 0
-    model, task = ("tiny", "chain_sum") if args.quick else ("smollm2", "math500")
+    model, task = ("tiny", "chain_styles") if args.quick else ("smollm2", "math500")
     limits = [int(x) for x in (args.limits or ("32,64" if args.quick else "256,512,1024")).split(",")]
     systems = [s for s in args.systems.split(",") if s]
     unknown = set(systems) - set(SYSTEMS)
