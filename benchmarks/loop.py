@@ -1,8 +1,9 @@
 """python -m benchmarks loop: the RL step of ia-train against TRL's GRPOTrainer, side by side.
 
-Both systems train the same model on the same chain_sum prompts (temperature 1, no KL, CPU) with the
-same thread count: --model tiny (the bundled model: 16 prompts x 8 samples, 64 new tokens) or
---model smollm2 (SmolLM2-135M-Instruct, vocabulary 49,152: 8 prompts x 8 samples, 256 new tokens);
+Both systems train the same model on the same prompts (temperature 1, no KL, CPU) with the same
+thread count: --model tiny (the bundled model on its task chain_styles, the default experiment's
+16 prompts x 8 samples, 128 new tokens) or --model smollm2 (SmolLM2-135M-Instruct, vocabulary 49,152,
+on reasoning-gym's chain_sum: 8 prompts x 8 samples, 256 new tokens);
 --prompts, --n and --max-new-tokens override. Each system runs in its own worker process (so each
 has its own peak RSS) and the parent alternates blocks of steps between them (ia-train first in odd
 rounds, TRL first in even ones), so that drifting load on the machine hits both alike. A "step" is
@@ -33,9 +34,10 @@ import tempfile
 import time
 
 MARK = "@@loop "  # worker -> parent lines start with this (everything else is the libraries' chatter)
-# per model: prompts per step, samples per prompt, response limit
-MODELS = {"tiny": {"prompts": 16, "n": 8, "max_new_tokens": 64},
-          "smollm2": {"prompts": 8, "n": 8, "max_new_tokens": 256}}
+# per model: task, prompts per step, samples per prompt, response limit. tiny: the default experiment's
+# shape (its bundled task, 16 x 8, 128 tokens); smollm2: reasoning-gym's chain_sum, 8 x 8, 256 tokens
+MODELS = {"tiny": {"task": "chain_styles", "prompts": 16, "n": 8, "max_new_tokens": 128},
+          "smollm2": {"task": "chain_sum", "prompts": 8, "n": 8, "max_new_tokens": 256}}
 PHASES = ("generation", "old_logp", "loss_fwd_bwd", "optimizer", "other")
 
 
@@ -127,7 +129,7 @@ def _ia_worker(s: dict) -> None:
     out = tempfile.mkdtemp(prefix="loop-ia-")
     known = {f.name for f in dataclasses.fields(Config)}  # an earlier version (--ia-path) may lack some
     options = {k: v for k, v in s.get("ia_options", {}).items() if k in known}
-    cfg = Config(model=s["model"], task=s.get("task", "chain_sum"), prompts_per_step=s["prompts"], n=s["n"],
+    cfg = Config(model=s["model"], task=s["task"], prompts_per_step=s["prompts"], n=s["n"],
                  max_new_tokens=s["max_new_tokens"], temperature=1.0, steps=s["total"], kl_coef=0.0,
                  minibatches=s["minibatches"], eval_problems=0, tensorboard=False, threads=s["threads"], out=out,
                  **options)
@@ -168,7 +170,7 @@ def _trl_worker(s: dict) -> None:
     from ia_train.tasks import load_task, split_problems
 
     set_seed(0)
-    task = load_task(s.get("task", "chain_sum"))
+    task = load_task(s["task"])
     problems, _ = split_problems(task, train=s["total"] * s["prompts"], held_out=0, seed=0)
     rate = gemm_rate(s["threads"])
     model, tok = load_model(s["model"], device=torch.device("cpu"), attention="sdpa")
@@ -323,7 +325,7 @@ def main(argv: list[str] | None = None):
                         "directory (e.g. a git worktree of an earlier commit with ia_train.loop), to compare "
                         "before / after")
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny",
-                        help="tiny (16 prompts x 8 x 64 tokens) or smollm2 (8 prompts x 8 x 256 tokens)")
+                        help="tiny (chain_styles, 16 prompts x 8 x 128 tokens) or smollm2 (chain_sum, 8 prompts x 8 x 256 tokens)")
     parser.add_argument("--prompts", type=int, default=None, help="prompts per step (default: the model's preset)")
     parser.add_argument("--n", type=int, default=None, help="samples per prompt (default: the model's preset)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="response limit (default: the model's preset)")
@@ -337,7 +339,7 @@ def main(argv: list[str] | None = None):
     steps = args.steps or (2 if args.quick else 30)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     block = args.block or (1 if args.quick else 5)
-    shape = {key: getattr(args, key) if getattr(args, key) is not None else value
+    shape = {key: getattr(args, key, None) if getattr(args, key, None) is not None else value
              for key, value in MODELS[args.model].items()}
     ia_options = json.loads(args.ia_options)
     if args.rollout:
@@ -367,7 +369,7 @@ def main(argv: list[str] | None = None):
         ratio = rows[1]["s_per_step"] / rows[0]["s_per_step"]
         rows[0]["x_vs_trl"] = ratio
     load = os.getloadavg()
-    print(f"preset {args.preset}: model {args.model}, {shape['prompts']} prompts x {shape['n']} samples, "
+    print(f"preset {args.preset}: model {args.model}, task {shape['task']}, {shape['prompts']} prompts x {shape['n']} samples, "
           f"{shape['max_new_tokens']} new tokens, temperature 1, no KL, "
           f"{settings['minibatches']} optimiser step(s) per batch, {args.threads} threads; ia-train settings "
           f"{workers['ia'].ready.get('options') if 'ia' in workers else '-'}; {steps} timed steps each "

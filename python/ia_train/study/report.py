@@ -198,13 +198,7 @@ def plot_objectives(agg: dict, path: Path) -> Path | None:
         ax_class.legend(fontsize=7, ncol=3, loc="lower center")
     else:
         ax_class.axis("off")
-    seeds = len(obj[0]["seeds"])
-    fig.suptitle(f"Objectives on held-out problems (mean over {seeds} seed{'s' if seeds > 1 else ''}; "
-                 f"95% intervals: {obj[0]['interval']})", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, obj, "Objectives on held-out problems", path)
 
 
 def plot_length(agg: dict, path: Path) -> Path | None:
@@ -254,9 +248,16 @@ def plot_length(agg: dict, path: Path) -> Path | None:
             ax.grid(alpha=0.3)
             if j == 0:
                 ax.legend(fontsize=8)
-    seeds = len(length[0]["seeds"])
-    fig.suptitle(f"Length penalty (mean over {seeds} seed{'s' if seeds > 1 else ''}; 95% intervals: "
-                 f"{length[0]['interval']})", fontsize=11)
+    return _save(fig, length, "Length penalty", path)
+
+
+def _save(fig, rows: list[dict], title: str, path: Path) -> Path:
+    """The figure's title (how many seeds, which intervals), written to path and closed."""
+    import matplotlib.pyplot as plt
+
+    seeds = len(rows[0]["seeds"])
+    fig.suptitle(f"{title} (mean over {seeds} seed{'s' if seeds > 1 else ''}; 95% intervals: "
+                 f"{rows[0]['interval']})", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
