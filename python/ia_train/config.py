@@ -49,7 +49,7 @@ class Config:
     prompts_per_step: int = field(default=16, metadata={"help": "prompts per training step (each sampled n times)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature for rollouts and evaluation"})
     max_new_tokens: int = field(default=128, metadata={"help": "response length limit in tokens (the bundled model's longest worked solution, an explained five-term chain, is 108 with EOS)"})
-    rollout: str = field(default="hf", metadata={"help": "rollout engine: builtin (ia_train's decode loop: static KV cache, finished rows leave the batch; Llama-style models, others fall back to hf) or hf (Hugging Face generate)"})
+    rollout: str = field(default="builtin", metadata={"help": "rollout engine: builtin (ia_train's own engine: continuous batching over a paged KV cache, the sampler's log-probs kept as the old log-probs; Llama-style models, others fall back to hf) or hf (Hugging Face generate)"})
     packing: str = field(default="pieces", metadata={"help": "the training forward's batch: pieces (each micro-batch in length-sorted pieces, padding cut: the CPU's path) or varlen (each micro-batch's rows packed into one sequence for flash-attention's varlen kernel under --attention flash_attention_2 / fa4; not run on a GPU yet, so opt-in; on a CPU it is correct but slower)"})
     # PPO
     steps: int = field(default=200, metadata={"help": "training steps (one rollout batch each)"})
