@@ -36,12 +36,13 @@ def _generation_worker(s: dict) -> None:
     from ia_train.rollout import make_engine
     from ia_train.tasks import load_task
 
-    from .loop import _peak_rss
+    from .loop import _peak_rss, _reset_peak_rss
 
     lm, tok = load_model(s["model"], device=torch.device("cpu"), attention="sdpa")
     lm.eval()
     problems = load_task(s["task"]).problems("eval", s["prompts"], 0)
     prompts = [format_prompt(tok, p.prompt) for p in problems]
+    _reset_peak_rss()  # the peak of generating, not of loading the model
     engine = make_engine({"generate": "hf"}.get(s["engine"], s["engine"]), lm, tok)  # "generate" is --rollout hf
     torch.manual_seed(0)
     engine.generate(prompts[:1], 2, temperature=1.0, max_new_tokens=8)

@@ -11,7 +11,8 @@ one rollout batch and its optimiser step(s).
 
 Reported per system: s/step (total time / steps) and the median, response tokens per second, the
 phase split per step (generation; old-logp pass; loss forward + backward; optimiser; the rest:
-rewards, advantages, batching), the worker's peak RSS, and the fraction of the FLOP floor: a step
+rewards, advantages, batching), the worker's peak RSS over its steps (and apart, the peak of loading
+the model, which the count restarts after), and the fraction of the FLOP floor: a step
 needs at least 2P FLOPs per generated token and 6P per trained token (P parameters), and each
 worker measures this machine's fp32 GEMM rate at its thread count before it starts (the floor's
 time is those FLOPs at that rate; `floor_frac` = floor time / step time).
@@ -78,6 +79,19 @@ def gemm_rate(threads: int, seconds: float = 1.5) -> float:
     return statistics.median(rates)
 
 
+def _reset_peak_rss() -> int:
+    """Restart the peak-RSS count (Linux: clear_refs 5), so that the peak reported covers the steps, not
+    loading the model (dequantising SmolLM2's GGUF file peaks at ~9 GB in both systems, far above any
+    step). Returns the peak so far (the load's), 0 where the kernel does not allow the reset."""
+    before = _peak_rss()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return 0
+    return before
+
+
 def _emit(obj) -> None:
     sys.stdout.write(MARK + json.dumps(obj) + "\n")
     sys.stdout.flush()
@@ -137,7 +151,8 @@ def _ia_worker(s: dict) -> None:
     rate = gemm_rate(s["threads"])
     r = setup(cfg)
     step = 0
-    _emit({"ready": True, "threads": torch.get_num_threads(), "options": options, "gemm_flops": rate,
+    load_peak = _reset_peak_rss()
+    _emit({"ready": True, "threads": torch.get_num_threads(), "options": options, "gemm_flops": rate, "load_peak_rss": load_peak,
            "parameters": sum(p.numel() for p in r.model.parameters())})
     while (k := _command()) > 0:
         records = []
@@ -235,7 +250,8 @@ def _trl_worker(s: dict) -> None:
                     control.should_training_stop = True
 
     trainer.add_callback(Pace())
-    _emit({"ready": True, "threads": torch.get_num_threads(), "gemm_flops": rate,
+    load_peak = _reset_peak_rss()
+    _emit({"ready": True, "threads": torch.get_num_threads(), "gemm_flops": rate, "load_peak_rss": load_peak,
            "parameters": sum(p.numel() for p in model.parameters())})
     state["left"] = _command()
     if state["left"] > 0:
@@ -294,6 +310,7 @@ def _summary(system: str, records: list[dict], peak: int, ready: dict) -> dict:
     for p in PHASES:
         row[p] = sum(r[p] for r in records) / n
     row["peak_rss_mb"] = peak / 2**20
+    row["load_peak_rss_mb"] = ready.get("load_peak_rss", 0) / 2**20
     floor_seconds = 8 * ready["parameters"] * tokens / ready["gemm_flops"]
     row.update(gemm_gflops=ready["gemm_flops"] / 1e9, floor_frac=floor_seconds / total)
     return row
@@ -378,7 +395,7 @@ def main(argv: list[str] | None = None):
     from .harness import report
 
     cols = ["system", "steps", "threads", "s_per_step", "median_s", "tokens_per_s", "tokens_per_step", *PHASES,
-            "peak_rss_mb", "gemm_gflops", "floor_frac", "x_vs_trl"]
+            "peak_rss_mb", "load_peak_rss_mb", "gemm_gflops", "floor_frac", "x_vs_trl"]
     report("loop", rows, cols, json_path=args.json, extra={"settings": settings, "preset": args.preset,
                                                             "loadavg": load, "records": records})
     if len(rows) == 2:
