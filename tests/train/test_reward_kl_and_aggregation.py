@@ -80,7 +80,9 @@ def test_a_run_with_the_recipe_puts_the_kl_in_the_token_advantages(tmp_path):
         assert float(kl_first) == pytest.approx(rows[step]["kl_k1"], abs=1e-4)
         if step == 0:
             assert torch.allclose(firsts.sort().values, seq_adv.float().sort().values, atol=1e-6)
-            assert rows[0]["kl_k1"] == pytest.approx(0, abs=1e-6)
+            # the old log-probs are the sampler's, computed incrementally over the KV cache, the
+            # reference's come from a full forward: equal to float32 rounding (a few 1e-6 per token)
+            assert rows[0]["kl_k1"] == pytest.approx(0, abs=1e-5)
     assert rows[0]["accuracy"] > 0 and rows[1]["kl_k1"] != 0  # one update moved the policy off the reference
 
 
