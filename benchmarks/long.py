@@ -11,7 +11,7 @@ peak RSS), in turn:
 Reported: response tokens per second, mean / longest response, peak RSS, and each system's tokens/s
 relative to its own at the shortest limit (how it holds up as responses grow).
 
---quick: the bundled tiny model on chain_sum, limits 32 and 64 (a smoke test of the machinery).
+--quick: the bundled tiny model on its task chain_styles, limits 32 and 64 (a smoke test of the machinery).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import time
 
 MARK = "@@long "
 SYSTEMS = ("builtin", "generate", "ia-step", "trl-step")
+ENGINES = {"builtin": "builtin", "generate": "hf"}  # generation systems -> ia-train's --rollout name
 
 
 def _generation_worker(s: dict) -> None:
@@ -43,7 +44,7 @@ def _generation_worker(s: dict) -> None:
     problems = load_task(s["task"]).problems("eval", s["prompts"], 0)
     prompts = [format_prompt(tok, p.prompt) for p in problems]
     _reset_peak_rss()  # the peak of generating, not of loading the model
-    engine = make_engine({"generate": "hf"}.get(s["engine"], s["engine"]), lm, tok)  # "generate" is --rollout hf
+    engine = make_engine(ENGINES[s["engine"]], lm, tok)
     torch.manual_seed(0)
     engine.generate(prompts[:1], 2, temperature=1.0, max_new_tokens=8)
     torch.manual_seed(1)
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = {"model": model, "task": task, "prompts": args.prompts, "n": args.n, "limit": limit,
                     "threads": args.threads}
         for system in systems:
-            result = (_run_generation(system, settings) if system in ("builtin", "generate")
+            result = (_run_generation(system, settings) if system in ENGINES
                       else _run_step(system, settings))
             rows.append({"system": system, "limit": limit, "tokens_per_s": result["tokens"] / result["seconds"],
                          "seconds": result["seconds"], "tokens": result["tokens"],

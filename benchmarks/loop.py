@@ -152,8 +152,8 @@ def _ia_worker(s: dict) -> None:
     r = setup(cfg)
     step = 0
     load_peak = _reset_peak_rss()
-    _emit({"ready": True, "threads": torch.get_num_threads(), "options": options, "gemm_flops": rate, "load_peak_rss": load_peak,
-           "parameters": sum(p.numel() for p in r.model.parameters())})
+    _emit({"ready": True, "threads": torch.get_num_threads(), "options": options, "gemm_flops": rate,
+           "load_peak_rss": load_peak, "parameters": sum(p.numel() for p in r.model.parameters())})
     while (k := _command()) > 0:
         records = []
         for _ in range(k):

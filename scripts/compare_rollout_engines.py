@@ -35,16 +35,19 @@ def specs(seeds: int) -> list[RunSpec]:
             for seed in range(seeds) for engine in ENGINES]
 
 
+def _over_seeds(values: list[float]) -> dict:
+    """Per-seed values, their mean and the 95% t interval over seeds."""
+    return {"per_seed": values, "mean": float(np.mean(values)), "ci": list(t_interval(values))}
+
+
 def aggregate(runs: dict[str, dict], seeds: int) -> dict:
-    out: dict = {}
-    for engine in ENGINES:
-        changes = [runs[f"{engine}-seed{s}"]["change"] for s in range(seeds)]
-        out[engine] = {m: {"per_seed": [c[m] for c in changes], "mean": float(np.mean([c[m] for c in changes])),
-                           "ci": list(t_interval([c[m] for c in changes]))} for m in METRICS}
-    out["builtin - hf"] = {}
-    for m in METRICS:
-        diffs = [runs[f"builtin-seed{s}"]["change"][m] - runs[f"hf-seed{s}"]["change"][m] for s in range(seeds)]
-        out["builtin - hf"][m] = {"per_seed": diffs, "mean": float(np.mean(diffs)), "ci": list(t_interval(diffs))}
+    def change(engine: str, seed: int, metric: str) -> float:
+        return runs[f"{engine}-seed{seed}"]["change"][metric]
+
+    out = {engine: {m: _over_seeds([change(engine, s, m) for s in range(seeds)]) for m in METRICS}
+           for engine in ENGINES}
+    out["builtin - hf"] = {m: _over_seeds([change("builtin", s, m) - change("hf", s, m) for s in range(seeds)])
+                           for m in METRICS}
     return out
 
 
