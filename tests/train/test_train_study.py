@@ -11,6 +11,7 @@ from ia_train.cli import main as cli_main
 from ia_train.evaluation.metrics import change, summarize, t_interval
 from ia_train.study import (ALPHAS, CHECKPOINT_EVERY, LENGTH_RECIPE, MODES, RunSpec, aggregate, grid, plot_length,
                             plot_objectives, run_grid, run_record, table)
+from ia_train.study.cli import write_report
 
 CLASSES = ["t2", "t3", "pick"]
 
@@ -149,9 +150,30 @@ def test_table_figures_and_report_only_rebuild(tmp_path):
 
 def test_a_failing_run_is_reported_with_its_error(tmp_path):
     bad = RunSpec("bad", "length", "alpha=2", (("alpha", 2.0), ("eval_n", 8), ("steps", 1)))
-    summaries, failures = run_grid([bad], tmp_path, jobs=1, threads=1, extra=[], say=lambda line: None)
+    worse = RunSpec("worse", "length", "alpha=3", (("alpha", 3.0), ("eval_n", 8), ("steps", 1)))
+    seen = []
+    summaries, failures = run_grid([bad, worse], tmp_path, jobs=1, threads=1, extra=[], say=lambda line: None,
+                                   on_finished=lambda done, failed: seen.append((dict(done), sorted(failed))))
     assert summaries == {}
     assert "exit status 2" in failures["bad"] and "--alpha must be in [0, 1], got 2.0" in failures["bad"]
+    assert "--alpha must be in [0, 1], got 3.0" in failures["worse"]
+    # the study hears of each run as it ends, so that its report can follow
+    assert seen == [({}, ["bad"]), ({}, ["bad", "worse"])]
+
+
+def test_an_unfinished_study_says_so_in_its_report(tmp_path):
+    _, _, records = study_records()
+    length = [r for r in records if r["grid"] == "length"]
+    study = {"command": "ia-train study", "runs": length, "aggregates": aggregate(length), "complete": False,
+             "runs_planned": len(records), "runs_finished": len(length)}
+    write_report(study, tmp_path)
+    text = (tmp_path / "study.md").read_text()
+    assert f"**Interim: {len(length)} of {len(records)} runs finished.**" in text
+    assert "## Length penalty" in text and "## Objectives" not in text
+    assert (tmp_path / "length.png").is_file() and not (tmp_path / "objectives.png").exists()
+    write_report({**study, "runs": records, "aggregates": aggregate(records), "complete": True,
+                  "runs_finished": len(records)}, tmp_path)
+    assert "Interim" not in (tmp_path / "study.md").read_text()
 
 
 def test_study_options_are_checked(capsys, tmp_path):
@@ -176,6 +198,7 @@ def test_a_small_study_end_to_end_and_resumed(tmp_path, capsys):
     assert cli_main(argv) == 0
     study = json.loads((out / "study.json").read_text())
     assert study["failed"] == {} and len(study["runs"]) == 2
+    assert (study["complete"], study["runs_planned"], study["runs_finished"]) == (True, 2, 2)
     assert [r["alpha"] for r in study["runs"]] == [0.0, 0.4]
     for r in study["runs"]:
         assert r["steps"] == 1 and r["problems"] == 5 and {f"pass@{j}" for j in (1, 2, 4, 8)} <= set(r["after"])

@@ -92,6 +92,10 @@ def write_report(study: dict, out: Path) -> list[Path]:
     agg = study["aggregates"]
     header = (f"<!-- written by `{study.get('command', 'ia-train study')}` from study.json; rebuild with "
               f"`ia-train study --report-only --out {out}` -->\n\n")
+    if study.get("complete") is False:
+        header += (f"**Interim: {study.get('runs_finished', len(study.get('runs', [])))} of "
+                   f"{study.get('runs_planned', '?')} runs finished.** The same `ia-train study` command "
+                   "continues the rest; these tables change as seeds are added.\n\n")
     (out / "study.md").write_text(header + table(agg))
     return [p for p in (plot_objectives(agg, out / "objectives.png"), plot_length(agg, out / "length.png")) if p]
 
@@ -139,18 +143,29 @@ def main(argv: list[str]) -> int:
           f"{args.threads} thread(s) each, "
           f"in {args.out}", flush=True)
     t0 = time.time()
-    summaries, failures = run_grid(specs, args.out / "runs", args.jobs, args.threads, [])
-    records = [run_record(s, summaries[s.name]) for s in specs if s.name in summaries]
-    study = {"mode": "quick" if args.quick else "full", "settings": mode,
-             "command": "ia-train study " + " ".join(argv), "wall_seconds": time.time() - t0,
-             "failed": failures, "runs": records, "aggregates": aggregate(records)}
-    estimate = estimate_full_seconds(records, args.jobs)
-    if estimate is not None:
-        study["full_study_estimate_seconds"] = estimate
-    write_json(args.out / "study.json", study)
-    plots = write_report(study, args.out)
+
+    def write_study(summaries: dict, failures: dict) -> dict:
+        """study.json, study.md and the figures from the runs finished so far (each run's end rewrites
+        them, so a study stopped after hours leaves a report of what it has)."""
+        records = [run_record(s, summaries[s.name]) for s in specs if s.name in summaries]
+        study = {"mode": "quick" if args.quick else "full", "settings": mode,
+                 "command": "ia-train study " + " ".join(argv), "wall_seconds": time.time() - t0,
+                 "runs_planned": len(specs), "runs_finished": len(records),
+                 "complete": len(records) == len(specs), "failed": dict(failures), "runs": records,
+                 "aggregates": aggregate(records)}
+        estimate = estimate_full_seconds(records, args.jobs)
+        if estimate is not None:
+            study["full_study_estimate_seconds"] = estimate
+        write_json(args.out / "study.json", study)
+        study["plots"] = [p.name for p in write_report(study, args.out)]
+        return study
+
+    summaries, failures = run_grid(specs, args.out / "runs", args.jobs, args.threads, [],
+                                   on_finished=lambda done, failed: write_study(done, failed) if done else None)
+    study = write_study(summaries, failures)
+    estimate = study.get("full_study_estimate_seconds")
     print(table(study["aggregates"]))
-    print(f"wrote {args.out / 'study.json'}, study.md, {', '.join(p.name for p in plots)} "
+    print(f"wrote {args.out / 'study.json'}, study.md, {', '.join(study['plots'])} "
           f"in {study['wall_seconds'] / 60:.1f} min", flush=True)
     if estimate is not None and args.quick:
         print(f"the full study (`ia-train study`, {len(grid(MODES['full']))} runs) would take about "

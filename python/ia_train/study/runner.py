@@ -127,9 +127,11 @@ def run_one(spec: RunSpec, runs_dir: Path, threads: int, extra: list[str],
 
 
 def run_grid(specs: list[RunSpec], runs_dir: Path, jobs: int, threads: int, extra: list[str],
-             say=print) -> tuple[dict, dict]:
-    """Runs every spec (jobs at a time); ({name: summary}, {name: why it failed}). Interrupted
-    (KeyboardInterrupt, or SIGTERM through runtime.signals), it stops every run before re-raising."""
+             say=print, on_finished=None) -> tuple[dict, dict]:
+    """Runs every spec (jobs at a time); ({name: summary}, {name: why it failed}). on_finished(summaries,
+    failures), when given, is called after each run ends (finished or failed, in the study's thread), so
+    that a long study can keep its report current. Interrupted (KeyboardInterrupt, or SIGTERM through
+    runtime.signals), it stops every run before re-raising."""
     from tqdm.auto import tqdm
 
     summaries, failures = {}, {}
@@ -138,7 +140,7 @@ def run_grid(specs: list[RunSpec], runs_dir: Path, jobs: int, threads: int, extr
     try:
         with tqdm(total=len(specs), desc="study", unit="run") as bar:
             futures = [pool.submit(run_one, spec, runs_dir, threads, extra, processes) for spec in specs]
-            _collect(futures, summaries, failures, runs_dir, bar, say)
+            _collect(futures, summaries, failures, runs_dir, bar, say, on_finished)
     except BaseException:
         processes.stop()
         pool.shutdown(wait=True, cancel_futures=True)
@@ -147,7 +149,7 @@ def run_grid(specs: list[RunSpec], runs_dir: Path, jobs: int, threads: int, extr
     return summaries, failures
 
 
-def _collect(futures, summaries: dict, failures: dict, runs_dir: Path, bar, say) -> None:
+def _collect(futures, summaries: dict, failures: dict, runs_dir: Path, bar, say, on_finished=None) -> None:
     """Each run's result as it finishes: its summary, or why it failed (said at once)."""
     for future in as_completed(futures):
         spec, summary, why = future.result()
@@ -161,3 +163,5 @@ def _collect(futures, summaries: dict, failures: dict, runs_dir: Path, bar, say)
                       f"mean tokens {a['mean_tokens']:.1f} ({c['mean_tokens']:+.1f})  "
                       f"{summary['wall_seconds']:.0f}s")
         bar.update(1)
+        if on_finished is not None and why != "stopped":
+            on_finished(summaries, failures)
