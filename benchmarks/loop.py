@@ -12,14 +12,17 @@ one rollout batch and its optimiser step(s).
 Reported per system: s/step (total time / steps) and the median, response tokens per second, the
 phase split per step (generation; old-logp pass; loss forward + backward; optimiser; the rest:
 rewards, advantages, batching), the worker's peak RSS over its steps (and apart, the peak of loading
-the model, which the count restarts after), and the fraction of the FLOP floor: a step
+the model, which the count restarts after; and the step's peak split into sampling and training,
+from RSS sampled every 5 ms), and the fraction of the FLOP floor: a step
 needs at least 2P FLOPs per generated token and 6P per trained token (P parameters), and each
 worker measures this machine's fp32 GEMM rate at its thread count before it starts (the floor's
 time is those FLOPs at that rate; `floor_frac` = floor time / step time).
 
 --preset issue (default): one optimiser step per rollout batch (ia-train --minibatches 1, TRL
 steps_per_generation 1). --preset default: the default experiment's two optimiser steps per batch
-(ia-train --minibatches 2, TRL steps_per_generation 2). The ia-train side samples with its default
+(ia-train --minibatches 2, TRL steps_per_generation 2). Activation checkpointing is the same in both:
+off by default (TRL's GRPOConfig turns it on unless told; compared that way TRL would pay one more
+forward per step for its lower memory), on with --gradient-checkpointing on. The ia-train side samples with its default
 engine (the built-in one) unless --rollout says otherwise. TRL is optional: without it the ia-train
 side runs alone and the comparison is skipped with a message.
 """
@@ -42,15 +45,50 @@ MODELS = {"tiny": {"task": "chain_styles", "prompts": 16, "n": 8, "max_new_token
 PHASES = ("generation", "old_logp", "loss_fwd_bwd", "optimizer", "other")
 
 
-def _timed(fn, clock: dict, key: str):
-    """fn, adding the wall time of each call to clock[key] (the phase split)."""
+def _timed(fn, clock: dict, key: str, spans: list | None = None):
+    """fn, adding the wall time of each call to clock[key] (the phase split), and its (start, end) to
+    spans when given."""
     def wrapper(*a, **k):
         t0 = time.perf_counter()
         try:
             return fn(*a, **k)
         finally:
-            clock[key] += time.perf_counter() - t0
+            t1 = time.perf_counter()
+            clock[key] += t1 - t0
+            if spans is not None:
+                spans.append((t0, t1))
     return wrapper
+
+
+class RssTrace:
+    """The process's resident memory, sampled every `every` seconds by a thread, so that a step's peak
+    can be split by phase: the peak while sampling responses and the peak while training on them
+    (the process-wide VmHWM gives only their maximum)."""
+
+    def __init__(self, every: float = 0.005):
+        import threading
+
+        self.samples: list[tuple[float, int]] = []
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, args=(every,), daemon=True)
+        self._thread.start()
+
+    def _poll(self, every: float) -> None:
+        while not self._stop.is_set():
+            with open("/proc/self/statm") as f:
+                rss = int(f.read().split()[1]) * self._page
+            self.samples.append((time.perf_counter(), rss))
+            time.sleep(every)
+
+    def split(self, start: float, end: float, generation: list[tuple[float, float]]) -> dict:
+        """{"rss_generation", "rss_training"}: the peaks in [start, end] inside the generation spans and
+        outside them (bytes; 0 where no sample fell). Samples before `end` are dropped afterwards."""
+        inside = lambda t: any(a <= t <= b for a, b in generation)  # noqa: E731
+        gen = [rss for t, rss in self.samples if start <= t <= end and inside(t)]
+        train = [rss for t, rss in self.samples if start <= t <= end and not inside(t)]
+        self.samples = [x for x in self.samples if x[0] > end]
+        return {"rss_generation": max(gen, default=0), "rss_training": max(train, default=0)}
 
 
 def _peak_rss() -> int:
@@ -81,8 +119,8 @@ def gemm_rate(threads: int, seconds: float = 1.5) -> float:
 
 def _reset_peak_rss() -> int:
     """Restart the peak-RSS count (Linux: clear_refs 5), so that the peak reported covers the steps, not
-    loading the model (dequantising SmolLM2's GGUF file peaks at ~9 GB in both systems, far above any
-    step). Returns the peak so far (the load's), 0 where the kernel does not allow the reset."""
+    loading the model (dequantising SmolLM2's GGUF file: ~1.3 GB with one thread). Returns the peak so
+    far (the load's), 0 where the kernel does not allow the reset."""
     before = _peak_rss()
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -143,6 +181,8 @@ def _ia_worker(s: dict) -> None:
     out = tempfile.mkdtemp(prefix="loop-ia-")
     known = {f.name for f in dataclasses.fields(Config)}  # an earlier version (--ia-path) may lack some
     options = {k: v for k, v in s.get("ia_options", {}).items() if k in known}
+    if s["gradient_checkpointing"] or "gradient_checkpointing" in known:  # an earlier version has no such setting
+        options["gradient_checkpointing"] = s["gradient_checkpointing"]
     cfg = Config(model=s["model"], task=s["task"], prompts_per_step=s["prompts"], n=s["n"],
                  max_new_tokens=s["max_new_tokens"], temperature=1.0, steps=s["total"], kl_coef=0.0,
                  minibatches=s["minibatches"], eval_problems=0, tensorboard=False, threads=s["threads"], out=out,
@@ -152,6 +192,7 @@ def _ia_worker(s: dict) -> None:
     r = setup(cfg)
     step = 0
     load_peak = _reset_peak_rss()
+    trace = RssTrace()
     _emit({"ready": True, "threads": torch.get_num_threads(), "options": options, "gemm_flops": rate,
            "load_peak_rss": load_peak, "parameters": sum(p.numel() for p in r.model.parameters())})
     while (k := _command()) > 0:
@@ -168,6 +209,8 @@ def _ia_worker(s: dict) -> None:
             record = {name: row[key] for name, key in IA_PHASES.items()}
             record.update(wall=wall, other=wall - sum(record.values()),
                           tokens=row["mean_tokens"] * s["prompts"] * s["n"])
+            # sampling is the step's first phase (train_step): its span starts the step
+            record.update(trace.split(t0, t0 + wall, [(t0, t0 + row["time_generation"])]))
             records.append(record)
         _emit({"records": records})
     _emit({"peak_rss": _peak_rss()})
@@ -203,16 +246,18 @@ def _trl_worker(s: dict) -> None:
                       max_completion_length=s["max_new_tokens"], temperature=1.0, top_p=1.0, top_k=0, beta=0.0,
                       num_iterations=1, learning_rate=2e-4, max_grad_norm=1.0, max_steps=s["total"] * spg,
                       use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=10**6,
-                      disable_tqdm=True, seed=0, dataloader_num_workers=0)
+                      disable_tqdm=True, seed=0, dataloader_num_workers=0,
+                      gradient_checkpointing=s["gradient_checkpointing"])
     dataset = Dataset.from_dict({"prompt": list(by_prompt)})
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=dataset, processing_class=tok)
     clock = dict.fromkeys(("generation", "prepare", "step", "optimizer"), 0.0)
     marks: dict = {}
+    generation_spans: list = []
 
     def timed(fn, key):
         return _timed(fn, clock, key)
 
-    trainer._generate = timed(trainer._generate, "generation")
+    trainer._generate = _timed(trainer._generate, clock, "generation", generation_spans)
     trainer._generate_and_score_completions = timed(trainer._generate_and_score_completions, "prepare")
     trainer.training_step = timed(trainer.training_step, "step")
     state = {"left": 0, "records": [], "t0": 0.0, "in_batch": 0}
@@ -236,11 +281,13 @@ def _trl_worker(s: dict) -> None:
             if state["in_batch"] < spg:
                 return
             state["in_batch"] = 0
-            wall = time.perf_counter() - state["t0"]
+            end = time.perf_counter()
+            wall = end - state["t0"]
             gen, prep = clock["generation"], clock["prepare"]
             state["records"].append({"wall": wall, "generation": gen, "old_logp": 0.0, "optimizer": clock["optimizer"],
                                      "loss_fwd_bwd": clock["step"] - prep, "other": wall - clock["step"] - clock["optimizer"] + (prep - gen),
-                                     "tokens": counts["tokens"]})
+                                     "tokens": counts["tokens"], **trace.split(state["t0"], end, generation_spans)})
+            generation_spans.clear()
             state["left"] -= 1
             if state["left"] == 0:
                 _emit({"records": state["records"]})
@@ -251,6 +298,7 @@ def _trl_worker(s: dict) -> None:
 
     trainer.add_callback(Pace())
     load_peak = _reset_peak_rss()
+    trace = RssTrace()
     _emit({"ready": True, "threads": torch.get_num_threads(), "gemm_flops": rate, "load_peak_rss": load_peak,
            "parameters": sum(p.numel() for p in model.parameters())})
     state["left"] = _command()
@@ -311,6 +359,8 @@ def _summary(system: str, records: list[dict], peak: int, ready: dict) -> dict:
         row[p] = sum(r[p] for r in records) / n
     row["peak_rss_mb"] = peak / 2**20
     row["load_peak_rss_mb"] = ready.get("load_peak_rss", 0) / 2**20
+    for part in ("generation", "training"):  # sampled every 5 ms: a peak shorter than that can be missed
+        row[f"rss_{part}_mb"] = max(r.get(f"rss_{part}", 0) for r in records) / 2**20
     floor_seconds = 8 * ready["parameters"] * tokens / ready["gemm_flops"]
     row.update(gemm_gflops=ready["gemm_flops"] / 1e9, floor_frac=floor_seconds / total)
     return row
@@ -346,6 +396,10 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--prompts", type=int, default=None, help="prompts per step (default: the model's preset)")
     parser.add_argument("--n", type=int, default=None, help="samples per prompt (default: the model's preset)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="response limit (default: the model's preset)")
+    parser.add_argument("--gradient-checkpointing", choices=("off", "on"), default="off",
+                        help="activation checkpointing in both systems' training forward (TRL's GRPOConfig turns it "
+                             "on by default; ia-train's --gradient-checkpointing): off keeps every layer's "
+                             "activations in both, on recomputes them in both (less memory, one more forward)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--settings", default=None, help=argparse.SUPPRESS)
@@ -363,7 +417,8 @@ def main(argv: list[str] | None = None):
         ia_options["rollout"] = args.rollout
     settings = {"threads": args.threads, "model": args.model, **shape,
                 "minibatches": 1 if args.preset == "issue" else 2, "total": warmup + steps + 1,
-                "ia_options": ia_options, "ia_path": args.ia_path}
+                "ia_options": ia_options, "ia_path": args.ia_path,
+                "gradient_checkpointing": args.gradient_checkpointing == "on"}
     systems = [s for s in args.systems.split(",") if s]
     if "trl" in systems and (why := _trl_available()):
         print(f"TRL side skipped: {why}")
@@ -388,14 +443,16 @@ def main(argv: list[str] | None = None):
     load = os.getloadavg()
     print(f"preset {args.preset}: model {args.model}, task {shape['task']}, {shape['prompts']} prompts x {shape['n']} samples, "
           f"{shape['max_new_tokens']} new tokens, temperature 1, no KL, "
-          f"{settings['minibatches']} optimiser step(s) per batch, {args.threads} threads; ia-train settings "
+          f"{settings['minibatches']} optimiser step(s) per batch, activation checkpointing "
+          f"{args.gradient_checkpointing} in both, {args.threads} threads; ia-train settings "
           f"{workers['ia'].ready.get('options') if 'ia' in workers else '-'}; {steps} timed steps each "
           f"after {warmup} warm-up, alternating in blocks of {block}; phases in s/step; "
           f"load average at the end {load[0]:.1f}; {time.time() - t_start:.0f}s")
     from .harness import report
 
     cols = ["system", "steps", "threads", "s_per_step", "median_s", "tokens_per_s", "tokens_per_step", *PHASES,
-            "peak_rss_mb", "load_peak_rss_mb", "gemm_gflops", "floor_frac", "x_vs_trl"]
+            "peak_rss_mb", "rss_generation_mb", "rss_training_mb", "load_peak_rss_mb", "gemm_gflops", "floor_frac",
+            "x_vs_trl"]
     report("loop", rows, cols, json_path=args.json, extra={"settings": settings, "preset": args.preset,
                                                             "loadavg": load, "records": records})
     if len(rows) == 2:

@@ -30,7 +30,8 @@ SEED_MAX = 2**32 - 1  # numpy's seed range; torch and reasoning-gym accept it to
 # Settings a resumed run may change (they do not change what is trained or measured); every other
 # setting must match the run's config.json.
 RESUME_MAY_CHANGE = ("steps", "checkpoint_every", "eval_batch", "threads", "tensorboard", "stop_after",
-                     "device", "attention", "backend", "dist_timeout", "packing", "out", "resume")
+                     "device", "attention", "backend", "dist_timeout", "packing", "gradient_checkpointing", "out",
+                     "resume")
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Config:
     ppo_epochs: int = field(default=1, metadata={"help": "passes over each rollout batch"})
     minibatches: int = field(default=2, metadata={"help": "optimiser steps per epoch (the batch is split into this many)"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per minibatch (gradient accumulation)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute each decoder layer's activations in the backward pass instead of keeping them (Hugging Face's activation checkpointing, non-reentrant): the training forward keeps one layer's activations at a time instead of every layer's, for about one more forward of compute; the same gradients. TRL's GRPOConfig turns it on by default"})
     clip: float = field(default=0.2, metadata={"help": "PPO ratio clip (low side; also the high side unless clip_high is set)"})
     clip_high: Optional[float] = field(default=None, metadata={"help": "PPO ratio clip on the high side (DAPO's clip-higher)"})
     kl_coef: float = field(default=0.0, metadata={"help": "KL penalty against the frozen initial model as a loss term (k3 estimator; 0: off)"})

@@ -23,7 +23,7 @@ from ..config import Config, resume_changes
 from ..evaluation.metrics import METRICS, change
 from ..evaluation.report import class_table, summary_table
 from ..evaluation.sampling import evaluate
-from ..models import Policy, load_model
+from ..models import Policy, checkpoint_activations, load_model
 from ..models.attention import CALLS as ATTENTION_CALLS
 from ..models.attention import choose_attention
 from ..rollout import make_engine
@@ -90,9 +90,11 @@ def setup(cfg: Config, d: Dist = SINGLE, device: torch.device | None = None, hoo
     seed_everything(cfg.seed)
     attention = choose_attention(cfg.attention, device)
     lm, tokenizer = (hooks.load_model or load_model)(cfg.model, device=device, attention=attention)
-    model = Policy(lm).train()
     needs_ref = cfg.kl_coef > 0 or cfg.kl_reward_coef > 0
     ref_model = Policy(copy.deepcopy(lm)).eval().requires_grad_(False) if needs_ref else None
+    if cfg.gradient_checkpointing:
+        checkpoint_activations(lm)
+    model = Policy(lm).train()
     if d.enabled:
         distributed.shard(model, d, device)
     task = hooks.task if hooks.task is not None else load_task(cfg.task, cfg.task_options)

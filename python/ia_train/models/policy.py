@@ -19,6 +19,23 @@ def body_and_head(model):
     return body, head.weight, getattr(head, "bias", None)
 
 
+def checkpoint_activations(lm) -> None:
+    """Hugging Face's activation checkpointing on every decoder layer (non-reentrant, so it composes
+    with FSDP2 and with inputs passed by keyword): in training the layers keep only their inputs and
+    run their forward again in the backward pass. Sampling and the no-grad log-prob passes are
+    untouched (a layer recomputes only when gradients are being recorded)."""
+    from ..errors import ConfigError
+
+    if not getattr(lm, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"--gradient-checkpointing: {type(lm).__name__} does not support activation checkpointing; "
+                          "drop the flag (or use --grad-accum to cut the training forward's memory)")
+    kwargs = {"use_reentrant": False}
+    if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5.x's name; the old one warns
+        lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 class Policy(torch.nn.Module):
     """The causal LM behind one forward that serves every call the loop makes:
     policy("hidden", input_ids=..., attention_mask=..., position_ids=...) -> (final hidden states,
