@@ -12,8 +12,8 @@ one rollout batch and its optimiser step(s).
 Reported per system: s/step (total time / steps) and the median, response tokens per second, the
 phase split per step (generation; old-logp pass; loss forward + backward; optimiser; the rest:
 rewards, advantages, batching), the worker's peak RSS over its steps (and apart, the peak of loading
-the model, which the count restarts after; and the step's peak split into sampling and training,
-from RSS sampled every 5 ms), and the fraction of the FLOP floor: a step
+the model, which the count restarts after; and apart, the peak while sampling in the worker's first
+step, before anything was trained, and the peak while training, from RSS sampled every 5 ms), and the fraction of the FLOP floor: a step
 needs at least 2P FLOPs per generated token and 6P per trained token (P parameters), and each
 worker measures this machine's fp32 GEMM rate at its thread count before it starts (the floor's
 time is those FLOPs at that rate; `floor_frac` = floor time / step time).
@@ -343,7 +343,7 @@ class Worker:
         return peak
 
 
-def _summary(system: str, records: list[dict], peak: int, ready: dict) -> dict:
+def _summary(system: str, records: list[dict], peak: int, ready: dict, first: dict) -> dict:
     """A system's row: times, tokens/s, the phase split, peak RSS and the fraction of the FLOP floor
     (2P per generated token + 6P per trained token, every response token being both, at the GEMM
     rate the worker measured)."""
@@ -359,8 +359,11 @@ def _summary(system: str, records: list[dict], peak: int, ready: dict) -> dict:
         row[p] = sum(r[p] for r in records) / n
     row["peak_rss_mb"] = peak / 2**20
     row["load_peak_rss_mb"] = ready.get("load_peak_rss", 0) / 2**20
-    for part in ("generation", "training"):  # sampled every 5 ms: a peak shorter than that can be missed
-        row[f"rss_{part}_mb"] = max(r.get(f"rss_{part}", 0) for r in records) / 2**20
+    # RSS sampled every 5 ms (a shorter peak can be missed). Sampling's peak is the process's first step's:
+    # after a step has trained, the allocator keeps the freed training memory resident, so a later
+    # step's sampling shows the previous step's training peak, not its own need
+    row["rss_generation_mb"] = first.get("rss_generation", 0) / 2**20
+    row["rss_training_mb"] = max(r.get("rss_training", 0) for r in records) / 2**20
     floor_seconds = 8 * ready["parameters"] * tokens / ready["gemm_flops"]
     row.update(gemm_gflops=ready["gemm_flops"] / 1e9, floor_frac=floor_seconds / total)
     return row
@@ -426,17 +429,20 @@ def main(argv: list[str] | None = None):
     t_start = time.time()
     workers = {s: Worker(s, settings) for s in systems}
     records: dict[str, list] = {s: [] for s in systems}
+    first: dict[str, dict] = {}  # each system's first step (warm-up or not): its sampling peak is the clean one
     for s, w in workers.items():
         if warmup:
-            w.run(warmup)
+            first[s] = w.run(warmup)[0]
     done, rnd = 0, 0
     while done < steps:
         k = min(block, steps - done)
         for s in (systems if rnd % 2 == 0 else systems[::-1]):
-            records[s] += workers[s].run(k)
+            got = workers[s].run(k)
+            first.setdefault(s, got[0])
+            records[s] += got
         done += k
         rnd += 1
-    rows = [_summary(s, records[s], workers[s].close(), workers[s].ready) for s in systems]
+    rows = [_summary(s, records[s], workers[s].close(), workers[s].ready, first[s]) for s in systems]
     if len(rows) == 2:
         ratio = rows[1]["s_per_step"] / rows[0]["s_per_step"]
         rows[0]["x_vs_trl"] = ratio
