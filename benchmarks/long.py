@@ -75,7 +75,7 @@ def _run_step(system: str, settings: dict) -> dict:
     loop_settings = {"threads": settings["threads"], "model": settings["model"], "task": settings["task"],
                      "prompts": settings["prompts"],
                      "n": settings["n"], "max_new_tokens": settings["limit"], "minibatches": 1, "total": 3,
-                     "ia_options": {}, "ia_path": None}
+                     "ia_options": {}, "ia_path": None, "gradient_checkpointing": False}  # the same in both
     worker = Worker("ia" if system == "ia-step" else "trl", loop_settings)
     worker.run(1)
     (record,) = worker.run(1)
