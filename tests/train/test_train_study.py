@@ -211,3 +211,17 @@ def test_a_small_study_end_to_end_and_resumed(tmp_path, capsys):
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/summary.json")}
     assert cli_main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/summary.json")} == stamps
+
+
+def test_the_committed_report_is_what_its_study_json_gives():
+    """results/study's tables are regenerated from its study.json, not edited by hand (the first
+    edition's, in results/study-first-edition, came from the previous aggregation and stay as written)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "results" / "study"
+    study = json.loads((root / "study.json").read_text())
+    assert json.loads(json.dumps(aggregate(study["runs"]))) == study["aggregates"]
+    committed = (root / "study.md").read_text()
+    assert committed[committed.index("## "):] == table(study["aggregates"])
+    assert ("**Interim:" in committed) == (study.get("complete") is False)
+    assert study["runs_finished"] == len(study["runs"]) and not study["failed"]
