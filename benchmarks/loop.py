@@ -70,12 +70,11 @@ class RssTrace:
 
         self.samples: list[tuple[float, int]] = []
         self._page = os.sysconf("SC_PAGE_SIZE")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, args=(every,), daemon=True)
-        self._thread.start()
+        # a daemon thread: it polls for as long as the worker process lives
+        threading.Thread(target=self._poll, args=(every,), daemon=True).start()
 
     def _poll(self, every: float) -> None:
-        while not self._stop.is_set():
+        while True:
             with open("/proc/self/statm") as f:
                 rss = int(f.read().split()[1]) * self._page
             self.samples.append((time.perf_counter(), rss))

@@ -211,6 +211,12 @@ def test_a_small_study_end_to_end_and_resumed(tmp_path, capsys):
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/summary.json")}
     assert cli_main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/summary.json")} == stamps
+    # ... and do not count as newly ended runs (the report is written once, at the end, not per kept run)
+    specs = [s for s in grid({**MODES["quick"], "steps": 1, "eval_problems": 5}) if s.grid == "length"]
+    seen = []
+    summaries, failures = run_grid(specs, out / "runs", 1, 1, [], say=lambda line: None,
+                                   on_finished=lambda done, failed: seen.append(len(done)))
+    assert len(summaries) == 2 and failures == {} and seen == []
 
 
 def test_the_committed_report_is_what_its_study_json_gives():

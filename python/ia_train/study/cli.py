@@ -144,9 +144,9 @@ def main(argv: list[str]) -> int:
           f"in {args.out}", flush=True)
     t0 = time.time()
 
-    def write_study(summaries: dict, failures: dict) -> dict:
+    def write_study(summaries: dict, failures: dict) -> tuple[dict, list[Path]]:
         """study.json, study.md and the figures from the runs finished so far (each run's end rewrites
-        them, so a study stopped after hours leaves a report of what it has)."""
+        them, so a study stopped after hours leaves a report of what it has); (study, the figures)."""
         records = [run_record(s, summaries[s.name]) for s in specs if s.name in summaries]
         study = {"mode": "quick" if args.quick else "full", "settings": mode,
                  "command": "ia-train study " + " ".join(argv), "wall_seconds": time.time() - t0,
@@ -157,15 +157,14 @@ def main(argv: list[str]) -> int:
         if estimate is not None:
             study["full_study_estimate_seconds"] = estimate
         write_json(args.out / "study.json", study)
-        study["plots"] = [p.name for p in write_report(study, args.out)]
-        return study
+        return study, write_report(study, args.out)
 
     summaries, failures = run_grid(specs, args.out / "runs", args.jobs, args.threads, [],
                                    on_finished=lambda done, failed: write_study(done, failed) if done else None)
-    study = write_study(summaries, failures)
+    study, plots = write_study(summaries, failures)
     estimate = study.get("full_study_estimate_seconds")
     print(table(study["aggregates"]))
-    print(f"wrote {args.out / 'study.json'}, study.md, {', '.join(study['plots'])} "
+    print(f"wrote {args.out / 'study.json'}, study.md, {', '.join(p.name for p in plots)} "
           f"in {study['wall_seconds'] / 60:.1f} min", flush=True)
     if estimate is not None and args.quick:
         print(f"the full study (`ia-train study`, {len(grid(MODES['full']))} runs) would take about "

@@ -96,14 +96,15 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 def run_one(spec: RunSpec, runs_dir: Path, threads: int, extra: list[str],
             processes: Processes | None = None) -> tuple[RunSpec, dict | None, str]:
-    """(spec, its summary or None, the log's tail when it failed or 'stopped'). A directory left by
+    """(spec, its summary or None, the log's tail when it failed, 'stopped', 'kept' for a run an earlier
+    study finished, else ''). A directory left by
     an interrupted run of the study continues from its last checkpoint (same settings), else starts
     over."""
     processes = processes or Processes()
     run_dir = runs_dir / spec.name
     done = finished_summary(run_dir, spec)
     if done is not None:
-        return spec, done, ""
+        return spec, done, "kept"  # finished by an earlier study: nothing new to report
     if processes.stopping.is_set():  # leave the directory as it is: the next study continues it
         return spec, None, "stopped"
     resume = resumable(run_dir, spec)
@@ -129,8 +130,9 @@ def run_one(spec: RunSpec, runs_dir: Path, threads: int, extra: list[str],
 def run_grid(specs: list[RunSpec], runs_dir: Path, jobs: int, threads: int, extra: list[str],
              say=print, on_finished=None) -> tuple[dict, dict]:
     """Runs every spec (jobs at a time); ({name: summary}, {name: why it failed}). on_finished(summaries,
-    failures), when given, is called after each run ends (finished or failed, in the study's thread), so
-    that a long study can keep its report current. Interrupted (KeyboardInterrupt, or SIGTERM through
+    failures), when given, is called after each run this call ran ends (finished or failed, in the
+    study's thread; not for runs an earlier study finished), so that a long study can keep its report
+    current. Interrupted (KeyboardInterrupt, or SIGTERM through
     runtime.signals), it stops every run before re-raising."""
     from tqdm.auto import tqdm
 
@@ -163,5 +165,5 @@ def _collect(futures, summaries: dict, failures: dict, runs_dir: Path, bar, say,
                       f"mean tokens {a['mean_tokens']:.1f} ({c['mean_tokens']:+.1f})  "
                       f"{summary['wall_seconds']:.0f}s")
         bar.update(1)
-        if on_finished is not None and why != "stopped":
+        if on_finished is not None and why not in ("stopped", "kept"):
             on_finished(summaries, failures)
