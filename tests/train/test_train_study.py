@@ -6,11 +6,22 @@ import random
 
 import numpy as np
 import pytest
-
 from ia_train.cli import main as cli_main
 from ia_train.evaluation.metrics import change, summarize, t_interval
-from ia_train.study import (ALPHAS, CHECKPOINT_EVERY, LENGTH_RECIPE, MODES, RunSpec, aggregate, grid, plot_length,
-                            plot_objectives, run_grid, run_record, table)
+from ia_train.study import (
+    ALPHAS,
+    CHECKPOINT_EVERY,
+    LENGTH_RECIPE,
+    MODES,
+    RunSpec,
+    aggregate,
+    grid,
+    plot_length,
+    plot_objectives,
+    run_grid,
+    run_record,
+    table,
+)
 from ia_train.study.cli import write_report
 
 CLASSES = ["t2", "t3", "pick"]
@@ -18,7 +29,7 @@ CLASSES = ["t2", "t3", "pick"]
 
 def test_the_full_grid_covers_both_papers():
     specs = grid(MODES["full"])
-    assert len({s.name for s in specs}) == len(specs) == 5 * 4 + 3 * len(ALPHAS)
+    assert len({s.name for s in specs}) == len(specs) == 5 * 4 + 3 * len(ALPHAS) + 3
     objectives = [s.config for s in specs if s.grid == "objectives"]
     assert sorted({c["objective"] for c in objectives}) == ["grpo", "majority", "passk", "rloo"]
     assert sorted({c["seed"] for c in objectives}) == [0, 1, 2, 3, 4]
@@ -34,9 +45,20 @@ def test_the_full_grid_covers_both_papers():
     for c in objectives + length:
         assert (c["eval_n"], c["steps"], c["eval_problems"]) == (32, 300, 200)
         assert c["checkpoint_every"] == CHECKPOINT_EVERY and c["rollout"] == "builtin"
+    # the whitening ablation: for each of the length grid's seeds, its alpha = 0.1 run with the whitening
+    # alone turned off (the pairing compares the two), after every run of the grids
+    ablation = [s for s in specs if s.grid == "whitening"]
+    assert [s.name for s in ablation] == [f"length-alpha0.1-unwhitened-seed{i}" for i in range(3)]
+    assert specs[-3:] == ablation
+    for s in ablation:
+        twin = next(t for t in specs if t.name == f"length-alpha0.1-seed{s.config['seed']}")
+        assert {k: v for k, v in s.config.items() if s.config[k] != twin.config[k]} == {"whiten_advantages": False}
+    assert grid({**MODES["full"], "whitening_ablation": False}) == specs[:-3]
     quick = grid(MODES["quick"])
     assert sorted(s.config["alpha"] for s in quick if s.grid == "length") == [0.0, 0.4]
-    assert {s.config["seed"] for s in quick} == {0}
+    assert {s.config["seed"] for s in quick} == {0} and not any(s.grid == "whitening" for s in quick)
+    with pytest.raises(ValueError, match="paired with the length grid's alpha = 0.1, which this grid lacks"):
+        grid({**MODES["quick"], "whitening_ablation": True})
 
 
 def fake_summary(spec: RunSpec, p_before: float, p_after: float, tokens: float, problems: int = 30) -> dict:
@@ -121,6 +143,41 @@ def test_paired_differences_are_taken_seed_by_seed():
     assert next(p for p in aggregate(fewer)["paired"] if p["label"] == "grpo")["seeds"] == [0, 1]
 
 
+def test_the_whitening_ablation_is_paired_with_its_whitened_twin(tmp_path):
+    mode = {**MODES["quick"], "eval_n": 8, "objective_seeds": 3, "length_seeds": 3, "alphas": (0.0, 0.1),
+            "whitening_ablation": True}
+    specs = grid(mode)
+    # unwhitened runs longer than their twins, on every seed
+    summaries = {s.name: fake_summary(s, 0.3, 0.45 if s.grid == "whitening" else 0.4,
+                                      90 if s.grid == "whitening" else 60 - 50 * s.config.get("alpha", 0))
+                 for s in specs}
+    records = [run_record(s, summaries[s.name]) for s in specs]
+    agg = aggregate(records)
+    row = next(p for p in agg["paired"] if p["grid"] == "whitening")
+    assert (row["label"], row["baseline"], row["seeds"]) == ("alpha=0.1 unwhitened", "alpha=0.1", [0, 1, 2])
+    after = lambda name, metric: (summaries[name]["after"]["curve"][metric] if "@" in metric
+                                  else summaries[name]["after"][metric])
+    for name in ("pass@1", "pass@8", "mean_tokens"):
+        diffs = [after(f"length-alpha0.1-unwhitened-seed{i}", name) - after(f"length-alpha0.1-seed{i}", name)
+                 for i in range(3)]
+        assert row["after"][name] == pytest.approx(np.mean(diffs))
+        assert row["after"][name + "_ci"] == pytest.approx(list(t_interval(diffs)))
+    assert row["after"]["mean_tokens"] > 20
+    # the length grid's own pairing (against alpha = 0) does not take the ablation in
+    assert [p["label"] for p in agg["paired"] if p["grid"] == "length"] == ["alpha=0.1"]
+    text = table(agg)
+    section = text[text.index("## Whitening ablation (3 seed(s) per setting"):]
+    whitened = next(r for r in agg["settings"] if r["label"] == "alpha=0.1")
+    assert f"| whitened | {whitened['after']['pass@1']:.3f} [" in section
+    assert f"| unwhitened − whitened | {row['after']['pass@1']:+.3f} [" in section
+    assert f"| t2 | {whitened['per_class']['after']['t2']['mean_tokens']:.1f} [" in section
+    assert plot_length(agg, tmp_path / "l.png").stat().st_size > 10_000
+    # without its whitened twin (not finished yet) the ablation has no section
+    alone = [r for r in records if r["label"] != "alpha=0.1"]
+    assert "Whitening ablation" not in table(aggregate(alone))
+    assert plot_length(aggregate(alone), tmp_path / "l2.png").is_file()
+
+
 def test_one_seed_reports_the_runs_own_interval_over_problems():
     _, summaries, records = study_records(seeds=(0,))
     row = aggregate(records)["settings"][0]
@@ -187,6 +244,13 @@ def test_study_options_are_checked(capsys, tmp_path):
     assert "--length-seeds must be at least 1, got 0" in capsys.readouterr().err
     assert cli_main(["study", "--steps", str(10**12)]) == 2
     assert "is more than ia-train study accepts" in capsys.readouterr().err
+    assert cli_main(["study", "--quick", "--whitening-ablation"]) == 2
+    assert ("--whitening-ablation pairs its runs with the length grid's alpha = 0.1, which --quick does not run "
+            "(alpha in {0, 0.4})") in capsys.readouterr().err
+    assert cli_main(["study", "--quick", "--grid", "whitening"]) == 2
+    assert "--grid whitening runs the whitening ablation, which --quick leaves out" in capsys.readouterr().err
+    assert cli_main(["study", "--grid", "whitening", "--no-whitening-ablation"]) == 2
+    assert "which --no-whitening-ablation turns off" in capsys.readouterr().err
     assert cli_main(["study", "--report-only", "--out", str(tmp_path)]) == 2
     assert f"--report-only: {tmp_path / 'study.json'} does not exist" in capsys.readouterr().err
 

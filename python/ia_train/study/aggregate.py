@@ -9,9 +9,10 @@ values supports. With one seed (--quick) there is nothing to vary over: the inte
 run's own bootstrap interval over its held-out problems (the "interval" field says which).
 
 Paired comparisons: runs of one seed share their held-out problems, so the per-seed difference
-after training between a setting and its grid's baseline (objectives: rloo; length: alpha = 0)
-removes both the problems' and the seed's difficulty; its mean and t interval over the seeds both
-settings ran answer "does this objective beat the mean objective at pass@j?" directly.
+after training between a setting and its grid's baseline (objectives: rloo; length: alpha = 0; the
+whitening ablation: the length grid's run at the same alpha, whitened) removes both the problems' and
+the seed's difficulty; its mean and t interval over the seeds both settings ran answer "does this
+objective beat the mean objective at pass@j?" directly.
 """
 
 from __future__ import annotations
@@ -124,11 +125,11 @@ def paired_rows(records: list[dict]) -> list[dict]:
     overall and per class."""
     out = []
     for grid_name, label in _settings(records):
-        base_label = BASELINES.get(grid_name)
-        if label == base_label:
+        if grid_name not in BASELINES or (grid_name, label) == BASELINES[grid_name]:
             continue
+        base_grid, base_label = BASELINES[grid_name]
         mine = {r["seed"]: r for r in records if (r["grid"], r["label"]) == (grid_name, label)}
-        base = {r["seed"]: r for r in records if (r["grid"], r["label"]) == (grid_name, base_label)}
+        base = {r["seed"]: r for r in records if (r["grid"], r["label"]) == (base_grid, base_label)}
         seeds = sorted(set(mine) & set(base))
         if not seeds:
             continue

@@ -15,7 +15,7 @@ from ..config import OneLineParser
 from ..errors import ConfigError
 from ..runtime.files import check_output_dir, write_json
 from .aggregate import aggregate, run_record
-from .grid import MODES, grid
+from .grid import ABLATION_ALPHA, MODES, grid
 from .report import plot_length, plot_objectives, table
 from .runner import run_grid
 
@@ -40,7 +40,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help=f"held-out problems per run (default: {full['eval_problems']}, {quick['eval_problems']} quick)")
     p.add_argument("--eval-n", type=int, default=None,
                    help=f"samples per held-out problem (default: {full['eval_n']}, {quick['eval_n']} quick)")
-    p.add_argument("--grid", choices=("all", "objectives", "length"), default="all", help="which grid to run")
+    p.add_argument("--grid", choices=("all", "objectives", "length", "whitening"), default="all",
+                   help="which grid to run (whitening: the ablation alone; it pairs with the length grid's runs)")
+    p.add_argument("--whitening-ablation", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"also run the length grid's alpha = {ABLATION_ALPHA:g} without whitening, for each of its "
+                        "seeds, to measure how much of the length reduction is the whitening's (default: on in the "
+                        "full study, off with --quick)")
     p.add_argument("--jobs", type=int, default=None, help="runs at a time (default: the number of CPU cores)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
     p.add_argument("--rollout", choices=("hf", "builtin"), default=None,
@@ -55,6 +60,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
         args.length_seeds = args.length_seeds if args.length_seeds is not None else args.seeds
     if args.rollout is not None:
         mode["rollout"] = args.rollout
+    if args.whitening_ablation is not None:
+        mode["whitening_ablation"] = args.whitening_ablation
+    if mode["whitening_ablation"] and ABLATION_ALPHA not in mode["alphas"]:
+        raise ConfigError(f"--whitening-ablation pairs its runs with the length grid's alpha = {ABLATION_ALPHA:g}, "
+                          f"which --quick does not run (alpha in {{{', '.join(f'{a:g}' for a in mode['alphas'])}}})")
+    if args.grid == "whitening" and not mode["whitening_ablation"]:
+        raise ConfigError("--grid whitening runs the whitening ablation, which "
+                          + ("--quick leaves out" if args.quick else "--no-whitening-ablation turns off"))
     for key in ("seeds", "objective_seeds", "length_seeds", "steps", "eval_problems", "eval_n", "jobs", "threads"):
         value = getattr(args, key)
         if value is not None:

@@ -16,17 +16,22 @@ OBJECTIVES = (  # (label, settings): the same 128 samples per step for each
     ("passk (k=4)", {"objective": "passk", "n": 8, "k": 4}),
     ("majority (k=4)", {"objective": "majority", "n": 4, "k": 4, "prompts_per_step": 32}),
 )
-# the settings every paired comparison is taken against, per grid
-BASELINES = {"objectives": "rloo", "length": "alpha=0"}
+# The whitening ablation: the length grid's run at this alpha without OpenRLHF's whitening, so that the
+# report can say how much of the length grid's early switching is the whitening's and how much the
+# reward's (at 0.1 the one-class formula keeps t4 and t5 explained; the whitened runs turn t4 brief).
+ABLATION_ALPHA = 0.1
+# the setting every paired comparison is taken against, per grid: (grid, label)
+BASELINES = {"objectives": ("objectives", "rloo"), "length": ("length", "alpha=0"),
+             "whitening": ("length", f"alpha={ABLATION_ALPHA:g}")}
 # The study's runs sample with ia-train's own decode loop (--rollout builtin): on the bundled model it
 # takes 2.4 s per step against generate's 4.2 s (one thread, 2-core CPU), which is what makes 35 runs
 # of 300 steps an afternoon. `ia-train study --rollout hf` runs them with generate instead.
 STUDY_ROLLOUT = "builtin"
 MODES = {  # what --quick and the full study run; the flags below override
     "quick": {"objective_seeds": 1, "length_seeds": 1, "steps": 60, "eval_problems": 50, "eval_n": 8,
-              "alphas": (0.0, 0.4), "rollout": STUDY_ROLLOUT},
+              "alphas": (0.0, 0.4), "whitening_ablation": False, "rollout": STUDY_ROLLOUT},
     "full": {"objective_seeds": 5, "length_seeds": 3, "steps": 300, "eval_problems": 200, "eval_n": 32,
-             "alphas": ALPHAS, "rollout": STUDY_ROLLOUT},
+             "alphas": ALPHAS, "whitening_ablation": True, "rollout": STUDY_ROLLOUT},
 }
 # a study's run keeps a checkpoint this often, so that a stopped study continues its runs mid-way
 CHECKPOINT_EVERY = 50
@@ -35,7 +40,7 @@ CHECKPOINT_EVERY = 50
 @dataclass(frozen=True)
 class RunSpec:
     name: str  # directory name under <out>/runs
-    grid: str  # "objectives" or "length"
+    grid: str  # "objectives", "length" or "whitening" (the ablation)
     label: str  # the setting, as the plots and tables name it
     settings: tuple  # (flag name, value) pairs for ia-train
 
@@ -47,8 +52,10 @@ class RunSpec:
 def grid(mode: dict) -> list[RunSpec]:
     """Every run of the study: the length grid (mode["alphas"], mode["length_seeds"] seeds) and the
     objectives (mode["objective_seeds"] seeds), seed by seed, so that a study stopped early holds
-    whole seeds. The seed sets the training problems, the sampling and the held-out problems: runs of
-    one seed share their held-out problems (paired comparisons)."""
+    whole seeds; then, with mode["whitening_ablation"], the length grid's ABLATION_ALPHA run without
+    whitening for each of its seeds (last: it explains the length grid, which must be there first).
+    The seed sets the training problems, the sampling and the held-out problems: runs of one seed
+    share their held-out problems (paired comparisons)."""
     common = {"steps": mode["steps"], "eval_problems": mode["eval_problems"], "eval_n": mode["eval_n"],
               "checkpoint_every": CHECKPOINT_EVERY, "tensorboard": False,
               **({"rollout": mode["rollout"]} if mode.get("rollout") else {})}
@@ -64,6 +71,15 @@ def grid(mode: dict) -> list[RunSpec]:
                 s = {**common, **settings, "seed": seed}
                 name = f"objective-{settings['objective']}-k{settings['k']}-n{settings['n']}-seed{seed}"
                 specs.append(RunSpec(name, "objectives", label, tuple(sorted(s.items()))))
+    if mode.get("whitening_ablation"):
+        if ABLATION_ALPHA not in mode["alphas"]:
+            raise ValueError(f"the whitening ablation is paired with the length grid's alpha = {ABLATION_ALPHA:g}, "
+                             f"which this grid lacks (alphas {tuple(mode['alphas'])})")
+        for seed in range(mode["length_seeds"]):
+            s = {**common, **LENGTH_RECIPE, "whiten_advantages": False, "n": 8, "k": 4, "alpha": ABLATION_ALPHA,
+                 "seed": seed}
+            specs.append(RunSpec(f"length-alpha{ABLATION_ALPHA:g}-unwhitened-seed{seed}", "whitening",
+                                 f"alpha={ABLATION_ALPHA:g} unwhitened", tuple(sorted(s.items()))))
     return specs
 
 

@@ -53,7 +53,8 @@ def _class_table(rows: list[tuple[str, dict]], columns: list[tuple[str, str, int
 
 def table(agg: dict) -> str:
     """study.md: the objectives' curves, their paired differences from rloo and per-class values; the
-    length grid's accuracy and tokens, their differences from alpha = 0, and per class."""
+    length grid's accuracy and tokens, their differences from alpha = 0, and per class; the whitening
+    ablation against its whitened twin."""
     lines: list[str] = []
     obj = _grid_rows(agg, "objectives")
     if obj:
@@ -118,7 +119,44 @@ def table(agg: dict) -> str:
                                  + " | ".join(_cell(r["per_class"]["after"].get(c, {}), name, digits) for r in length)
                                  + " |")
         lines.append("")
+    lines += _whitening_table(agg)
     return "\n".join(lines)
+
+
+def _whitening_table(agg: dict) -> list[str]:
+    """The ablation: the length grid's run at its alpha against the same run without the whitening,
+    overall and per class, and their paired difference (same seeds, same held-out problems)."""
+    ablation = _grid_rows(agg, "whitening")
+    paired = {r["label"]: r for r in _paired(agg, "whitening")}
+    lines: list[str] = []
+    for r in ablation:
+        whitened = next((x for x in _grid_rows(agg, "length") if x["label"] == paired.get(r["label"], {}).get("baseline")),
+                        None)
+        if whitened is None:  # its baseline has not finished yet: nothing to compare with
+            continue
+        diff = paired[r["label"]]
+        lines += [f"## Whitening ablation ({_seeds_note([r])})", "",
+                  f"alpha = {r['alpha']:g} with OpenRLHF's whitening (the length grid's run) and without it, after "
+                  "training, and the paired difference without − with (same seeds, same held-out problems; mean over "
+                  "seeds [95% interval]):", "",
+                  "| run | pass@1 | mean tokens | change in pass@1 | change in mean tokens |", "|---|---|---|---|---|"]
+        for name, row in (("whitened", whitened), ("unwhitened", r)):
+            lines.append(f"| {name} | {_cell(row['after'], 'pass@1')} | {_cell(row['after'], 'mean_tokens', 1)} | "
+                         f"{_cell(row['change'], 'pass@1', sign=True)} | "
+                         f"{_cell(row['change'], 'mean_tokens', 1, sign=True)} |")
+        lines.append(f"| unwhitened − whitened | {_cell(diff['after'], 'pass@1', sign=True)} | "
+                     f"{_cell(diff['after'], 'mean_tokens', 1, sign=True)} | | |")
+        if r.get("per_class") and whitened.get("per_class") and diff.get("per_class"):
+            lines += ["", "Per problem class, after training:", "",
+                      "| class | tokens whitened | tokens unwhitened | difference | pass@1 whitened | pass@1 unwhitened "
+                      "| difference |", "|---|---|---|---|---|---|---|"]
+            for c, values in r["per_class"]["after"].items():
+                w, d = whitened["per_class"]["after"].get(c, {}), diff["per_class"].get(c, {})
+                lines.append(f"| {c} | {_cell(w, 'mean_tokens', 1)} | {_cell(values, 'mean_tokens', 1)} | "
+                             f"{_cell(d, 'mean_tokens', 1, sign=True)} | {_cell(w, 'pass@1')} | "
+                             f"{_cell(values, 'pass@1')} | {_cell(d, 'pass@1', sign=True)} |")
+        lines.append("")
+    return lines
 
 
 def _errors(part: dict, name: str) -> tuple[float, float]:
@@ -203,7 +241,8 @@ def plot_objectives(agg: dict, path: Path) -> Path | None:
 
 def plot_length(agg: dict, path: Path) -> Path | None:
     """pass@1 against mean tokens per alpha (and the base model); per problem class, mean tokens and
-    pass@1 against alpha: each class switches to the short style at its own alpha."""
+    pass@1 against alpha: each class switches to the short style at its own alpha. The whitening
+    ablation's runs, where there are any, are hollow diamonds beside their alpha."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,6 +263,13 @@ def plot_length(agg: dict, path: Path) -> Path | None:
         ax.errorbar([a["mean_tokens"]], [a["pass@1"]], xerr=np.array([_errors(a, "mean_tokens")]).T,
                     yerr=np.array([_errors(a, "pass@1")]).T, marker="o", capsize=3, ls="none", color=f"C{i}",
                     label=f"alpha = {r['alpha']:g}")
+    alphas = [r["alpha"] for r in length]
+    ablation = [r for r in _grid_rows(agg, "whitening") if r["alpha"] in alphas]
+    for r in ablation:  # hollow: the same alpha without the whitening
+        a = r["after"]
+        ax.errorbar([a["mean_tokens"]], [a["pass@1"]], xerr=np.array([_errors(a, "mean_tokens")]).T,
+                    yerr=np.array([_errors(a, "pass@1")]).T, marker="D", mfc="none", capsize=3, ls="none",
+                    color=f"C{alphas.index(r['alpha'])}", label=f"alpha = {r['alpha']:g}, unwhitened")
     ax.set_xlabel("mean response tokens (held-out problems)")
     ax.set_ylabel("pass@1 (held-out problems)")
     ax.set_title("accuracy vs tokens", fontsize=11)
@@ -231,7 +277,6 @@ def plot_length(agg: dict, path: Path) -> Path | None:
     ax.legend(fontsize=8)
     if per_class:
         classes = list(length[0]["per_class"]["after"])
-        alphas = [r["alpha"] for r in length]
         xs = np.arange(len(alphas))
         for j, (ax, name, title) in enumerate(((axes[0, 1], "mean_tokens", "mean tokens per class"),
                                                (axes[0, 2], "pass@1", "pass@1 per class"))):
@@ -241,9 +286,15 @@ def plot_length(agg: dict, path: Path) -> Path | None:
                             yerr=np.array([_errors(v, name) for v in values]).T, marker="o", capsize=3, label=c,
                             color=f"C{i}")
                 ax.axhline(length[0]["per_class"]["before"][c][name], color=f"C{i}", lw=0.8, ls=":")
+                for r in ablation:
+                    v = r.get("per_class", {}).get("after", {}).get(c)
+                    if v:
+                        ax.errorbar([alphas.index(r["alpha"]) + (i - len(classes) / 2) * 0.04 + 0.2], [v[name]],
+                                    yerr=np.array([_errors(v, name)]).T, marker="D", mfc="none", capsize=3,
+                                    ls="none", color=f"C{i}")
             ax.set_xticks(xs)
             ax.set_xticklabels([f"{a:g}" for a in alphas])
-            ax.set_xlabel("alpha (dotted: base model)")
+            ax.set_xlabel("alpha (dotted: base model" + ("; hollow diamonds: unwhitened" if ablation else "") + ")")
             ax.set_title(title + " after training", fontsize=11)
             ax.grid(alpha=0.3)
             if j == 0:
