@@ -52,13 +52,16 @@ class RunSpec:
 def grid(mode: dict) -> list[RunSpec]:
     """Every run of the study: the length grid (mode["alphas"], mode["length_seeds"] seeds) and the
     objectives (mode["objective_seeds"] seeds), seed by seed, so that a study stopped early holds
-    whole seeds; then, with mode["whitening_ablation"], the length grid's ABLATION_ALPHA run without
-    whitening for each of its seeds (last: it explains the length grid, which must be there first).
+    whole seeds; with mode["whitening_ablation"], each of the length grid's seeds also runs its
+    ABLATION_ALPHA setting without the whitening, right after the length grid's runs of that seed.
     The seed sets the training problems, the sampling and the held-out problems: runs of one seed
     share their held-out problems (paired comparisons)."""
     common = {"steps": mode["steps"], "eval_problems": mode["eval_problems"], "eval_n": mode["eval_n"],
               "checkpoint_every": CHECKPOINT_EVERY, "tensorboard": False,
               **({"rollout": mode["rollout"]} if mode.get("rollout") else {})}
+    if mode.get("whitening_ablation") and ABLATION_ALPHA not in mode["alphas"]:
+        raise ValueError(f"the whitening ablation is paired with the length grid's alpha = {ABLATION_ALPHA:g}, "
+                         f"which this grid lacks (alphas {tuple(mode['alphas'])})")
     specs = []
     for seed in range(max(mode["objective_seeds"], mode["length_seeds"])):
         if seed < mode["length_seeds"]:
@@ -66,20 +69,16 @@ def grid(mode: dict) -> list[RunSpec]:
                 s = {**common, **LENGTH_RECIPE, "n": 8, "k": 4, "alpha": alpha, "seed": seed}
                 specs.append(RunSpec(f"length-alpha{alpha:g}-seed{seed}", "length", f"alpha={alpha:g}",
                                      tuple(sorted(s.items()))))
+            if mode.get("whitening_ablation"):
+                s = {**common, **LENGTH_RECIPE, "whiten_advantages": False, "n": 8, "k": 4,
+                     "alpha": ABLATION_ALPHA, "seed": seed}
+                specs.append(RunSpec(f"length-alpha{ABLATION_ALPHA:g}-unwhitened-seed{seed}", "whitening",
+                                     f"alpha={ABLATION_ALPHA:g} unwhitened", tuple(sorted(s.items()))))
         if seed < mode["objective_seeds"]:
             for label, settings in OBJECTIVES:
                 s = {**common, **settings, "seed": seed}
                 name = f"objective-{settings['objective']}-k{settings['k']}-n{settings['n']}-seed{seed}"
                 specs.append(RunSpec(name, "objectives", label, tuple(sorted(s.items()))))
-    if mode.get("whitening_ablation"):
-        if ABLATION_ALPHA not in mode["alphas"]:
-            raise ValueError(f"the whitening ablation is paired with the length grid's alpha = {ABLATION_ALPHA:g}, "
-                             f"which this grid lacks (alphas {tuple(mode['alphas'])})")
-        for seed in range(mode["length_seeds"]):
-            s = {**common, **LENGTH_RECIPE, "whiten_advantages": False, "n": 8, "k": 4, "alpha": ABLATION_ALPHA,
-                 "seed": seed}
-            specs.append(RunSpec(f"length-alpha{ABLATION_ALPHA:g}-unwhitened-seed{seed}", "whitening",
-                                 f"alpha={ABLATION_ALPHA:g} unwhitened", tuple(sorted(s.items()))))
     return specs
 
 
