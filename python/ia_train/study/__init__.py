@@ -39,18 +39,8 @@ study ends with status 1 after the others finish: no figure hides a missing run.
 """
 
 from .aggregate import aggregate, paired_rows, run_record, setting_rows
-from .grid import (
-           ABLATION_ALPHA,
-           ALPHAS,
-           BASELINES,
-           CHECKPOINT_EVERY,
-           LENGTH_RECIPE,
-           MODES,
-           OBJECTIVES,
-           RunSpec,
-           flags,
-           grid,
-)
+from .grid import (ABLATION_ALPHA, ALPHAS, BASELINES, CHECKPOINT_EVERY, LENGTH_RECIPE, MODES, OBJECTIVES, RunSpec,
+                   flags, grid)
 from .report import curve_ks_of, plot_length, plot_objectives, table
 from .runner import finished_summary, resumable, run_grid, run_one
 
