@@ -6,22 +6,11 @@ import random
 
 import numpy as np
 import pytest
+
 from ia_train.cli import main as cli_main
 from ia_train.evaluation.metrics import change, summarize, t_interval
-from ia_train.study import (
-    ALPHAS,
-    CHECKPOINT_EVERY,
-    LENGTH_RECIPE,
-    MODES,
-    RunSpec,
-    aggregate,
-    grid,
-    plot_length,
-    plot_objectives,
-    run_grid,
-    run_record,
-    table,
-)
+from ia_train.study import (ALPHAS, CHECKPOINT_EVERY, LENGTH_RECIPE, MODES, RunSpec, aggregate, grid, plot_length,
+                            plot_objectives, run_grid, run_record, table)
 from ia_train.study.cli import write_report
 
 CLASSES = ["t2", "t3", "pick"]
@@ -51,7 +40,6 @@ def test_the_full_grid_covers_both_papers():
     assert [s.name for s in ablation] == [f"length-alpha0.1-unwhitened-seed{i}" for i in range(3)]
     for s in ablation:
         assert specs[specs.index(s) - 1].name == f"length-alpha0.4-seed{s.config['seed']}"
-    for s in ablation:
         twin = next(t for t in specs if t.name == f"length-alpha0.1-seed{s.config['seed']}")
         assert {k: v for k, v in s.config.items() if s.config[k] != twin.config[k]} == {"whiten_advantages": False}
     assert grid({**MODES["full"], "whitening_ablation": False}) == [s for s in specs if s.grid != "whitening"]

@@ -62,18 +62,22 @@ def grid(mode: dict) -> list[RunSpec]:
     if mode.get("whitening_ablation") and ABLATION_ALPHA not in mode["alphas"]:
         raise ValueError(f"the whitening ablation is paired with the length grid's alpha = {ABLATION_ALPHA:g}, "
                          f"which this grid lacks (alphas {tuple(mode['alphas'])})")
+
+    def length_run(alpha: float, seed: int, **changed) -> tuple:
+        """A length run's settings: the recipe at this alpha and seed, with `changed` on top."""
+        return tuple(sorted({**common, **LENGTH_RECIPE, "n": 8, "k": 4, "alpha": alpha, "seed": seed,
+                             **changed}.items()))
+
     specs = []
     for seed in range(max(mode["objective_seeds"], mode["length_seeds"])):
         if seed < mode["length_seeds"]:
             for alpha in mode["alphas"]:
-                s = {**common, **LENGTH_RECIPE, "n": 8, "k": 4, "alpha": alpha, "seed": seed}
                 specs.append(RunSpec(f"length-alpha{alpha:g}-seed{seed}", "length", f"alpha={alpha:g}",
-                                     tuple(sorted(s.items()))))
+                                     length_run(alpha, seed)))
             if mode.get("whitening_ablation"):
-                s = {**common, **LENGTH_RECIPE, "whiten_advantages": False, "n": 8, "k": 4,
-                     "alpha": ABLATION_ALPHA, "seed": seed}
                 specs.append(RunSpec(f"length-alpha{ABLATION_ALPHA:g}-unwhitened-seed{seed}", "whitening",
-                                     f"alpha={ABLATION_ALPHA:g} unwhitened", tuple(sorted(s.items()))))
+                                     f"alpha={ABLATION_ALPHA:g} unwhitened",
+                                     length_run(ABLATION_ALPHA, seed, whiten_advantages=False)))
         if seed < mode["objective_seeds"]:
             for label, settings in OBJECTIVES:
                 s = {**common, **settings, "seed": seed}

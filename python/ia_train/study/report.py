@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .grid import BASELINES
+
 
 def curve_ks_of(part: dict) -> list[int]:
     """The j of the pass@j entries of an aggregated before / after / change."""
@@ -126,15 +128,14 @@ def table(agg: dict) -> str:
 def _whitening_table(agg: dict) -> list[str]:
     """The ablation: the length grid's run at its alpha against the same run without the whitening,
     overall and per class, and their paired difference (same seeds, same held-out problems)."""
-    ablation = _grid_rows(agg, "whitening")
+    base_grid, base_label = BASELINES["whitening"]
+    whitened = next((x for x in _grid_rows(agg, base_grid) if x["label"] == base_label), None)
     paired = {r["label"]: r for r in _paired(agg, "whitening")}
     lines: list[str] = []
-    for r in ablation:
-        whitened = next((x for x in _grid_rows(agg, "length") if x["label"] == paired.get(r["label"], {}).get("baseline")),
-                        None)
-        if whitened is None:  # its baseline has not finished yet: nothing to compare with
+    for r in _grid_rows(agg, "whitening"):
+        diff = paired.get(r["label"])
+        if whitened is None or diff is None:  # its twin has not finished yet: nothing to compare with
             continue
-        diff = paired[r["label"]]
         lines += [f"## Whitening ablation ({_seeds_note([r])})", "",
                   f"alpha = {r['alpha']:g} with OpenRLHF's whitening (the length grid's run) and without it, after "
                   "training, and the paired difference without − with (same seeds, same held-out problems; mean over "
