@@ -75,6 +75,12 @@ def study_records(seeds=(0, 1, 2)):
     return specs, summaries, [run_record(s, summaries[s.name]) for s in specs]
 
 
+def clipped_t(values, lo=0.0, hi=1.0):
+    """The t interval of values within [lo, hi] (a rate's range by default)."""
+    a, b = t_interval(values)
+    return [max(a, lo), min(b, hi)]
+
+
 def test_intervals_are_t_intervals_over_the_seed_values():
     specs, summaries, records = study_records()
     agg = aggregate(records)
@@ -82,20 +88,20 @@ def test_intervals_are_t_intervals_over_the_seed_values():
     assert [r["label"] for r in rows] == ["alpha=0", "alpha=0.4", "rloo", "grpo", "passk (k=4)", "majority (k=4)"]
     for r in rows:
         runs = [summaries[s.name] for s in specs if s.label == r["label"]]
-        assert r["seeds"] == [0, 1, 2] and r["interval"] == "t over seeds"
+        assert r["seeds"] == [0, 1, 2] and r["interval"] == "t over seeds, clipped to the metric's range"
         for j in (1, 2, 4, 8):
             for m in ("pass", "maj"):
                 name = f"{m}@{j}"
                 per_seed = [x["after"]["curve"][name] for x in runs]
                 assert r["after"][name] == pytest.approx(np.mean(per_seed))
-                assert r["after"][name + "_ci"] == pytest.approx(list(t_interval(per_seed)))
+                assert r["after"][name + "_ci"] == pytest.approx(clipped_t(per_seed))
                 assert r["change"][name] == pytest.approx(r["after"][name] - r["before"][name])
         # per class: the mean over seeds of each seed's class mean, with its own t interval
         for c in CLASSES:
             per_seed = [x["after"]["per_class"][c]["pass@1"] for x in runs]
             cell = r["per_class"]["after"][c]
             assert cell["pass@1"] == pytest.approx(np.mean(per_seed))
-            assert cell["pass@1_ci"] == pytest.approx(list(t_interval(per_seed)))
+            assert cell["pass@1_ci"] == pytest.approx(clipped_t(per_seed))
             assert cell["problems"] == 10
 
 
@@ -111,6 +117,35 @@ def test_three_seeds_give_the_t_interval_a_bootstrap_would_narrow():
     assert row["change"]["pass@1_ci"] == pytest.approx([0.142, 0.407], abs=1e-3)
 
 
+def test_intervals_past_a_metrics_range_are_clipped_to_it():
+    """Pick pass@32 of 0.575 / 0.875 / 0.925 over 3 seeds: the t interval [0.321, 1.262] ends at 1;
+    a rate's paired difference ends at -1; mean tokens' interval at 0, their difference unbounded."""
+    _, _, records = study_records()
+    rloo = [r for r in records if r["label"] == "rloo"]
+    passk = [r for r in records if r["label"] == "passk (k=4)"]
+    for r, value in zip(rloo, (0.575, 0.875, 0.925)):
+        r["after"]["pass@8"] = value
+        r["per_class"]["after"]["pick"]["pass@8"] = value
+    for r, p, value, tokens in zip(rloo, passk, (0.0, 0.875, 0.1), (2.0, 30.0, 40.0)):
+        p["after"]["pass@8"] = value  # differences -0.575, 0, -0.825: a t interval past -1
+        r["after"]["mean_tokens"], p["after"]["mean_tokens"] = tokens, tokens + 1.0
+    passk[1]["after"]["mean_tokens"] = 100.0  # token differences +1, +70, +1: a wide interval both ways
+    agg = aggregate(records)
+    row = next(r for r in agg["settings"] if r["label"] == "rloo")
+    lo, hi = t_interval([0.575, 0.875, 0.925])
+    assert (lo, hi) == pytest.approx((0.321, 1.262), abs=1e-3)
+    assert row["after"]["pass@8_ci"] == pytest.approx([lo, 1.0])
+    assert row["per_class"]["after"]["pick"]["pass@8_ci"] == pytest.approx([lo, 1.0])
+    tokens_lo = t_interval([2.0, 30.0, 40.0])[0]
+    assert tokens_lo < 0 and row["after"]["mean_tokens_ci"][0] == 0.0
+    paired = next(p for p in agg["paired"] if p["label"] == "passk (k=4)")
+    diffs = [0.0 - 0.575, 0.875 - 0.875, 0.1 - 0.925]
+    assert paired["after"]["pass@8"] == pytest.approx(np.mean(diffs))
+    assert paired["after"]["pass@8_ci"] == pytest.approx([-1.0, t_interval(diffs)[1]]) and t_interval(diffs)[0] < -1
+    token_ci = t_interval([1.0, 70.0, 1.0])
+    assert token_ci[0] < 0 and paired["after"]["mean_tokens_ci"] == pytest.approx(list(token_ci))
+
+
 def test_paired_differences_are_taken_seed_by_seed():
     specs, summaries, records = study_records()
     paired = aggregate(records)["paired"]
@@ -123,7 +158,7 @@ def test_paired_differences_are_taken_seed_by_seed():
         diffs = [by[("passk (k=4)", s)]["after"]["curve"][name] - by[("rloo", s)]["after"]["curve"][name]
                  for s in (0, 1, 2)]
         assert passk["after"][name] == pytest.approx(np.mean(diffs))
-        assert passk["after"][name + "_ci"] == pytest.approx(list(t_interval(diffs)))
+        assert passk["after"][name + "_ci"] == pytest.approx(clipped_t(diffs, -1.0))
     diffs = [by[("passk (k=4)", s)]["after"]["per_class"]["pick"]["pass@4"]
              - by[("rloo", s)]["after"]["per_class"]["pick"]["pass@4"] for s in (0, 1, 2)]
     assert passk["per_class"]["pick"]["pass@4"] == pytest.approx(np.mean(diffs))
