@@ -111,7 +111,8 @@ def setting_rows(records: list[dict]) -> list[dict]:
         runs = sorted((r for r in records if (r["grid"], r["label"]) == (grid_name, label)), key=lambda r: r["seed"])
         first = runs[0]
         row = {"grid": grid_name, "label": label, "seeds": [r["seed"] for r in runs],
-               "interval": "t over seeds, clipped to the metric's range" if len(runs) > 1 else "bootstrap over problems (one seed)",
+               "interval": ("t over seeds, clipped to the metric's range" if len(runs) > 1
+                            else "bootstrap over problems (one seed)"),
                **{key: first.get(key) for key in ("objective", "n", "k", "steps", "eval_problems", "eval_n")},
                "alpha": first.get("alpha", 0.0)}
         for part in PARTS:
